@@ -1,0 +1,42 @@
+# Shared by quickstart.sh and test.sh: create .venv and install what is needed,
+# once per version of the dependency lists (a stamp file records it).
+PY=${PYTHON:-python3}
+
+ensure_venv() {  # $1 = core | test
+  local kind=$1
+  if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    echo "tibspace needs Python >= 3.10 (found $("$PY" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+    exit 1
+  fi
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  local sum
+  sum=$(cat pyproject.toml plugins/napari/pyproject.toml scripts/_env.sh 2>/dev/null | sha1sum | cut -c1-12)
+  local stamp=".venv/.installed-$kind-$sum"
+  if [ ! -f "$stamp" ]; then
+    echo "setting up .venv ($kind dependencies; first run takes a few minutes)..."
+    .venv/bin/python -m pip install -q --upgrade pip
+    if [ "$kind" = core ]; then
+      .venv/bin/python -m pip install -q -e .
+    else
+      .venv/bin/python -m pip install -q -e ".[test]" -e plugins/napari "napari[pyqt6]" pytest-qt
+    fi
+    touch "$stamp"
+  fi
+}
+
+ensure_gui_system_packages() {  # Xvfb + Mesa for the napari tests (docs: shared napari-headless recipe)
+  if command -v xvfb-run >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libxcb-cursor; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      xvfb xauth libgl1 libegl1 libglx-mesa0 libgl1-mesa-dri \
+      libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 \
+      libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xfixes0 \
+      libxcb-xkb1 libdbus-1-3 libfontconfig1 fonts-dejavu-core >/dev/null
+  else
+    echo "xvfb-run and the Qt/xcb libraries are missing; install them as root (see scripts/_env.sh)" >&2
+    exit 1
+  fi
+}

@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tibspace._fileio import atomic_path, staging_dir
+from tibspace.outputs import (geojson_features, read_geojson_annotations, to_jsonable, write_anndata,
+                              write_geojson, write_json, write_table)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staging_dir_keeps_no_partial_run(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with staging_dir(out) as stage:
+            (stage / "cells.csv").write_text("x")
+            raise RuntimeError("fail half-way")
+    assert list(out.iterdir()) == []
+    with staging_dir(out) as stage:
+        (stage / "stats").mkdir()
+        (stage / "stats" / "a.csv").write_text("ok")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["stats", "stats/a.csv"]
+
+
+def test_table_roundtrip_parquet_and_csv(tmp_path):
+    df = pd.DataFrame({"cell_id": [1, 2], "x_um": [0.5, 1.25], "phenotype": ["tumour", "CD8_T"],
+                       "geometry": [shapely.Point(0, 0), shapely.LineString([(0, 0), (1, 1)])]})
+    write_table(df, tmp_path / "cells")
+    back = pd.read_parquet(tmp_path / "cells.parquet")
+    assert back["x_um"].tolist() == [0.5, 1.25] and back["phenotype"].tolist() == ["tumour", "CD8_T"]
+    assert shapely.from_wkt(back["geometry"]).tolist()[1].equals(df["geometry"][1])
+    assert pd.read_csv(tmp_path / "cells.csv")["cell_id"].tolist() == [1, 2]
+
+
+def test_json_is_deterministic_and_nan_safe(tmp_path):
+    obj = {"b": np.float32(1.5), "a": [np.int64(3), float("nan"), np.inf], "c": np.array([1, 2]), "d": np.bool_(True)}
+    write_json(obj, tmp_path / "m.json")
+    first = (tmp_path / "m.json").read_bytes()
+    write_json(dict(reversed(list(obj.items()))), tmp_path / "m.json")
+    assert (tmp_path / "m.json").read_bytes() == first
+    assert json.loads(first) == {"a": [3, None, None], "b": 1.5, "c": [1, 2], "d": True}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.1, 2.0), st.floats(0, 500), st.floats(0, 500), st.floats(5, 200))
+def test_geojson_roundtrip_in_pixels(tmp_path_factory, px, cx, cy, r):
+    """µm → QuPath pixel GeoJSON → µm gives back the same polygon (to 1e-3 px rounding)."""
+    d = tmp_path_factory.mktemp("g")
+    poly = shapely.Point(cx, cy).buffer(r, quad_segs=8)
+    feats = geojson_features([poly], name="tumour_nest", pixel_size_um=px, measurements=[{"area_um2": poly.area}])
+    assert feats[0]["properties"]["objectType"] == "annotation"
+    assert feats[0]["properties"]["classification"]["name"] == "tumour_nest"
+    write_geojson(feats, d / "n.geojson")
+    [(cls, back)] = read_geojson_annotations(d / "n.geojson", pixel_size_um=px)
+    assert cls == "tumour_nest"
+    assert shapely.hausdorff_distance(back, poly) <= 1e-3 * px * 1.5 + 1e-9
+
+
+def test_anndata_roundtrip(tmp_path):
+    import anndata as ad
+
+    df = pd.DataFrame({"cell_id": [1, 2, 3], "x_um": [1.0, 2.0, 3.0], "y_um": [3.0, 2.0, 1.0],
+                       "CD8": [0.1, 5.0, 2.0], "DAPI": [9.0, 8.0, 7.0], "phenotype": ["a", "b", "a"]})
+    write_anndata(df, ["CD8", "DAPI"], tmp_path / "c.h5ad", uns={"seed": 0})
+    a = ad.read_h5ad(tmp_path / "c.h5ad")
+    assert list(a.var_names) == ["CD8", "DAPI"]
+    np.testing.assert_allclose(a.X, df[["CD8", "DAPI"]].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(a.obsm["spatial"], df[["x_um", "y_um"]].to_numpy())
+    assert a.obs["phenotype"].astype(str).tolist() == ["a", "b", "a"]
+
+
+def test_to_jsonable_geometry_and_frames():
+    assert to_jsonable(shapely.Point(1, 2)) == "POINT (1 2)"
+    assert to_jsonable(pd.DataFrame({"a": [1]})) == [{"a": 1}]

@@ -1,0 +1,171 @@
+"""Command line: ``tibspace run | analyze | demo | synth``.
+
+A thin shell over :mod:`tibspace.pipeline`. User errors print one line
+(``tibspace: error: ...``) and exit with code 2; no partial output is left.
+Several inputs make a cohort: one sub-folder per sample plus
+``cohort_summary.csv`` with one row per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import TibspaceError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_IMAGE = REPO_ROOT / "sample_data" / "hcc_sample.ome.tif"
+SAMPLE_PANEL = REPO_ROOT / "sample_data" / "hcc_sample_panel.toml"
+
+
+def _progress(args):
+    from .progress import tqdm_progress
+
+    return tqdm_progress(disable=getattr(args, "quiet", False))
+
+
+def _print_summary(result, out_dir: Path) -> None:
+    from .report import summary_lines
+
+    for line in summary_lines(result):
+        print(line)
+    print(f"  results: {out_dir.resolve()} (open report.html; tables cells.csv, nests.csv; metrics.json)")
+
+
+def _cohort_row(result) -> dict:
+    """One flat row of the key per-sample numbers, for cohort_summary.csv."""
+    m = result.metrics
+    row = {"sample_id": result.sample_id, "n_cells": m.get("n_cells"),
+           "tissue_area_mm2": m.get("tissue_area_mm2"),
+           "n_nests": (m.get("tumour_region") or {}).get("n_nests", 0)}
+    for ph, n in (m.get("phenotype_counts") or {}).items():
+        row[f"n_{ph}"] = n
+    for name, res in (m.get("analyses") or {}).items():
+        for k, v in (res.get("sample") or {}).items():
+            if isinstance(v, (int, float, str, bool)) or v is None:
+                row[f"{name}.{k}"] = v
+    row["skipped"] = "; ".join(f"{k}: {v}" for k, v in (m.get("skipped") or {}).items())
+    return row
+
+
+def _run_many(inputs, args, one):
+    """Run ``one(input, out_dir)`` per input; cohort summary when > 1 input."""
+    import pandas as pd
+
+    from .outputs import write_table
+    from .pipeline import _sample_id
+
+    out = Path(args.out)
+    rows = []
+    for inp in inputs:
+        target = out if len(inputs) == 1 else out / _sample_id(Path(inp))
+        result = one(inp, target)
+        _print_summary(result, target)
+        rows.append(_cohort_row(result))
+    if len(inputs) > 1:
+        write_table(pd.DataFrame(rows), out / "cohort_summary", formats=("csv",))
+        print(f"cohort summary: {(out / 'cohort_summary.csv').resolve()}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .pipeline import run_image
+
+    return _run_many(args.images, args, lambda inp, target: run_image(
+        inp, args.panel, out_dir=target, pixel_size_um=args.pixel_size_um, seed=args.seed,
+        scheduler=args.scheduler, progress=_progress(args), tile_size_px=args.tile_size_px,
+        n_workers=args.workers))
+
+
+def cmd_analyze(args) -> int:
+    from .pipeline import analyze_table
+
+    return _run_many(args.tables, args, lambda inp, target: analyze_table(
+        inp, args.panel, out_dir=target, seed=args.seed, progress=_progress(args)))
+
+
+def cmd_demo(args) -> int:
+    if not SAMPLE_IMAGE.exists():
+        raise TibspaceError(f"bundled sample not found at {SAMPLE_IMAGE}; run from a clone of the tibspace "
+                            f"repository or regenerate it with: python -m tibspace.synthetic --out sample_data --preset sample")
+    args.images = [str(SAMPLE_IMAGE)]
+    args.panel = str(SAMPLE_PANEL)
+    print(f"tibspace demo: analysing the bundled synthetic HCC sample {SAMPLE_IMAGE.name}")
+    return cmd_run(args)
+
+
+def cmd_synth(args) -> int:
+    from .synthetic import make_tissue
+
+    tissue = make_tissue(shape=(args.size, args.size), pixel_size_um=args.pixel_size_um, seed=args.seed,
+                         barrier_coverage=args.barrier_coverage, shield_coverage=args.shield_coverage,
+                         immune_phenotype=args.immune_phenotype, progress=_progress(args))
+    tissue.write(args.out)
+    print(f"synthetic tissue written to {Path(args.out).resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tibspace", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"tibspace {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, default_out=None):
+        sp.add_argument("--out", required=default_out is None, default=default_out, help="output folder")
+        sp.add_argument("--seed", type=int, default=None, help="seed of every random step (default: panel's)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    r = sub.add_parser("run", help="segment, phenotype and analyse multiplex image(s)")
+    r.add_argument("images", nargs="+", help="OME-TIFF / named multi-page TIFF / folder of single-channel TIFFs")
+    r.add_argument("--panel", required=True, help="marker panel (TOML)")
+    r.add_argument("--pixel-size-um", type=float, default=None, help="µm per pixel (overrides the file)")
+    r.add_argument("--scheduler", default=None, help="Dask scheduler address (default: local cluster)")
+    r.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
+    r.add_argument("--tile-size-px", type=int, default=None, help="segmentation tile size (default 2048)")
+    common(r)
+    r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("analyze", help="geometry, statistics and analyses on existing cell table(s)")
+    a.add_argument("tables", nargs="+", help="cell table(s): tibspace, QuPath, inForm/phenoptr, HALO, MCMICRO")
+    a.add_argument("--panel", required=True, help="panel (TOML) with roles and a [table] column mapping")
+    common(a)
+    a.set_defaults(func=cmd_analyze)
+
+    d = sub.add_parser("demo", help="run the whole pipeline on the bundled sample data")
+    d.add_argument("--pixel-size-um", type=float, default=None, help=argparse.SUPPRESS)
+    d.add_argument("--scheduler", default=None, help="Dask scheduler address")
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--tile-size-px", type=int, default=None)
+    common(d, default_out="tibspace-demo-results")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("synth", help="generate synthetic HCC tissue with ground truth")
+    s.add_argument("--size", type=int, default=2048, help="image side in pixels")
+    s.add_argument("--pixel-size-um", type=float, default=0.5)
+    s.add_argument("--barrier-coverage", type=float, default=0.6)
+    s.add_argument("--shield-coverage", type=float, default=0.5)
+    s.add_argument("--immune-phenotype", choices=["inflamed", "excluded", "desert"], default="excluded")
+    common(s)
+    s.set_defaults(func=cmd_synth, seed=0)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "seed", None) is None and args.command == "synth":
+        args.seed = 0
+    try:
+        return int(args.func(args) or 0)
+    except TibspaceError as exc:
+        print(f"tibspace: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tibspace: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""The whole job, one call: image → cells → phenotypes → geometry → analyses → outputs.
+
+The CLI (:mod:`tibspace.cli`), the Python API and the napari plugin all call
+:func:`run_image` / :func:`analyze_table`; none of them re-implements a step.
+
+Every analysis that cannot run on the given data (a phenotype the panel does
+not define, a channel the panel does not name, no tumour region) is skipped
+with its reason recorded in ``metrics["skipped"]``; everything else still runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .errors import InputError, NoTumourRegionError, TibspaceError
+from .progress import report
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class PipelineResult:
+    """Everything a run computed; :func:`write_outputs` turns it into files."""
+
+    cells: pd.DataFrame
+    pixel_size_um: float | None
+    image_path: Path | None = None
+    image_shape: tuple[int, int] | None = None
+    labels: Any = None
+    gates: dict[str, float] = field(default_factory=dict)
+    region: Any = None
+    tissue: Any = None
+    segments: pd.DataFrame | None = None
+    exclusion_zones: list = field(default_factory=list)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    profiles: pd.DataFrame = field(default_factory=pd.DataFrame)
+    profiles_by_nest: pd.DataFrame = field(default_factory=pd.DataFrame)
+    per_nest: pd.DataFrame = field(default_factory=pd.DataFrame)
+    stats: dict[str, pd.DataFrame] = field(default_factory=dict)
+    analyses: dict[str, Any] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    panel: Any = None
+    channel_columns: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    out_dir: Path | None = None
+
+    @property
+    def sample_id(self) -> str:
+        return self.metrics.get("sample_id", "sample")
+
+
+def _as_panel(panel):
+    from .panel import Panel, load_panel
+
+    if isinstance(panel, Panel):
+        return panel
+    if panel is None:
+        raise InputError("no marker panel given: pass --panel PANEL.toml (see sample_data/hcc_sample_panel.toml)")
+    return load_panel(panel)
+
+
+def _sample_id(path: Path) -> str:
+    name = path.name
+    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".parquet", ".csv", ".txt", ".tsv"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+class _Timer:
+    def __init__(self, timings: dict):
+        self.timings = timings
+
+    def __call__(self, name: str):
+        timings = self.timings
+
+        class _T:
+            def __enter__(self_inner):
+                self_inner.t0 = time.perf_counter()
+
+            def __exit__(self_inner, *exc):
+                timings[name] = timings.get(name, 0.0) + time.perf_counter() - self_inner.t0
+
+        return _T()
+
+
+# ---------------------------------------------------------------------------
+def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = None, seed: int | None = None,
+              scheduler: str | None = None, progress: ProgressFn | None = None,
+              tile_size_px: int | None = None, n_workers: int = 2) -> PipelineResult:
+    """Run the full pipeline on one multiplex image.
+
+    Parameters
+    ----------
+    image_path : path
+        OME-TIFF, named multi-page TIFF, or a folder of single-channel TIFFs.
+    panel : path or Panel
+        Marker panel (TOML): channel roles, gates, phenotype rules, parameters.
+    out_dir : path, optional
+        When given, every output file is written there (atomically, via a
+        staging folder: a failed run leaves no partial output).
+    pixel_size_um : float, optional
+        µm per pixel; overrides the file's metadata. Needed when the file has
+        none and the panel's ``[image] pixel_size_um`` is not set.
+    seed : int, optional
+        Seed of every random step (default: the panel's ``seed`` parameter).
+    scheduler : str, optional
+        Address of a Dask scheduler; default a local cluster on this machine.
+    progress : callable, optional
+        ``progress(step, done, total)``; may raise ``Cancelled``.
+
+    Returns
+    -------
+    PipelineResult
+    """
+    from .io import open_image
+    from .segmentation import segment_image
+
+    panel = _as_panel(panel)
+    params = panel.parameters
+    seed = int(params.get("seed", 0) if seed is None else seed)
+    image_path = Path(image_path)
+    timings: dict[str, float] = {}
+    timer = _Timer(timings)
+
+    with timer("open_image"):
+        img = _open_with_panel_pixel_size(image_path, pixel_size_um, panel)
+        from .io import check_not_empty
+
+        check_not_empty(img)
+        channel_index = panel.resolve_channels(img.channel_names)
+
+    names = img.channel_names
+    nuclear = [names[channel_index[c]] for c in panel.nuclear]
+    membrane = [names[channel_index[c]] for c in panel.membrane]
+    tile = int(tile_size_px or params.get("tile_size_px", 2048))
+    with timer("segmentation"):
+        seg = segment_image(
+            img, nuclear, membrane,
+            expansion_um=float(params["cell_expansion_um"]),
+            nucleus_diameter_um=float(params["nucleus_diameter_um"]),
+            tile_size_px=tile, scheduler=scheduler, n_workers=n_workers, progress=progress)
+    cells = seg.cells
+    if len(cells) == 0:
+        raise InputError(f"{image_path}: segmentation found no cells in channel(s) {', '.join(nuclear)}")
+
+    result = analyze_cells(
+        cells, panel, pixel_size_um=img.pixel_size_um, labels=seg.labels, image=img,
+        channel_index=channel_index, seed=seed, progress=progress, timings=timings)
+    result.image_path = image_path
+    result.image_shape = tuple(int(s) for s in img.shape[-2:])
+    result.metrics["segmentation"] = seg.parameters | {"n_cells": int(len(cells)), "n_tiles": int(seg.n_tiles)}
+    result.metrics["input"] = {
+        "path": str(image_path), "sha256": _checksum(image_path), "channels": list(names),
+        "shape_yx": list(result.image_shape), "pixel_size_um": float(img.pixel_size_um),
+    }
+    result.metrics["sample_id"] = _sample_id(image_path)
+    if out_dir is not None:
+        write_outputs(result, out_dir, progress=progress)
+    return result
+
+
+def _open_with_panel_pixel_size(path: Path, pixel_size_um, panel):
+    """Open an image; pixel size from the argument, else the file, else the panel."""
+    from .io import open_image
+
+    if pixel_size_um is not None:
+        return open_image(path, pixel_size_um=float(pixel_size_um))
+    try:
+        return open_image(path)
+    except InputError as exc:
+        if panel.pixel_size_um and "pixel size" in str(exc).lower():
+            return open_image(path, pixel_size_um=float(panel.pixel_size_um))
+        raise
+
+
+def _checksum(path: Path) -> str:
+    from .outputs import file_sha256
+
+    return file_sha256(path)
+
+
+# ---------------------------------------------------------------------------
+def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
+                  progress: ProgressFn | None = None, sample_id: str | None = None) -> PipelineResult:
+    """Run geometry, statistics and analyses on an existing cell table.
+
+    Parameters
+    ----------
+    cells : path or DataFrame
+        tibspace's own ``cells.parquet``/``.csv`` or an export from QuPath,
+        inForm/phenoptr, HALO or MCMICRO; the panel's ``[table]`` section maps
+        its columns (x, y, phenotype or marker columns, units / pixel size).
+    panel : path or Panel
+    out_dir : path, optional
+        Where to write outputs (atomically).
+    seed : int, optional
+        Seed of every random step (default: the panel's ``seed``).
+    """
+    from .tables import read_cell_table, standardise_cell_table
+
+    panel = _as_panel(panel)
+    params = panel.parameters
+    seed = int(params.get("seed", 0) if seed is None else seed)
+    timings: dict[str, float] = {}
+    source = None
+    if isinstance(cells, (str, os.PathLike)):
+        source = Path(cells)
+        raw = read_cell_table(source)
+    else:
+        raw = cells
+    std, pixel_size_um, needs_gating = standardise_cell_table(raw, panel, source=source)
+    result = analyze_cells(std, panel, pixel_size_um=pixel_size_um, seed=seed, progress=progress,
+                           timings=timings, gate=needs_gating)
+    if source is not None:
+        result.metrics["input"] = {"path": str(source), "sha256": _checksum(source), "n_rows": int(len(raw))}
+        result.metrics["sample_id"] = sample_id or _sample_id(source)
+    else:
+        result.metrics["input"] = {"path": None, "n_rows": int(len(raw))}
+        result.metrics["sample_id"] = sample_id or "sample"
+    if out_dir is not None:
+        write_outputs(result, out_dir, progress=progress)
+    return result
+
+
+# ---------------------------------------------------------------------------
+def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, labels=None, image=None,
+                  channel_index: Mapping[str, int] | None = None, seed: int = 0,
+                  progress: ProgressFn | None = None, timings: dict | None = None,
+                  gate: bool = True) -> PipelineResult:
+    """Phenotypes (optional) → geometry → profiles → statistics → the three analyses."""
+    from . import geometry as geo
+    from .phenotype import gate_cells, phenotype_counts
+
+    panel = _as_panel(panel)
+    params = dict(panel.parameters)
+    timings = {} if timings is None else timings
+    timer = _Timer(timings)
+    skipped: dict[str, str] = {}
+    metrics: dict[str, Any] = {"tibspace_version": __version__, "seed": int(seed)}
+    channel_names = None
+    if image is not None:
+        channel_names = list(image.channel_names)
+    channel_columns = [c for c in (channel_names or []) if c in cells.columns]
+
+    # ---- phenotypes
+    gates_used: dict[str, float] = {}
+    if gate:
+        report(progress, "phenotyping", 0, 1)
+        with timer("phenotyping"):
+            channel_of = ({m: channel_names[channel_index[m]] for m in panel.markers}
+                          if channel_index is not None and channel_names is not None else None)
+            gating = gate_cells(cells, panel, channel_of, seed=seed)
+        cells = cells.copy()
+        cells["phenotype"] = gating.phenotype
+        gates_used = {m: g.value for m, g in gating.gates.items()}
+        metrics["gates"] = {m: g.to_dict() for m, g in gating.gates.items()}
+        report(progress, "phenotyping", 1, 1)
+    metrics["phenotype_counts"] = phenotype_counts(cells["phenotype"].to_numpy())
+    metrics["n_cells"] = int(len(cells))
+
+    roles = panel.roles
+    present = set(metrics["phenotype_counts"])
+    defined = set(panel.phenotypes) | {panel.default_phenotype} | present
+
+    result = PipelineResult(cells=cells, pixel_size_um=pixel_size_um, labels=labels, gates=gates_used,
+                            panel=panel, channel_columns=channel_columns, timings_s=timings)
+
+    # ---- geometry
+    report(progress, "tissue geometry", 0, 1)
+    tumour_types = list(roles.get("tumour", []))
+    is_tumour = cells["phenotype"].isin(tumour_types).to_numpy()
+    x = cells["x_um"].to_numpy(dtype=float)
+    y = cells["y_um"].to_numpy(dtype=float)
+    with timer("geometry"):
+        tissue = geo.tissue_region_from_cells(x, y)
+        region = None
+        try:
+            region = geo.tumour_region_from_cells(
+                x[is_tumour], y[is_tumour],
+                tumour_cell_radius_um=float(params["tumour_cell_radius_um"]),
+                closing_um=float(params["closing_um"]), min_hole_um2=float(params["min_hole_um2"]),
+                min_nest_area_um2=float(params["min_nest_area_um2"]))
+        except NoTumourRegionError as exc:
+            skipped["tumour_geometry"] = str(exc)
+    result.tissue = tissue
+    result.region = region
+    metrics["tissue_area_mm2"] = float(tissue.area) / 1e6 if tissue is not None else None
+    if region is not None:
+        with timer("geometry"):
+            cells = geo.annotate_cells(cells, region, margin_um=float(params["margin_um"]))
+            segs = geo.perimeter_segments(region, segment_um=float(params["segment_um"]))
+            cells["segment_id"] = geo.assign_segments(x, y, segs)
+        result.segments = segs
+        metrics["tumour_region"] = {
+            "n_nests": int(region.n_nests),
+            "tumour_area_mm2": float(region.union.area) / 1e6,
+            "perimeter_um": float(sum(p.length for p in region.nests)),
+            "source": region.source,
+        }
+        report(progress, "tissue geometry", 1, 1)
+
+        # ---- infiltration profiles
+        from .profiles import infiltration_profile
+
+        edges = np.arange(float(params["profile_min_um"]), float(params["profile_max_um"]) + 1e-9,
+                          float(params["profile_step_um"]))
+        with timer("profiles"):
+            result.profiles = infiltration_profile(cells, region, tissue, edges_um=edges)
+            result.profiles_by_nest = infiltration_profile(cells, region, tissue, edges_um=edges, by_nest=True)
+    else:
+        cells = cells.copy()
+        cells["signed_dist_um"] = np.nan
+        cells["compartment"] = "no_tumour_region"
+        cells["nest_id"] = 0
+        report(progress, "tissue geometry", 1, 1)
+    result.cells = cells
+
+    # ---- point-pattern / neighbourhood statistics
+    with timer("statistics"):
+        result.stats, stat_metrics = _run_statistics(cells, tissue, params, seed, progress, skipped)
+    metrics["statistics"] = stat_metrics
+    result.cells = cells = _add_nearest_distances(cells)
+
+    # ---- the three analyses
+    analyses: dict[str, Any] = {}
+    if region is None:
+        for name in ("barrier", "shield", "exclusion"):
+            skipped[name] = "no tumour region: " + skipped.get("tumour_geometry", "")
+    else:
+        analyses.update(_run_analyses(result, panel, params, defined, image, channel_index,
+                                      pixel_size_um, seed, progress, skipped, timer))
+    result.analyses = analyses
+    result.per_nest = _per_nest_table(result)
+    metrics.update(result.metrics)  # e.g. mask gates recorded by the shield step
+    metrics["analyses"] = {k: v.to_dict() for k, v in analyses.items()}
+    metrics["skipped"] = skipped
+    metrics["parameters"] = params
+    metrics["panel"] = panel.to_dict()
+    result.metrics = metrics
+    return result
+
+
+def _run_statistics(cells, tissue, params, seed, progress, skipped):
+    from .neighbourhood import neighbourhood_enrichment
+    from .pointpattern import cross_l_all_pairs
+
+    stats: dict[str, pd.DataFrame] = {}
+    out: dict[str, Any] = {}
+    n_types = cells["phenotype"].nunique()
+    if len(cells) < 2 or n_types < 2:
+        skipped["statistics"] = f"needs ≥ 2 cells of ≥ 2 phenotypes (have {len(cells)} cells, {n_types} phenotypes)"
+        return stats, out
+    report(progress, "neighbourhood enrichment", 0, 1)
+    ne = neighbourhood_enrichment(cells, method="exact", radius_um=float(params["graph_radius_um"]), seed=seed)
+    stats["neighbourhood_enrichment"] = ne.to_frame()
+    out["neighbourhood_enrichment"] = {"graph": "radius", "radius_um": float(params["graph_radius_um"]),
+                                       "method": "exact permutation moments"}
+    report(progress, "neighbourhood enrichment", 1, 1)
+    radii = np.arange(5.0, 100.0 + 1e-9, 5.0)
+    window = tissue
+    try:
+        stats["cross_L"] = cross_l_all_pairs(cells, radii, window, edge_correction="isotropic", progress=progress)
+        out["cross_L"] = {"radii_um": radii.tolist(), "edge_correction": "isotropic", "window": "tissue region"}
+    except InputError as exc:
+        skipped["cross_L"] = str(exc)
+    return stats, out
+
+
+def _add_nearest_distances(cells):
+    from .neighbourhood import nearest_distance_to_phenotypes
+
+    if len(cells) < 2:
+        return cells
+    nd = nearest_distance_to_phenotypes(cells)
+    out = cells.copy()
+    for c in nd.columns:
+        out[c] = nd[c].to_numpy()
+    return out
+
+
+def _run_analyses(result, panel, params, defined, image, channel_index, pixel_size_um, seed, progress,
+                  skipped, timer):
+    roles = panel.roles
+    analyses: dict[str, Any] = {}
+    cells = result.cells
+
+    def missing_roles(*names):
+        miss = [r for r in names if not (set(roles.get(r, [])) & defined)]
+        return miss
+
+    # ---- exclusion
+    miss = missing_roles("effector_t")
+    if miss:
+        skipped["exclusion"] = f"the panel defines no phenotype for role(s) {miss} (e.g. CD8_T = \"CD3+ & CD8+\")"
+    else:
+        from .exclusion import exclusion_analysis
+
+        with timer("exclusion"):
+            ex = exclusion_analysis(
+                cells, result.region, result.tissue, t_types=tuple(roles["effector_t"]),
+                margin_um=float(params["margin_um"]), outside_band_um=float(params["outside_band_um"]),
+                desert_density=float(params["desert_density"]), excluded_ratio=float(params["excluded_ratio"]),
+                bandwidth_um=float(params["exclusion_bandwidth_um"]), grid_um=float(params["exclusion_grid_um"]),
+                exclusion_fraction=float(params["exclusion_fraction"]),
+                min_zone_area_um2=float(params["exclusion_min_area_um2"]), progress=progress)
+        analyses["exclusion"] = ex
+        result.exclusion_zones = list(getattr(ex, "zones", []) or [])
+
+    # ---- barrier
+    miss = missing_roles("spp1_macrophage", "caf", "effector_t")
+    if miss:
+        skipped["barrier"] = (f"the panel defines no phenotype for role(s) {', '.join(miss)} "
+                              f"(a TIB needs SPP1+ macrophages and CAFs: add e.g. an SPP1 marker and "
+                              f"SPP1_macrophage = \"CD68+ & SPP1+\")")
+    else:
+        from .barrier import barrier_analysis
+
+        with timer("barrier"):
+            br = barrier_analysis(
+                cells, result.region, result.tissue,
+                barrier_types=tuple(roles["barrier"]), macrophage_types=tuple(roles["spp1_macrophage"]),
+                caf_types=tuple(roles["caf"]), t_types=tuple(roles["effector_t"]),
+                segment_um=float(params["segment_um"]), barrier_width_um=float(params["barrier_width_um"]),
+                barrier_density=float(params["barrier_density"]), margin_um=float(params["margin_um"]),
+                colocalization_radii_um=tuple(params["colocalization_radii_um"]),
+                n_shifts=int(params["n_shifts"]), seed=seed, progress=progress)
+        analyses["barrier"] = br
+        result.segments = br.segments
+
+    # ---- shield
+    mask_specs = dict(panel.masks)
+    if image is None:
+        skipped["shield"] = "needs NET/collagen-I pixel masks from an image (cell-table-only run)"
+    elif not mask_specs:
+        skipped["shield"] = "the panel has no [masks] section (NET from CitH3, collagen I from COL1)"
+    elif missing_roles("tumour", "effector_t"):
+        skipped["shield"] = "the panel defines no tumour or effector T phenotype"
+    else:
+        from .shield import shield_analysis, shield_masks
+
+        with timer("shield"):
+            masks, mask_gates = shield_masks(image, mask_specs, channel_index, pixel_size_um,
+                                             tile_size_px=int(params.get("tile_size_px", 2048)), progress=progress)
+            for name in ("net", "col1"):
+                if name not in mask_specs:
+                    skipped[f"shield_{name}"] = f"the panel has no [masks] {name} entry"
+            sh = shield_analysis(
+                cells, _labels_array(result.labels), masks, pixel_size_um, result.region,
+                tumour_types=tuple(roles["tumour"]), t_types=tuple(roles["effector_t"]),
+                neutrophil_types=tuple(roles.get("neutrophil", ())),
+                shield_ring_um=float(params["shield_ring_um"]),
+                shield_min_coverage=float(params["shield_min_coverage"]),
+                nest_strip_um=float(params["nest_strip_um"]), contact_um=float(params["contact_um"]),
+                antagonism_tile_um=float(params["antagonism_tile_um"]),
+                antagonism_radii_um=tuple(params["antagonism_radii_um"]), seed=seed, progress=progress)
+        result.masks = masks
+        result.metrics.setdefault("mask_gates", {}).update(mask_gates)
+        analyses["shield"] = sh
+        per_cell = getattr(sh, "per_cell", None)
+        if per_cell is not None and len(per_cell):
+            cols = [c for c in per_cell.columns if c != "cell_id"]
+            merged = result.cells.drop(columns=[c for c in cols if c in result.cells.columns]).merge(
+                per_cell, on="cell_id", how="left")
+            result.cells = merged
+    return analyses
+
+
+def _labels_array(labels):
+    if labels is None or isinstance(labels, np.ndarray):
+        return labels
+    return np.asarray(labels)
+
+
+def _per_nest_table(result: PipelineResult) -> pd.DataFrame:
+    """One row per nest joining the geometry with every analysis' per-nest numbers."""
+    if result.region is None:
+        return pd.DataFrame()
+    nests = result.region.nests
+    base = pd.DataFrame({
+        "nest_id": np.arange(1, len(nests) + 1),
+        "area_um2": [p.area for p in nests],
+        "perimeter_um": [p.length for p in nests],
+        "centroid_x_um": [p.centroid.x for p in nests],
+        "centroid_y_um": [p.centroid.y for p in nests],
+    })
+    for name, res in result.analyses.items():
+        pn = getattr(res, "per_nest", None)
+        if isinstance(pn, pd.DataFrame) and "nest_id" in pn:
+            keep = [c for c in pn.columns if c == "nest_id" or c not in base.columns]
+            base = base.merge(pn[keep], on="nest_id", how="left")
+    return base
+
+
+# ---------------------------------------------------------------------------
+def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | None = None) -> list[Path]:
+    """Write every output of a run into ``out_dir`` (the CLI's file contract).
+
+    Files go through a staging folder and are moved into place only when all
+    were written, so a failure leaves no partial run behind.
+    """
+    from ._fileio import staging_dir
+    from .report import write_report_files
+
+    out_dir = Path(out_dir)
+    with staging_dir(out_dir) as stage:
+        write_report_files(result, stage, progress=progress)
+        written = sorted(p.relative_to(stage) for p in stage.rglob("*") if p.is_file())
+    result.out_dir = out_dir
+    return [out_dir / p for p in written]

@@ -1,0 +1,221 @@
+"""Turn a :class:`~tibspace.pipeline.PipelineResult` into the output folder.
+
+File contract (``tibspace run`` / ``tibspace analyze`` / napari Export):
+
+==============================  ==============================================
+``cells.parquet``, ``cells.csv``  one row per cell (intensities, phenotype,
+                                  ``signed_dist_um``, ``compartment``,
+                                  ``nest_id``, ``segment_id``, shield columns,
+                                  ``dist_to_<phenotype>_um``)
+``cell_labels.ome.tif``         uint32 labels == ``cell_id`` (image runs)
+``metrics.json``                every number, parameter, gate, skip reason,
+                                version and input checksum (deterministic)
+``gates.csv``                   gate per marker: method, value, % positive
+``panel_used.toml``             the panel with every gate frozen to its
+                                value: re-running with it reproduces the run
+``profiles.csv``                infiltration profile (tidy), and
+                                ``profiles_by_nest.csv``
+``nests.csv``                   one row per nest, every analysis' numbers
+``segments.csv``                perimeter segments (barrier columns)
+``stats/*.csv``                 tidy statistics (statistic, type pair,
+                                ``r_um``, value, envelope)
+``*.geojson``                   nests, barrier covered/gap segments,
+                                exclusion zones, tissue (QuPath-compatible,
+                                pixel coordinates)
+``net_mask.ome.tif`` ...        NET / collagen-I pixel masks (image runs)
+``cells.h5ad``                  AnnData for scanpy/squidpy users
+``report.html``, ``*.png``      figures and the key numbers
+==============================  ==============================================
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io as _io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import outputs as out
+from .progress import report
+
+
+def summary_lines(result) -> list[str]:
+    """The key numbers of a run, one per line (terminal summary and report)."""
+    m = result.metrics
+    lines = [f"sample {m.get('sample_id', '?')}: {m.get('n_cells', len(result.cells)):,} cells"]
+    counts = m.get("phenotype_counts", {})
+    if counts:
+        lines.append("  phenotypes: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
+    if m.get("tissue_area_mm2") is not None:
+        lines.append(f"  tissue area: {m['tissue_area_mm2']:.3f} mm²")
+    tr = m.get("tumour_region")
+    if tr:
+        lines.append(f"  tumour nests: {tr['n_nests']} (tumour area {tr['tumour_area_mm2']:.3f} mm², "
+                     f"perimeter {tr['perimeter_um']:.0f} µm)")
+    an = m.get("analyses", {})
+    ex = an.get("exclusion", {}).get("sample", {}) if isinstance(an.get("exclusion"), dict) else {}
+    if ex:
+        ratio = ex.get("infiltration_ratio")
+        lines.append(f"  immune phenotype: {ex.get('immune_phenotype', '?')} "
+                     f"(infiltration ratio {ratio if ratio is None else round(ratio, 3)})")
+    br = an.get("barrier", {}).get("sample", {}) if isinstance(an.get("barrier"), dict) else {}
+    if br:
+        cov = br.get("barrier_coverage")
+        lines.append(f"  barrier coverage: {cov if cov is None else round(cov, 3)}"
+                     f" (gaps {br.get('n_gaps', '?')}, link p = {br.get('link_p_value', 'n/a')})")
+    sh = an.get("shield", {}).get("sample", {}) if isinstance(an.get("shield"), dict) else {}
+    if sh:
+        lines.append(f"  shielded tumour cells: {sh.get('fraction_shielded', '?')}; "
+                     f"contact-rate ratio shielded/unshielded {sh.get('contact_rate_ratio', '?')}")
+    for name, why in (m.get("skipped") or {}).items():
+        lines.append(f"  skipped {name}: {why}")
+    return lines
+
+
+def _frozen_panel(result):
+    """The panel with every automatic gate replaced by the value it produced."""
+    panel = result.panel
+    if panel is None:
+        return None
+    markers = dict(panel.markers)
+    for name, value in (result.gates or {}).items():
+        if name in markers:
+            markers[name] = dataclasses.replace(markers[name], gate=float(value))
+    return dataclasses.replace(panel, markers=markers)
+
+
+def _fig_png(draw, size=(7, 4.5)) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=110)
+    ax = fig.add_subplot(111)
+    draw(ax)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def write_report_files(result, folder, *, progress=None) -> None:
+    """Write every output file of ``result`` into ``folder`` (see module docstring)."""
+    from .plotting import plot_barrier_coverage, plot_infiltration_profile, plot_overview
+
+    folder = Path(folder)
+    steps = 8
+    report(progress, "writing outputs", 0, steps)
+    px = result.pixel_size_um
+    out.write_table(result.cells, folder / "cells")
+    report(progress, "writing outputs", 1, steps)
+    if result.labels is not None:
+        from .io import write_labels_ome_tiff
+
+        write_labels_ome_tiff(folder / "cell_labels.ome.tif", result.labels, px)
+    for name, mask in (result.masks or {}).items():
+        from .io import write_labels_ome_tiff
+
+        write_labels_ome_tiff(folder / f"{name}_mask.ome.tif", np.asarray(mask).astype(np.uint8), px)
+    report(progress, "writing outputs", 2, steps)
+
+    gates = result.metrics.get("gates", {})
+    if gates:
+        out.write_table(pd.DataFrame(list(gates.values())), folder / "gates", formats=("csv",))
+    frozen = _frozen_panel(result)
+    if frozen is not None:
+        from ._fileio import atomic_path
+
+        with atomic_path(folder / "panel_used.toml") as tmp:
+            tmp.write_text(frozen.to_toml(), encoding="utf-8")
+    if len(result.profiles):
+        out.write_table(result.profiles, folder / "profiles", formats=("csv",))
+    if len(result.profiles_by_nest):
+        out.write_table(result.profiles_by_nest, folder / "profiles_by_nest", formats=("csv",))
+    if len(result.per_nest):
+        out.write_table(result.per_nest, folder / "nests", formats=("csv",))
+    if result.segments is not None and len(result.segments):
+        out.write_table(result.segments, folder / "segments", formats=("csv",))
+    for name, df in (result.stats or {}).items():
+        out.write_table(df, folder / "stats" / name, formats=("csv",))
+    for name, res in (result.analyses or {}).items():
+        for tname, df in (getattr(res, "tables", lambda: {})() or {}).items():
+            out.write_table(df, folder / "stats" / f"{name}_{tname}", formats=("csv",))
+    report(progress, "writing outputs", 3, steps)
+
+    # geometries (QuPath-compatible, pixel coordinates when the pixel size is known)
+    if result.region is not None:
+        pn = result.per_nest.to_dict(orient="records") if len(result.per_nest) else None
+        out.write_geojson(out.geojson_features(result.region.nests, name="tumour_nest", pixel_size_um=px,
+                                               measurements=pn, ids=[f"nest-{i}" for i in range(1, result.region.n_nests + 1)]),
+                          folder / "nests.geojson")
+    if result.tissue is not None:
+        out.write_geojson(out.geojson_features([result.tissue], name="tissue", pixel_size_um=px), folder / "tissue.geojson")
+    br = result.analyses.get("barrier")
+    if br is not None:
+        feats = []
+        for attr, key in (("covered_geometry", "barrier_covered"), ("gap_geometry", "barrier_gap")):
+            g = getattr(br, attr, None)
+            if g is not None:
+                feats += out.geojson_features([g], name=key, pixel_size_um=px)
+        out.write_geojson(feats, folder / "barrier_segments.geojson")
+    if result.exclusion_zones:
+        out.write_geojson(out.geojson_features(result.exclusion_zones, name="exclusion_zone", pixel_size_um=px),
+                          folder / "exclusion_zones.geojson")
+    report(progress, "writing outputs", 4, steps)
+
+    out.write_anndata(result.cells, result.channel_columns, folder / "cells.h5ad",
+                      uns={"sample_id": result.sample_id, "pixel_size_um": px})
+    report(progress, "writing outputs", 5, steps)
+    out.write_json(result.metrics, folder / "metrics.json")
+    out.write_json({"timings_s": result.timings_s}, folder / "run_log.json")
+    report(progress, "writing outputs", 6, steps)
+
+    figs = {
+        "overview.png": (lambda ax: plot_overview(result, ax), (8, 8)),
+        "infiltration_profile.png": (lambda ax: plot_infiltration_profile(result.profiles, ax), (7, 4.5)),
+        "barrier_coverage.png": (lambda ax: plot_barrier_coverage(result.per_nest, ax), (7, 4)),
+    }
+    pngs = {}
+    from ._fileio import atomic_path
+
+    for name, (draw, size) in figs.items():
+        pngs[name] = _fig_png(draw, size)
+        with atomic_path(folder / name) as tmp:
+            tmp.write_bytes(pngs[name])
+    report(progress, "writing outputs", 7, steps)
+    with atomic_path(folder / "report.html") as tmp:
+        tmp.write_text(_html_report(result, pngs), encoding="utf-8")
+    report(progress, "writing outputs", 8, steps)
+
+
+def _html_report(result, pngs: dict[str, bytes]) -> str:
+    m = result.metrics
+    esc = html.escape
+    img = lambda name: f'<img src="data:image/png;base64,{base64.b64encode(pngs[name]).decode()}" style="max-width:100%">'
+    table = ""
+    if len(result.per_nest):
+        show = result.per_nest.copy()
+        for c in show.columns:
+            if show[c].dtype == object:
+                show[c] = show[c].astype(str).str.slice(0, 60)
+        table = show.to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0, classes="t")
+    gates = pd.DataFrame(list(m.get("gates", {}).values()))
+    gates_html = gates.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="t") if len(gates) else ""
+    summary = "<br>".join(esc(s) for s in summary_lines(result))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tibspace report: {esc(result.sample_id)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}} .t{{border-collapse:collapse;font-size:12px}}
+.t td,.t th{{padding:2px 6px;border-bottom:1px solid #ddd}} code{{background:#f4f4f4}}</style></head><body>
+<h1>tibspace report: {esc(result.sample_id)}</h1>
+<p><code>{summary}</code></p>
+<h2>Map</h2>{img('overview.png')}
+<h2>Infiltration profile</h2>{img('infiltration_profile.png')}
+<h2>Barrier coverage</h2>{img('barrier_coverage.png')}
+<h2>Per nest</h2>{table}
+<h2>Gates used</h2>{gates_html}
+<p>tibspace {esc(str(m.get('tibspace_version')))}; seed {esc(str(m.get('seed')))}; every parameter is in metrics.json.</p>
+</body></html>"""
