@@ -35,6 +35,7 @@ class PipelineResult:
     image_path: Path | None = None
     image_shape: tuple[int, int] | None = None
     labels: Any = None
+    nuclei: Any = None
     gates: dict[str, float] = field(default_factory=dict)
     region: Any = None
     tissue: Any = None
@@ -136,7 +137,7 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         from .io import check_not_empty
 
         check_not_empty(img)
-        channel_index = panel.resolve_channels(img.channel_names)
+        channel_index = panel.resolve_channels(img.channel_names, image_path)
 
     names = img.channel_names
     nuclear = [names[channel_index[c]] for c in panel.nuclear]
@@ -156,8 +157,9 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         cells, panel, pixel_size_um=img.pixel_size_um, labels=seg.labels, image=img,
         channel_index=channel_index, seed=seed, progress=progress, timings=timings)
     result.image_path = image_path
+    result.nuclei = seg.nuclei
     result.image_shape = tuple(int(s) for s in img.shape[-2:])
-    result.metrics["segmentation"] = seg.parameters | {"n_cells": int(len(cells)), "n_tiles": int(seg.n_tiles)}
+    result.metrics["segmentation"] = dict(seg.parameters) | {"n_cells": int(len(cells)), "n_tiles": int(seg.n_tiles)}
     result.metrics["input"] = {
         "path": str(image_path), "sha256": _checksum(image_path), "channels": list(names),
         "shape_yx": list(result.image_shape), "pixel_size_um": float(img.pixel_size_um),
@@ -336,8 +338,12 @@ def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, la
         for name in ("barrier", "shield", "exclusion"):
             skipped[name] = "no tumour region: " + skipped.get("tumour_geometry", "")
     else:
-        analyses.update(_run_analyses(result, panel, params, defined, image, channel_index,
-                                      pixel_size_um, seed, progress, skipped, timer))
+        for name, run in _analysis_steps(result, panel, params, defined, image, channel_index,
+                                         pixel_size_um, seed, progress, skipped, timer):
+            try:
+                analyses[name] = run()
+            except InputError as exc:  # data the analysis cannot use: say why, keep the rest
+                skipped[name] = str(exc)
     result.analyses = analyses
     result.per_nest = _per_nest_table(result)
     metrics.update(result.metrics)  # e.g. mask gates recorded by the shield step
@@ -387,56 +393,57 @@ def _add_nearest_distances(cells):
     return out
 
 
-def _run_analyses(result, panel, params, defined, image, channel_index, pixel_size_um, seed, progress,
-                  skipped, timer):
+def _analysis_steps(result, panel, params, defined, image, channel_index, pixel_size_um, seed, progress,
+                    skipped, timer):
+    """Yield ``(name, run)`` for every analysis that can run; record the others in ``skipped``."""
     roles = panel.roles
-    analyses: dict[str, Any] = {}
-    cells = result.cells
 
     def missing_roles(*names):
-        miss = [r for r in names if not (set(roles.get(r, [])) & defined)]
-        return miss
+        return [r for r in names if not (set(roles.get(r, [])) & defined)]
 
-    # ---- exclusion
     miss = missing_roles("effector_t")
     if miss:
         skipped["exclusion"] = f"the panel defines no phenotype for role(s) {miss} (e.g. CD8_T = \"CD3+ & CD8+\")"
     else:
-        from .exclusion import exclusion_analysis
+        def run_exclusion():
+            from .exclusion import exclusion_analysis
 
-        with timer("exclusion"):
-            ex = exclusion_analysis(
-                cells, result.region, result.tissue, t_types=tuple(roles["effector_t"]),
-                margin_um=float(params["margin_um"]), outside_band_um=float(params["outside_band_um"]),
-                desert_density=float(params["desert_density"]), excluded_ratio=float(params["excluded_ratio"]),
-                bandwidth_um=float(params["exclusion_bandwidth_um"]), grid_um=float(params["exclusion_grid_um"]),
-                exclusion_fraction=float(params["exclusion_fraction"]),
-                min_zone_area_um2=float(params["exclusion_min_area_um2"]), progress=progress)
-        analyses["exclusion"] = ex
-        result.exclusion_zones = list(getattr(ex, "zones", []) or [])
+            with timer("exclusion"):
+                ex = exclusion_analysis(
+                    result.cells, result.region, result.tissue, t_types=tuple(roles["effector_t"]),
+                    margin_um=float(params["margin_um"]), outside_band_um=float(params["outside_band_um"]),
+                    desert_density=float(params["desert_density"]), excluded_ratio=float(params["excluded_ratio"]),
+                    bandwidth_um=float(params["exclusion_bandwidth_um"]), grid_um=float(params["exclusion_grid_um"]),
+                    exclusion_fraction=float(params["exclusion_fraction"]),
+                    min_zone_area_um2=float(params["exclusion_min_area_um2"]), progress=progress)
+            result.exclusion_zones = list(getattr(ex, "zones", []) or [])
+            return ex
 
-    # ---- barrier
+        yield "exclusion", run_exclusion
+
     miss = missing_roles("spp1_macrophage", "caf", "effector_t")
     if miss:
         skipped["barrier"] = (f"the panel defines no phenotype for role(s) {', '.join(miss)} "
-                              f"(a TIB needs SPP1+ macrophages and CAFs: add e.g. an SPP1 marker and "
+                              f"(a TIB needs SPP1+ macrophages and CAFs: add an SPP1 marker and e.g. "
                               f"SPP1_macrophage = \"CD68+ & SPP1+\")")
     else:
-        from .barrier import barrier_analysis
+        def run_barrier():
+            from .barrier import barrier_analysis
 
-        with timer("barrier"):
-            br = barrier_analysis(
-                cells, result.region, result.tissue,
-                barrier_types=tuple(roles["barrier"]), macrophage_types=tuple(roles["spp1_macrophage"]),
-                caf_types=tuple(roles["caf"]), t_types=tuple(roles["effector_t"]),
-                segment_um=float(params["segment_um"]), barrier_width_um=float(params["barrier_width_um"]),
-                barrier_density=float(params["barrier_density"]), margin_um=float(params["margin_um"]),
-                colocalization_radii_um=tuple(params["colocalization_radii_um"]),
-                n_shifts=int(params["n_shifts"]), seed=seed, progress=progress)
-        analyses["barrier"] = br
-        result.segments = br.segments
+            with timer("barrier"):
+                br = barrier_analysis(
+                    result.cells, result.region, result.tissue,
+                    barrier_types=tuple(roles["barrier"]), macrophage_types=tuple(roles["spp1_macrophage"]),
+                    caf_types=tuple(roles["caf"]), t_types=tuple(roles["effector_t"]),
+                    segment_um=float(params["segment_um"]), barrier_width_um=float(params["barrier_width_um"]),
+                    barrier_density=float(params["barrier_density"]), margin_um=float(params["margin_um"]),
+                    colocalization_radii_um=tuple(params["colocalization_radii_um"]),
+                    n_shifts=int(params["n_shifts"]), seed=seed, progress=progress)
+            result.segments = br.segments
+            return br
 
-    # ---- shield
+        yield "barrier", run_barrier
+
     mask_specs = dict(panel.masks)
     if image is None:
         skipped["shield"] = "needs NET/collagen-I pixel masks from an image (cell-table-only run)"
@@ -445,33 +452,36 @@ def _run_analyses(result, panel, params, defined, image, channel_index, pixel_si
     elif missing_roles("tumour", "effector_t"):
         skipped["shield"] = "the panel defines no tumour or effector T phenotype"
     else:
-        from .shield import shield_analysis, shield_masks
+        for name in ("net", "col1"):
+            if name not in mask_specs:
+                what = "NET (CitH3, optionally requiring MPO)" if name == "net" else "collagen I (COL1)"
+                skipped[f"shield_{name}"] = f"the panel has no [masks] {name} entry for {what}: that part of the shield is not measured"
 
-        with timer("shield"):
-            masks, mask_gates = shield_masks(image, mask_specs, channel_index, pixel_size_um,
-                                             tile_size_px=int(params.get("tile_size_px", 2048)), progress=progress)
-            for name in ("net", "col1"):
-                if name not in mask_specs:
-                    skipped[f"shield_{name}"] = f"the panel has no [masks] {name} entry"
-            sh = shield_analysis(
-                cells, _labels_array(result.labels), masks, pixel_size_um, result.region,
-                tumour_types=tuple(roles["tumour"]), t_types=tuple(roles["effector_t"]),
-                neutrophil_types=tuple(roles.get("neutrophil", ())),
-                shield_ring_um=float(params["shield_ring_um"]),
-                shield_min_coverage=float(params["shield_min_coverage"]),
-                nest_strip_um=float(params["nest_strip_um"]), contact_um=float(params["contact_um"]),
-                antagonism_tile_um=float(params["antagonism_tile_um"]),
-                antagonism_radii_um=tuple(params["antagonism_radii_um"]), seed=seed, progress=progress)
-        result.masks = masks
-        result.metrics.setdefault("mask_gates", {}).update(mask_gates)
-        analyses["shield"] = sh
-        per_cell = getattr(sh, "per_cell", None)
-        if per_cell is not None and len(per_cell):
-            cols = [c for c in per_cell.columns if c != "cell_id"]
-            merged = result.cells.drop(columns=[c for c in cols if c in result.cells.columns]).merge(
-                per_cell, on="cell_id", how="left")
-            result.cells = merged
-    return analyses
+        def run_shield():
+            from .shield import shield_analysis, shield_masks
+
+            with timer("shield"):
+                masks, mask_gates = shield_masks(image, mask_specs, channel_index, pixel_size_um,
+                                                 tile_size_px=int(params.get("tile_size_px", 2048)), progress=progress)
+                sh = shield_analysis(
+                    result.cells, _labels_array(result.labels), masks, pixel_size_um, result.region,
+                    tumour_types=tuple(roles["tumour"]), t_types=tuple(roles["effector_t"]),
+                    neutrophil_types=tuple(roles.get("neutrophil", ())),
+                    shield_ring_um=float(params["shield_ring_um"]),
+                    shield_min_coverage=float(params["shield_min_coverage"]),
+                    nest_strip_um=float(params["nest_strip_um"]), contact_um=float(params["contact_um"]),
+                    antagonism_tile_um=float(params["antagonism_tile_um"]),
+                    antagonism_radii_um=tuple(params["antagonism_radii_um"]), seed=seed, progress=progress)
+            result.masks = masks
+            result.metrics.setdefault("mask_gates", {}).update(mask_gates)
+            per_cell = getattr(sh, "per_cell", None)
+            if per_cell is not None and len(per_cell):
+                cols = [c for c in per_cell.columns if c != "cell_id"]
+                result.cells = result.cells.drop(columns=[c for c in cols if c in result.cells.columns]).merge(
+                    per_cell, on="cell_id", how="left")
+            return sh
+
+        yield "shield", run_shield
 
 
 def _labels_array(labels):

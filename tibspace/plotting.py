@@ -62,7 +62,11 @@ def plot_overview(result, ax, *, max_points: int = 200_000, seed: int = 0):
         cells = cells.iloc[np.sort(np.random.default_rng(seed).choice(len(cells), max_points, replace=False))]
     ph = cells["phenotype"].astype(str).to_numpy()
     cols = np.array([_rgb(phenotype_colour(p)) for p in ph]) if len(ph) else np.zeros((0, 3))
-    ax.scatter(cells["x_um"], cells["y_um"], s=1.5, c=cols, linewidths=0, rasterized=True)
+    # Marker about one cell (8 µm) wide at the figure's scale, but at least a dot.
+    extent = max(float(np.ptp(cells["x_um"])) if len(cells) else 1.0, 1.0)
+    width_pt = ax.figure.get_figwidth() * 72 * 0.8
+    size = float(np.clip((8.0 * width_pt / extent) ** 2, 0.5, 30.0))
+    ax.scatter(cells["x_um"], cells["y_um"], s=size, c=cols, linewidths=0, rasterized=True)
 
     def draw(geom, **kw):
         for g in getattr(geom, "geoms", [geom]):

@@ -31,7 +31,6 @@ File contract (``tibspace run`` / ``tibspace analyze`` / napari Export):
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import io as _io
 from pathlib import Path
@@ -57,20 +56,27 @@ def summary_lines(result) -> list[str]:
         lines.append(f"  tumour nests: {tr['n_nests']} (tumour area {tr['tumour_area_mm2']:.3f} mm², "
                      f"perimeter {tr['perimeter_um']:.0f} µm)")
     an = m.get("analyses", {})
-    ex = an.get("exclusion", {}).get("sample", {}) if isinstance(an.get("exclusion"), dict) else {}
+
+    def r3(v):
+        return "n/a" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+
+    ex = (an.get("exclusion") or {}).get("sample", {})
     if ex:
-        ratio = ex.get("infiltration_ratio")
-        lines.append(f"  immune phenotype: {ex.get('immune_phenotype', '?')} "
-                     f"(infiltration ratio {ratio if ratio is None else round(ratio, 3)})")
-    br = an.get("barrier", {}).get("sample", {}) if isinstance(an.get("barrier"), dict) else {}
+        lines.append(f"  immune phenotype: {ex.get('immune_phenotype')} (infiltration ratio "
+                     f"{r3(ex.get('infiltration_ratio'))}; {(ex.get('decision') or {}).get('rule', '')}); "
+                     f"exclusion zones border {r3(ex.get('zone_perimeter_fraction'))} of the tumour perimeter")
+    br = (an.get("barrier") or {}).get("sample", {})
     if br:
-        cov = br.get("barrier_coverage")
-        lines.append(f"  barrier coverage: {cov if cov is None else round(cov, 3)}"
-                     f" (gaps {br.get('n_gaps', '?')}, link p = {br.get('link_p_value', 'n/a')})")
-    sh = an.get("shield", {}).get("sample", {}) if isinstance(an.get("shield"), dict) else {}
+        link = br.get("link") or {}
+        lines.append(f"  barrier coverage: {r3(br.get('barrier_coverage'))} of {r3(br.get('perimeter_um'))} µm "
+                     f"perimeter; {br.get('n_gaps')} gaps (largest {r3(br.get('largest_gap_um'))} µm); "
+                     f"barrier→exclusion link p = {r3(link.get('p_value'))}")
+    sh = (an.get("shield") or {}).get("sample", {})
     if sh:
-        lines.append(f"  shielded tumour cells: {sh.get('fraction_shielded', '?')}; "
-                     f"contact-rate ratio shielded/unshielded {sh.get('contact_rate_ratio', '?')}")
+        c = sh.get("contact") or {}
+        lines.append(f"  shielded tumour cells: {r3(sh.get('shielded_fraction'))} (mean ring coverage "
+                     f"{r3(sh.get('mean_shield_coverage'))}); T-contact rate shielded {r3(c.get('contact_rate_shielded'))}"
+                     f" vs unshielded {r3(c.get('contact_rate_unshielded'))} (Fisher p {r3(c.get('fisher_p_two_sided'))})")
     for name, why in (m.get("skipped") or {}).items():
         lines.append(f"  skipped {name}: {why}")
     return lines
@@ -78,14 +84,7 @@ def summary_lines(result) -> list[str]:
 
 def _frozen_panel(result):
     """The panel with every automatic gate replaced by the value it produced."""
-    panel = result.panel
-    if panel is None:
-        return None
-    markers = dict(panel.markers)
-    for name, value in (result.gates or {}).items():
-        if name in markers:
-            markers[name] = dataclasses.replace(markers[name], gate=float(value))
-    return dataclasses.replace(panel, markers=markers)
+    return None if result.panel is None else result.panel.with_gates(result.gates or {})
 
 
 def _fig_png(draw, size=(7, 4.5)) -> bytes:

@@ -150,7 +150,7 @@ def standardise_cell_table(raw: pd.DataFrame, panel=None, *, source=None) -> tup
     if bad.any():
         raise InputError(f"{name}: {int(bad.sum())} of {len(x)} rows have missing or non-numeric coordinates "
                          f"in {xcol!r}/{ycol!r} (first at row {int(np.argmax(bad))}); remove or fix them")
-    px = get("pixel_size_um")
+    px = get("pixel_size_um") or getattr(panel, "pixel_size_um", None)
     if units in ("px", "pixel", "pixels"):
         if not px:
             raise InputError(f"{name}: coordinates {xcol!r}/{ycol!r} are in pixels but no pixel size is known; "

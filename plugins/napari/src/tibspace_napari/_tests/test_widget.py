@@ -1,0 +1,188 @@
+"""The dock widget end to end on the bundled sample: run, layers, dock, gate, export, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tibspace_napari._sample_data import sample_paths
+from tibspace_napari._widget import TibspaceWidget
+
+RUN_TIMEOUT_MS = 300_000  # the pipeline on the sample; generous for a loaded CI box
+
+
+@pytest.fixture
+def sample_viewer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("tibspace-napari", "hcc_sample")
+    return viewer
+
+
+def _run(qtbot, widget):
+    ticks = []
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(50)
+    steps = []
+    widget._relay.progressed.connect(lambda s, d, t: steps.append((s, d, t)))
+    widget.run()
+    assert widget.worker is not None, widget.error_label.text()
+    with qtbot.waitSignal(widget.worker.finished, timeout=RUN_TIMEOUT_MS):
+        pass
+    timer.stop()
+    return steps, ticks
+
+
+def test_sample_run_end_to_end(sample_viewer, qtbot, tmp_path, run_cache):
+    viewer = sample_viewer
+    image, panel = sample_paths()
+    widget = TibspaceWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="tibspace")
+    # The sample's own panel is picked up from the layers' metadata.
+    assert widget.panel_edit.text() == str(panel)
+    assert widget.image_combo.currentData() == str(image)
+
+    steps, ticks = _run(qtbot, widget)
+    assert widget.error_label.isHidden(), widget.error_label.text()
+    r = widget.result
+    run_cache["sample"] = r
+    assert r is not None and len(r.cells) > 100
+    # Progress reached the GUI from the worker thread, and the event loop kept
+    # running during the analysis (the viewer stayed responsive).
+    names = {s for s, _, _ in steps}
+    assert {"phenotyping", "barrier", "exclusion"} <= names
+    assert len(ticks) >= 10
+
+    layers = viewer.layers
+    px = r.pixel_size_um
+    for name in ("cells", "cells by phenotype", "tumour nests", "barrier covered",
+                 "barrier gaps", "exclusion zones", "NET mask", "Col1 mask"):
+        assert name in layers, f"missing layer {name}"
+    assert tuple(layers["cells"].scale) == (px, px)
+    assert tuple(layers["NET mask"].scale) == pytest.approx((px, px))
+    pts = layers["cells by phenotype"]
+    assert tuple(pts.scale) == (1.0, 1.0) and len(pts.data) == len(r.cells)
+    np.testing.assert_allclose(pts.data, r.cells[["y_um", "x_um"]].to_numpy())
+    for col in ("cell_id", "phenotype", "signed_dist_um", "compartment", "nest_id",
+                "shield_coverage"):
+        assert col in pts.features, col
+    assert pts.features["phenotype"].tolist() == r.cells["phenotype"].astype(str).tolist()
+    # Points sit on their own cell's pixels.
+    rc = np.round(pts.data / px).astype(int)
+    assert np.mean(r.labels[rc[:, 0], rc[:, 1]] == pts.features["cell_id"].to_numpy()) > 0.98
+    nests = layers["tumour nests"]
+    assert set(nests.features["nest_id"]) == set(range(1, r.region.n_nests + 1))
+    covered = layers["barrier covered"].features["length_um"].sum()
+    seg = r.segments[r.segments["assessable"].astype(bool)] if "assessable" in r.segments \
+        else r.segments
+    assert covered == pytest.approx(seg.loc[seg["covered"].astype(bool), "length_um"].sum(),
+                                    rel=1e-6)
+
+    # Results dock: numbers per sample and per nest, figures, click → camera on nest.
+    dock = widget.results_widget
+    assert dock.summary_table.rowCount() >= 5
+    assert dock.nest_table.rowCount() == r.region.n_nests
+    assert len(dock.figure.axes) == 2 and dock.figure.axes[0].lines
+    dock.nest_table.cellClicked.emit(1, 0)
+    target = r.region.nests[int(dock._nest_ids[1]) - 1]
+    x0, y0, x1, y1 = target.bounds
+    np.testing.assert_allclose(viewer.camera.center[-2:], ((y0 + y1) / 2, (x0 + x1) / 2))
+
+    # Gate preview from the cell table: no re-analysis, counts match the table.
+    idx = widget.marker_combo.findData("CD8")
+    widget.marker_combo.setCurrentIndex(idx)
+    gate = r.metrics["gates"]["CD8"]["value"]
+    assert widget.gate_spin.value() == pytest.approx(gate, abs=1e-3)
+    for g in (gate, 2 * gate):
+        widget.set_gate(g)
+        prev = layers["gate preview"]
+        n = int((r.cells["CD8"] > widget.gate_spin.value()).sum())
+        assert len(prev.data) == n == prev.metadata["tibspace"]["n_positive"]
+    assert widget.result is r
+
+    # Export writes the CLI's files.
+    out = tmp_path / "out"
+    widget.out_edit.setText(str(out))
+    widget.export()
+    with qtbot.waitSignal(widget.export_worker.finished, timeout=RUN_TIMEOUT_MS):
+        pass
+    assert widget.error_label.isHidden(), widget.error_label.text()
+    for f in ("cells.parquet", "cells.csv", "metrics.json", "gates.csv", "nests.csv",
+              "segments.csv", "cell_labels.ome.tif"):
+        assert (out / f).is_file(), f
+    assert sorted(widget.exported) == sorted(p for p in out.rglob("*") if p.is_file())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_cells"] == len(r.cells)
+
+
+def test_cancel_stops_the_run(sample_viewer, qtbot):
+    widget = TibspaceWidget(sample_viewer)
+    widget.run()
+    widget.cancel()
+    with qtbot.waitSignal(widget.worker.finished, timeout=RUN_TIMEOUT_MS):
+        pass
+    assert widget.result is None
+    assert "cancelled" in widget.status_label.text().lower()
+    assert widget.error_label.isHidden()
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert "cells by phenotype" not in sample_viewer.layers
+
+
+def test_bad_panel_is_shown_in_the_dock(sample_viewer, qtbot, tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    widget = TibspaceWidget(sample_viewer)
+    bad = tmp_path / "bad_panel.toml"
+    bad.write_text("[channels\nnuclear = DAPI\n")  # not TOML
+    widget.panel_edit.setText(str(bad))
+    widget.run()
+    assert widget.worker is None
+    assert widget.error_label.isVisible() or not widget.error_label.isHidden()
+    assert "bad_panel.toml" in widget.error_label.text()
+    assert shown and "bad_panel.toml" in shown[-1]
+
+
+def test_missing_channel_error_from_worker(sample_viewer, qtbot, tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    _, panel = sample_paths()
+    text = panel.read_text().replace('nuclear = ["DAPI"]', 'nuclear = ["Hoechst_missing"]')
+    assert "Hoechst_missing" in text
+    p = tmp_path / "panel_missing.toml"
+    p.write_text(text)
+    widget = TibspaceWidget(sample_viewer)
+    widget.panel_edit.setText(str(p))
+    widget.run()
+    with qtbot.waitSignal(widget.worker.finished, timeout=RUN_TIMEOUT_MS):
+        pass
+    assert "Hoechst_missing" in widget.error_label.text()
+    assert "unexpected" not in widget.error_label.text()  # a TibspaceError, one line
+    assert shown and "Hoechst_missing" in shown[-1]
+    assert widget.result is None
+
+
+def test_no_pixel_size_is_asked_for(make_napari_viewer, qtbot, tmp_path):
+    import tifffile
+
+    folder = tmp_path / "mibi_like"
+    folder.mkdir()
+    for name in ("HH3", "CD8"):
+        tifffile.imwrite(folder / f"{name}.tif", np.ones((32, 32), np.uint8))
+    viewer = make_napari_viewer()
+    with pytest.warns(UserWarning, match="no pixel size"):
+        viewer.open(str(folder), plugin="tibspace-napari")
+    widget = TibspaceWidget(viewer)
+    widget.panel_edit.setText(str(sample_paths()[1]))
+    widget.run()
+    assert widget.worker is None
+    assert "pixel size" in widget.error_label.text()
+    # Before a run the gate preview works on pixels of the open image.
+    widget.marker_combo.setCurrentIndex(widget.marker_combo.findData("CD8"))
+    widget.set_gate(0.5)
+    assert np.all(np.asarray(viewer.layers["gate preview"].data) == 1)
+    widget.set_gate(2.0)
+    assert np.all(np.asarray(viewer.layers["gate preview"].data) == 0)

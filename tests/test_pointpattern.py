@@ -1,0 +1,353 @@
+"""Point-pattern statistics against independent references (astropy, shapely,
+brute force) and known ground truth (Poisson, planted attraction)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+from astropy.stats import RipleysKEstimator
+from hypothesis import given, settings, strategies as st
+from shapely import affinity
+from shapely.geometry import Point, Polygon, box
+
+from tibspace.errors import InputError
+from tibspace.pointpattern import (circle_fraction_in_window, cross_k, cross_l, cross_l_all_pairs,
+                                   g_cross, neighbour_pairs, pair_correlation, random_labelling_envelope,
+                                   ripley_k, ripley_l, set_covariance)
+
+RECT = (0.0, 0.0, 100.0, 60.0)
+RADII = np.linspace(1.0, 29.0, 15)
+
+
+@pytest.fixture(scope="module")
+def pts():
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 100, 300), rng.uniform(0, 60, 300)
+
+
+def _astropy():
+    return RipleysKEstimator(area=6000.0, x_min=0, y_min=0, x_max=100, y_max=60)
+
+
+@pytest.mark.parametrize("mode,ec", [("none", "none"), ("translation", "translation")])
+def test_ripley_k_matches_astropy(pts, mode, ec):
+    x, y = pts
+    ref = _astropy()(np.c_[x, y], RADII, mode=mode)
+    ours = ripley_k(x, y, RADII, RECT, edge_correction=ec)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6)
+
+
+def test_ripley_k_isotropic_matches_astropy_symmetrised(pts):
+    # astropy's 'ripley' mode weights each unordered pair by the circle of the
+    # lower-indexed point only (times 2), so its value depends on the point
+    # order. Averaging over the data and its reversal gives the symmetric
+    # estimator sum_{i != j} w(i, d_ij), which is Ripley's and ours.
+    x, y = pts
+    est = _astropy()
+    data = np.c_[x, y]
+    ref = 0.5 * (est(data, RADII, mode="ripley") + est(data[::-1], RADII, mode="ripley"))
+    ours = ripley_k(x, y, RADII, RECT, edge_correction="isotropic")
+    np.testing.assert_allclose(ours, ref, rtol=1e-6)
+    # and the asymmetric astropy value differs by no more than sampling noise
+    np.testing.assert_allclose(ours, est(data, RADII, mode="ripley"), rtol=0.05)
+
+
+def test_naive_intensity_scales_by_n_ratio(pts):
+    x, y = pts
+    n = x.size
+    a = ripley_k(x, y, RADII, RECT, edge_correction="none", intensity="naive")
+    b = ripley_k(x, y, RADII, RECT, edge_correction="none")
+    np.testing.assert_allclose(a * n / (n - 1), b, rtol=1e-12)
+
+
+def _circle_len_fraction(p, r, geom):
+    c = Point(p).buffer(r, quad_segs=4096).exterior
+    return c.intersection(geom).length / c.length
+
+
+POLY = Polygon([(0, 0), (200, 0), (200, 80), (120, 150), (0, 150)],
+               holes=[[(50, 50), (80, 50), (80, 70), (50, 70)]])
+
+
+@pytest.mark.parametrize("r", [5.0, 12.0, 30.0, 55.0])
+def test_circle_fraction_polygon_matches_shapely(r):
+    p = [(10, 10), (100, 40), (190, 75), (45, 60), (110, 140), (150, 20)]
+    ours = circle_fraction_in_window([q[0] for q in p], [q[1] for q in p], r, POLY)
+    ref = [_circle_len_fraction(q, r, POLY) for q in p]
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_circle_fraction_rectangle_matches_shapely():
+    p = [(3, 4), (50, 2), (97, 58), (50, 30), (1, 59)]
+    for r in (2.5, 10.0, 25.0):
+        ours = circle_fraction_in_window([q[0] for q in p], [q[1] for q in p], r, RECT)
+        ref = [_circle_len_fraction(q, r, box(*RECT)) for q in p]
+        np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def _brute_k_isotropic_polygon(x, y, radii, geom):
+    """O(n²) Ripley K with weights from shapely circle intersections (independent)."""
+    n = x.size
+    d = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+    bd = shapely.distance(geom.boundary, shapely.points(x, y))
+    k = np.zeros(radii.size)
+    for i in range(n):
+        for j in range(n):
+            if i != j and d[i, j] <= radii[-1]:
+                # a circle closer than the boundary lies fully inside: weight 1
+                w = 1.0 if d[i, j] < bd[i] else 1.0 / _circle_len_fraction((x[i], y[i]), d[i, j], geom)
+                k += w * (d[i, j] <= radii)
+    return geom.area * k / (n * (n - 1))
+
+
+def test_isotropic_polygon_window_matches_brute_force():
+    rng = np.random.default_rng(3)
+    geom = Polygon([(0, 0), (120, 0), (120, 50), (60, 50), (60, 110), (0, 110)])  # L shape
+    x, y = rng.uniform(0, 120, 400), rng.uniform(0, 110, 400)
+    m = shapely.contains_xy(geom, x, y)
+    x, y = x[m][:110], y[m][:110]
+    radii = np.array([5.0, 12.0, 20.0])
+    ref = _brute_k_isotropic_polygon(x, y, radii, geom)
+    ours = ripley_k(x, y, radii, geom, edge_correction="isotropic")
+    # per-point tables of 256 radii, interpolated: ~1e-4 relative
+    np.testing.assert_allclose(ours, ref, rtol=1e-3)
+
+
+def test_polygon_box_equals_rectangle(pts):
+    x, y = pts
+    for ec, tol in (("isotropic", 1e-4), ("translation", 1e-3), ("none", 1e-12)):
+        a = ripley_k(x, y, RADII, RECT, edge_correction=ec)
+        b = ripley_k(x, y, RADII, box(*RECT), edge_correction=ec)
+        np.testing.assert_allclose(b, a, rtol=tol)
+
+
+def test_set_covariance_of_disc_matches_analytic():
+    R = 500.0
+    disc = Point(0, 0).buffer(R, quad_segs=2048)
+    cov, px, P = set_covariance(disc, 100.0)
+    for d in (0.0, 20.0, 55.0, 100.0):
+        k = int(round(d / px))
+        dd = k * px
+        exact = 2 * R * R * math.acos(dd / (2 * R)) - 0.5 * dd * math.sqrt(4 * R * R - dd * dd)
+        assert abs(cov[P, P + k] / exact - 1) < 2e-3
+        assert abs(cov[P + k, P] / exact - 1) < 2e-3
+
+
+def _brute_cross_k(xa, ya, xb, yb, radii, rect, ec):
+    W, H = rect[2] - rect[0], rect[3] - rect[1]
+    dx = xb[None, :] - xa[:, None]
+    dy = yb[None, :] - ya[:, None]
+    d = np.hypot(dx, dy)
+    if ec == "translation":
+        w = W * H / ((W - np.abs(dx)) * (H - np.abs(dy)))
+    else:  # isotropic: sample the circle around the a point at many angles
+        th = (np.arange(50000) + 0.5) * 2 * np.pi / 50000
+        w = np.ones_like(d)
+        bd = np.minimum.reduce([xa - rect[0], rect[2] - xa, ya - rect[1], rect[3] - ya])
+        for i in range(d.shape[0]):
+            for j in np.flatnonzero((d[i] <= radii[-1]) & (d[i] > bd[i])):
+                cx = xa[i] + d[i, j] * np.cos(th)
+                cy = ya[i] + d[i, j] * np.sin(th)
+                f = np.mean((cx >= rect[0]) & (cx <= rect[2]) & (cy >= rect[1]) & (cy <= rect[3]))
+                w[i, j] = 1 / f
+    k = np.array([(w * (d <= r)).sum() for r in radii])
+    return W * H * k / (xa.size * xb.size)
+
+
+@pytest.mark.parametrize("ec,tol", [("translation", 1e-10), ("isotropic", 2e-4), ("none", 1e-12)])
+def test_cross_k_matches_brute_force(ec, tol):
+    rng = np.random.default_rng(5)
+    xa, ya = rng.uniform(0, 100, 60), rng.uniform(0, 60, 60)
+    xb, yb = rng.uniform(0, 100, 80), rng.uniform(0, 60, 80)
+    radii = np.array([4.0, 10.0, 25.0])
+    ref = _brute_cross_k(xa, ya, xb, yb, radii, RECT, ec if ec != "none" else "translation")
+    if ec == "none":
+        d = np.hypot(xb[None] - xa[:, None], yb[None] - ya[:, None])
+        ref = np.array([(d <= r).sum() for r in radii]) * 6000 / (60 * 80)
+    np.testing.assert_allclose(cross_k(xa, ya, xb, yb, radii, RECT, edge_correction=ec), ref, rtol=tol)
+    np.testing.assert_allclose(cross_l(xa, ya, xb, yb, radii, RECT, edge_correction=ec),
+                               np.sqrt(ref / np.pi), rtol=tol)
+
+
+def test_cross_l_all_pairs_consistent_with_pairwise():
+    rng = np.random.default_rng(7)
+    n = 900
+    cells = pd.DataFrame({"cell_id": np.arange(n), "x_um": rng.uniform(0, 200, n),
+                          "y_um": rng.uniform(0, 150, n), "phenotype": rng.choice(["A", "B", "C"], n)})
+    W = (0, 0, 200, 150)
+    radii = np.array([5.0, 15.0, 40.0])
+    df = cross_l_all_pairs(cells, radii, W)
+    assert len(df) == 9 * 3 and set(df.statistic) == {"cross_L"}
+    for a in "ABC":
+        for b in "ABC":
+            ma = cells.phenotype == a
+            mb = cells.phenotype == b
+            got = df[(df.type_a == a) & (df.type_b == b)].sort_values("r_um").value.to_numpy()
+            if a == b:
+                ref = ripley_l(cells.x_um[ma], cells.y_um[ma], radii, W)
+            else:
+                ref = cross_l(cells.x_um[ma], cells.y_um[ma], cells.x_um[mb], cells.y_um[mb], radii, W)
+            np.testing.assert_allclose(got, ref, rtol=1e-10)
+    row = df[(df.type_a == "A") & (df.type_b == "B")].iloc[0]
+    assert row.n_a == (cells.phenotype == "A").sum() and row.n_b == (cells.phenotype == "B").sum()
+
+
+def _brute_pcf(x, y, radii, rect, h):
+    W, H = rect[2] - rect[0], rect[3] - rect[1]
+    dx = x[None] - x[:, None]
+    dy = y[None] - y[:, None]
+    d = np.hypot(dx, dy)
+    w = W * H / ((W - np.abs(dx)) * (H - np.abs(dy)))
+    np.fill_diagonal(d, np.inf)
+    out = []
+    for r in radii:
+        u = (r - d) / h
+        k = np.where(np.abs(u) < 1, 0.75 * (1 - u * u) / h, 0.0)
+        out.append((k * w).sum())
+    n = x.size
+    return W * H * np.array(out) / (2 * np.pi * radii * n * (n - 1))
+
+
+def test_pair_correlation_matches_brute_force_and_poisson():
+    rng = np.random.default_rng(11)
+    x, y = rng.uniform(0, 100, 400), rng.uniform(0, 60, 400)
+    radii = np.array([3.0, 8.0, 15.0, 25.0])
+    g = pair_correlation(x, y, radii, RECT, bandwidth_um=2.0)
+    np.testing.assert_allclose(g, _brute_pcf(x, y, radii, RECT, 2.0), rtol=1e-10)
+    assert np.all(np.abs(g - 1) < 0.3)
+    # pcf integrates to K: K(r) = ∫ 2π s g(s) ds (fine grid, Poisson)
+    x, y = rng.uniform(0, 400, 4000), rng.uniform(0, 400, 4000)
+    rr = np.linspace(0.5, 30, 60)
+    gg = pair_correlation(x, y, rr, (0, 0, 400, 400), bandwidth_um=1.5)
+    kk = ripley_k(x, y, [30.0], (0, 0, 400, 400), edge_correction="translation")[0]
+    integral = np.trapezoid(2 * np.pi * np.r_[0, rr] * np.r_[gg[0], gg], np.r_[0, rr])
+    assert abs(integral / kk - 1) < 0.03
+
+
+def test_g_cross_matches_brute_force():
+    rng = np.random.default_rng(2)
+    xa, ya = rng.uniform(0, 100, 150), rng.uniform(0, 60, 150)
+    xb, yb = rng.uniform(0, 100, 90), rng.uniform(0, 60, 90)
+    radii = np.array([1.0, 3.0, 6.0, 10.0])
+    d = np.hypot(xa[:, None] - xb[None], ya[:, None] - yb[None]).min(axis=1)
+    np.testing.assert_array_equal(g_cross(xa, ya, xb, yb, radii), [(d <= r).mean() for r in radii])
+    bd = np.minimum.reduce([xa, 100 - xa, ya, 60 - ya])
+    ref = [((d <= r) & (bd >= r)).sum() / (bd >= r).sum() for r in radii]
+    np.testing.assert_allclose(g_cross(xa, ya, xb, yb, radii, window=RECT), ref, rtol=1e-12)
+
+
+def test_clustered_pattern_has_l_above_r_and_poisson_near_r():
+    rng = np.random.default_rng(4)
+    W = (0, 0, 500, 500)
+    parents = rng.uniform(50, 450, (40, 2))
+    kids = parents[rng.integers(0, 40, 3000)] + rng.normal(0, 8, (3000, 2))
+    kids = kids[(kids > 0).all(1) & (kids < 500).all(1)]
+    radii = np.array([10.0, 20.0, 40.0])
+    assert np.all(ripley_l(kids[:, 0], kids[:, 1], radii, W) > 1.5 * radii)
+    x, y = rng.uniform(0, 500, 3000), rng.uniform(0, 500, 3000)
+    np.testing.assert_allclose(ripley_l(x, y, radii, W), radii, rtol=0.06)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), shift=st.tuples(st.floats(-1e4, 1e4), st.floats(-1e4, 1e4)),
+       angle=st.floats(0, 360))
+def test_k_invariant_under_translation_and_rotation(seed, shift, angle):
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(0, 100, 150), rng.uniform(0, 60, 150)
+    radii = np.array([5.0, 15.0, 25.0])
+    k0 = ripley_k(x, y, radii, RECT)
+    sx, sy = shift
+    k1 = ripley_k(x + sx, y + sy, radii, (sx, sy, 100 + sx, 60 + sy))
+    np.testing.assert_allclose(k1, k0, rtol=1e-9)
+    # rotation: the window becomes a rotated rectangle polygon (isotropic table path)
+    th = math.radians(angle)
+    xr = 50 + (x - 50) * math.cos(th) - (y - 30) * math.sin(th)
+    yr = 30 + (x - 50) * math.sin(th) + (y - 30) * math.cos(th)
+    win = affinity.rotate(box(*RECT), angle, origin=(50, 30))
+    k2 = ripley_k(xr, yr, radii, win, outside="drop")
+    np.testing.assert_allclose(k2, k0, rtol=2e-3)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_l_close_to_r_for_poisson(seed):
+    rng = np.random.default_rng(seed)
+    n = rng.poisson(2500)
+    x, y = rng.uniform(0, 400, n), rng.uniform(0, 400, n)
+    radii = np.array([10.0, 25.0, 50.0])
+    L = ripley_l(x, y, radii, (0, 0, 400, 400))
+    # sd of L(r) - r under CSR is ~ r * sqrt(2|W|/(pi n^2 r^2))/2 ... < 0.6 µm here; allow 4 sd
+    assert np.all(np.abs(L - radii) < 2.5)
+
+
+def _planted_cells(seed=0):
+    rng = np.random.default_rng(seed)
+    na = 150
+    a = rng.uniform(20, 280, (na, 2))
+    b = a[rng.integers(0, na, 200)] + rng.normal(0, 4, (200, 2))        # b attracted to a
+    o = rng.uniform(0, 300, (600, 2))                                   # others
+    xy = np.clip(np.vstack([a, b, o]), 0, 300)
+    ph = ["A"] * na + ["B"] * 200 + ["O"] * 600
+    return pd.DataFrame({"cell_id": np.arange(len(ph)), "x_um": xy[:, 0], "y_um": xy[:, 1], "phenotype": ph})
+
+
+def test_envelope_detects_planted_attraction_and_is_reproducible():
+    cells = _planted_cells()
+    W = (0, 0, 300, 300)
+    radii = np.array([5.0, 10.0, 20.0])
+    env = random_labelling_envelope(cells, "cross_L", "A", "B", radii, W, n_sim=99, seed=1, population="all")
+    assert list(env.columns) == ["r_um", "value", "mean", "lo", "hi", "p_value", "p_global"]
+    ma, mb = cells.phenotype == "A", cells.phenotype == "B"
+    np.testing.assert_allclose(env.value, cross_l(cells.x_um[ma], cells.y_um[ma], cells.x_um[mb],
+                                                  cells.y_um[mb], radii, W), rtol=1e-10)
+    assert np.all(env.value > env.hi) and np.all(env.p_value <= 0.02) and env.p_global.iloc[0] == 0.01
+    env2 = random_labelling_envelope(cells, "cross_L", "A", "B", radii, W, n_sim=99, seed=1, population="all")
+    pd.testing.assert_frame_equal(env, env2)
+    # the null mean of cross-L under labelling among all cells is ~ r (cells ~ uniform)
+    assert np.all(np.abs(env["mean"] - radii) < 0.2 * radii)
+
+
+def test_envelope_null_pvalues_not_small_for_random_labels():
+    rng = np.random.default_rng(8)
+    n = 800
+    cells = pd.DataFrame({"x_um": rng.uniform(0, 300, n), "y_um": rng.uniform(0, 300, n),
+                          "phenotype": rng.choice(["A", "B"], n)})
+    pg = []
+    for s in range(5):
+        cells["phenotype"] = np.random.default_rng(100 + s).choice(["A", "B"], n)
+        env = random_labelling_envelope(cells, "cross_pcf", "A", "B", [10.0, 20.0, 30.0], (0, 0, 300, 300),
+                                        n_sim=39, seed=s)
+        pg.append(env.p_global.iloc[0])
+        assert np.all((env.lo <= env["mean"]) & (env["mean"] <= env.hi))
+    # labels are random: global p-values are uniform; 5 draws all < 0.05 would have prob 3e-7
+    assert max(pg) > 0.05
+
+
+def test_neighbour_pairs_match_kdtree():
+    from scipy.spatial import cKDTree
+    rng = np.random.default_rng(9)
+    x, y = rng.uniform(0, 100, 500), rng.uniform(0, 100, 500)
+    i, j = neighbour_pairs(x, y, 7.5)
+    got = {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())}
+    ref = cKDTree(np.c_[x, y]).query_pairs(7.5)
+    assert got == ref and len(got) == i.size
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: ripley_k([], [], [1], RECT), "no points"),
+    (lambda: ripley_k([1, np.nan], [1, 2], [1], RECT), "NaN"),
+    (lambda: ripley_k([1, 2], [1, 2], [0, 1], RECT), "> 0"),
+    (lambda: ripley_k([1, 2], [1, 2], [31], RECT), "half the window"),
+    (lambda: ripley_k([1, 2], [1, 2], [5, 3], RECT), "increasing"),
+    (lambda: ripley_k([1, 200], [1, 2], [5], RECT), "outside the window"),
+    (lambda: ripley_k([1, 2], [1, 2], [5], RECT, edge_correction="ohser"), "edge_correction"),
+    (lambda: ripley_k([1, 2], [1, 2], [5], (0, 0, -1, 5)), "window"),
+    (lambda: cross_l_all_pairs(pd.DataFrame({"cell_id": [1, 1], "x_um": [1., 2.], "y_um": [1., 2.],
+                                             "phenotype": ["A", "B"]}), [5], RECT), "duplicated"),
+    (lambda: cross_l_all_pairs(pd.DataFrame(columns=["x_um", "y_um", "phenotype"]), [5], RECT), "empty"),
+])
+def test_bad_input_raises_input_error(call, match):
+    with pytest.raises(InputError, match=match):
+        call()

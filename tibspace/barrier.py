@@ -1,0 +1,588 @@
+"""Tumour immune barriers (TIB): SPP1+ macrophages and CAFs lining tumour nests.
+
+Implements ``docs/metrics.md`` "Tumour immune barrier" in µm and cells/mm²:
+
+- each nest boundary ring is cut into perimeter segments of ``segment_um``
+  arc length (:func:`tibspace.geometry.perimeter_segments`); every cell goes
+  to its nearest segment;
+- a segment is *covered* when its outer band (0 < d ≤ ``barrier_width_um``)
+  holds barrier cells at ≥ ``barrier_density`` cells/mm² of tissue AND at
+  least one SPP1+ macrophage AND one CAF (the co-occurrence that defines a
+  TIB);
+- per nest and per sample: ``barrier_coverage`` (covered / assessable
+  length), gaps (maximal circular runs of uncovered segments: count, lengths,
+  largest), thickness (90th percentile of d of the barrier cells of a covered
+  segment), composition (macrophage : CAF), SPP1 macrophage–CAF
+  colocalisation (cross-L under random labelling);
+- the barrier → exclusion link: per segment the CD8 T-cell density ratio
+  inner band / outer band, difference of medians covered − uncovered, and a
+  one-sided p-value from circular shifts of the covered labels along each
+  boundary ring (:func:`circular_shift_test`).
+
+Choices beyond metrics.md, and why:
+
+- *Assessable segments.* A segment whose outer band holds < 25 % of its
+  nominal tissue area (``length_um × barrier_width_um``; a nest at the tissue
+  edge) can show no barrier whatever the biology. It is marked
+  ``assessable=False``, is neither covered nor a gap (it ends a gap run), and
+  coverage is covered length / assessable length. ``perimeter_um`` is still
+  the full boundary length.
+- *T-cell ratio with few cells.* A 50 µm segment band often holds 0–3 T
+  cells, so the raw ratio is mostly 0/0. The ratio uses the Haldane–Anscombe
+  +0.5 correction on both counts: ``((n_in+0.5)/A_in) / ((n_out+0.5)/A_out)``;
+  it is defined for every assessable segment and monotone in each count.
+  Segments with < 25 % of the nominal inner or outer band area get NaN and
+  are left out of the medians (their labels still shift with the ring).
+- *Thickness* uses the barrier cells in the outer band, so it is capped at
+  ``barrier_width_um``.
+- *Exact shift test* when the number of distinct shift combinations
+  (product of ring lengths) is ≤ ``n_shifts``: all are enumerated.
+
+Requirements: SPP1 macrophage, CAF and effector T phenotypes. Use
+:func:`can_run_barrier` with the panel's phenotypes; :func:`barrier_analysis`
+raises :class:`~tibspace.errors.InputError` when a role list is empty or the
+cell table lacks columns. A sample that simply has no barrier cells is a
+valid result (coverage 0), not an error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import shapely
+
+from .errors import InputError
+from .progress import report
+
+__all__ = ["BarrierResult", "barrier_analysis", "circular_runs", "circular_shift_test",
+           "can_run_barrier"]
+
+# a band with less tissue than this fraction of its nominal area is not assessable
+_MIN_BAND_FRACTION = 0.25
+
+
+def _json(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return [_json(x) for x in v.tolist()]
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if isinstance(v, pd.DataFrame):
+        return _json(v.to_dict(orient="list"))
+    if isinstance(v, shapely.Geometry):
+        return v.wkt
+    return v
+
+
+def _phenotype_names(panel_or_phenotypes: Any) -> set[str]:
+    obj = panel_or_phenotypes
+    for attr in ("phenotypes", "phenotype_names"):
+        if hasattr(obj, attr):
+            obj = getattr(obj, attr)
+            break
+    if isinstance(obj, pd.DataFrame):
+        obj = obj["phenotype"].unique()
+    if isinstance(obj, dict):
+        obj = obj.keys()
+    return {str(p) for p in obj}
+
+
+def can_run_barrier(panel_or_phenotypes: Any, *, macrophage_types: Iterable[str] = ("SPP1_macrophage",),
+                    caf_types: Iterable[str] = ("CAF",), t_types: Iterable[str] = ("CD8_T",)
+                    ) -> tuple[bool, str]:
+    """Whether the barrier analysis can run with these phenotypes.
+
+    Examples
+    --------
+    >>> can_run_barrier(["tumour", "SPP1_macrophage", "CAF", "CD8_T"])
+    (True, '')
+    >>> ok, why = can_run_barrier(["tumour", "CAF", "CD8_T"]); ok
+    False
+    """
+    have = _phenotype_names(panel_or_phenotypes)
+    for role, types, hint in (("spp1_macrophage", macrophage_types, "SPP1_macrophage = \"CD68+ & SPP1+\""),
+                              ("caf", caf_types, "CAF = \"(aSMA+ | FAP+) & not HepPar1+\""),
+                              ("effector_t", t_types, "CD8_T = \"CD3+ & CD8+\"")):
+        t = [str(x) for x in types]
+        if not set(t) & have:
+            return False, (f"no phenotype for role {role} ({', '.join(t) or 'none given'}) is defined; "
+                           f"a TIB needs SPP1+ macrophages, CAFs and T cells: add e.g. {hint}")
+    return True, ""
+
+
+# ---------------------------------------------------------------------------
+def circular_runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs of True in a circular boolean sequence.
+
+    Returns ``(start, length)`` pairs; a run that wraps past the last element
+    into index 0 is one run (its start is near the end). An all-True ring is
+    one run of full length starting at 0.
+
+    Examples
+    --------
+    >>> circular_runs(np.array([1, 1, 0, 0, 1, 0, 1, 1], bool))
+    [(4, 1), (6, 4)]
+    >>> circular_runs(np.ones(3, bool)), circular_runs(np.zeros(3, bool))
+    ([(0, 3)], [])
+    """
+    b = np.asarray(flags, bool)
+    n = b.size
+    if n == 0 or not b.any():
+        return []
+    if b.all():
+        return [(0, n)]
+    f = int(np.flatnonzero(~b)[0])           # rotate so the sequence starts with a False
+    r = np.roll(b, -f).astype(np.int8)
+    edges = np.diff(np.r_[0, r, 0])
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    return sorted(((int(s + f) % n, int(e - s)) for s, e in zip(starts, ends)))
+
+
+def _masked_medians(vs: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """Row-wise median of ``vs`` (sorted ascending, finite) over the True entries of ``sel``."""
+    cnt = sel.sum(axis=1)
+    cs = np.cumsum(sel, axis=1, dtype=np.int32)
+    k1 = (cnt + 1) // 2
+    k2 = cnt // 2 + 1
+    i1 = np.argmax(cs >= k1[:, None], axis=1)
+    i2 = np.argmax(cs >= k2[:, None], axis=1)
+    med = 0.5 * (vs[i1] + vs[i2])
+    med[cnt == 0] = np.nan
+    return med
+
+
+def circular_shift_test(values: np.ndarray, covered: np.ndarray, ring: np.ndarray, position: np.ndarray, *,
+                        n_shifts: int = 999, seed: int = 0, max_block: int = 4_000_000) -> dict:
+    """One-sided circular-shift test: do covered segments have LOWER values?
+
+    Statistic: ``median(values[covered]) − median(values[~covered])`` over
+    finite values. Null: the covered labels are rotated along each ring by an
+    independent uniform offset (which keeps the run structure, i.e. the
+    spatial autocorrelation, of the barrier), values stay in place.
+    ``p = (1 + #{null ≤ observed}) / (1 + n_shifts)``; when the number of
+    distinct rotation combinations (product of ring lengths) is ≤
+    ``n_shifts`` all are enumerated and ``p = #{null ≤ observed} / #combos``
+    (exact; includes the identity). All shifts are evaluated as one numpy
+    operation (in blocks of ≤ ``max_block`` elements).
+
+    Parameters
+    ----------
+    values : float array (n,)
+        Per-segment value (NaN: left out of the medians).
+    covered : bool array (n,)
+    ring : array (n,)
+        Ring key per segment (e.g. nest_id * 1000 + ring).
+    position : int array (n,)
+        Circular index of the segment along its ring (0 … len − 1, each once).
+    n_shifts : int
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``statistic, p_value, n_shifts (used), exact (bool),
+        median_covered, median_uncovered, n_covered, n_uncovered, null (array)``.
+
+    Examples
+    --------
+    >>> cov = np.random.default_rng(1).random(80) < 0.3      # one ring, 80 segments
+    >>> v = np.where(cov, 0.2, 1.0)                           # low T ratio where covered
+    >>> res = circular_shift_test(v, cov, np.zeros(80), np.arange(80))
+    >>> round(res["statistic"], 2), res["exact"], res["p_value"] < 0.05
+    (-0.8, True, True)
+    """
+    v = np.asarray(values, float)
+    c = np.asarray(covered, bool)
+    ring = np.asarray(ring)
+    pos = np.asarray(position, np.int64)
+    n = v.size
+    out = {"statistic": float("nan"), "p_value": float("nan"), "n_shifts": 0, "exact": False,
+           "median_covered": float("nan"), "median_uncovered": float("nan"),
+           "n_covered": 0, "n_uncovered": 0, "null": np.zeros(0)}
+    if n == 0:
+        return out
+    # order segments by (ring, position) so ring r occupies [start_r, start_r + n_r)
+    rkeys, rc = np.unique(ring, return_inverse=True)
+    order = np.lexsort((pos, rc))
+    v, c, rc, pos = v[order], c[order], rc[order], pos[order]
+    sizes = np.bincount(rc, minlength=rkeys.size)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    local = np.arange(n) - starts[rc]               # 0..n_r-1 in position order
+    valid = np.isfinite(v)
+    out["n_covered"] = int((c & valid).sum())
+    out["n_uncovered"] = int((~c & valid).sum())
+    if out["n_covered"] == 0 or out["n_uncovered"] == 0:
+        return out
+    vo = np.argsort(v[valid], kind="stable")
+    vs = v[valid][vo]
+    cols = np.flatnonzero(valid)[vo]                # columns in sorted-value order
+
+    def stats(shift):                               # shift: (S, R) offsets
+        g = starts[rc][None, :] + (local[None, :] - shift[:, rc]) % sizes[rc][None, :]
+        cs = c[g][:, cols]
+        return _masked_medians(vs, cs) - _masked_medians(vs, ~cs)
+
+    obs = float(stats(np.zeros((1, rkeys.size), np.int64))[0])
+    out["statistic"] = obs
+    out["median_covered"] = float(np.median(v[c & valid]))
+    out["median_uncovered"] = float(np.median(v[~c & valid]))
+    n_combos = float(np.prod(sizes.astype(float)))
+    exact = n_combos <= n_shifts
+    if exact:
+        grids = np.meshgrid(*[np.arange(s) for s in sizes], indexing="ij")
+        shifts = np.stack([g.ravel() for g in grids], axis=1).astype(np.int64)
+    else:
+        rng = np.random.default_rng(seed)
+        shifts = (rng.random((int(n_shifts), rkeys.size)) * sizes[None, :]).astype(np.int64)
+    block = max(1, int(max_block // max(n, 1)))
+    null = np.concatenate([stats(shifts[i:i + block]) for i in range(0, len(shifts), block)])
+    le = np.sum(null <= obs + 1e-12 * max(1.0, abs(obs)))
+    if exact:
+        p = le / len(null)
+    else:
+        p = (1 + le) / (1 + len(null))
+    out.update({"p_value": float(p), "n_shifts": int(len(null)), "exact": bool(exact), "null": null})
+    return out
+
+
+# ---------------------------------------------------------------------------
+@dataclass
+class BarrierResult:
+    """Result of :func:`barrier_analysis` (µm, µm², cells/mm²)."""
+
+    segments: pd.DataFrame          # one row per perimeter segment (with shapely geometry)
+    per_nest: pd.DataFrame          # one row per nest
+    sample: dict                    # whole-sample numbers (coverage, gaps, composition, link, ...)
+    colocalization: pd.DataFrame = field(default_factory=pd.DataFrame)  # cross-L envelope table
+    covered_geometry: Any = None    # shapely MultiLineString of covered runs (µm)
+    gap_geometry: Any = None        # shapely MultiLineString of gap runs (µm)
+    gaps: pd.DataFrame = field(default_factory=pd.DataFrame)  # nest_id, ring, start position, n, length
+    parameters: dict = field(default_factory=dict)
+
+    @property
+    def barrier_coverage(self) -> float:
+        return self.sample["barrier_coverage"]
+
+    def to_dict(self) -> dict:
+        """JSON-safe summary for metrics.json (geometries left out; see outputs for GeoJSON)."""
+        seg = self.segments.drop(columns=["geometry"], errors="ignore")
+        return _json({
+            "sample": self.sample,
+            "per_nest": self.per_nest,
+            "segments": seg,
+            "gaps": self.gaps,
+            "colocalization": self.colocalization,
+            "parameters": self.parameters,
+        })
+
+
+def _as_types(types, what: str) -> list[str]:
+    if isinstance(types, str):
+        types = (types,)
+    t = [str(x) for x in types]
+    if not t:
+        raise InputError(f"{what} is empty; list at least one phenotype")
+    return t
+
+
+def _run_lines(seg: pd.DataFrame, rows: np.ndarray) -> shapely.LineString:
+    """One LineString through consecutive segments (rows in ring order)."""
+    coords = [shapely.get_coordinates(seg["geometry"].iat[rows[0]])]
+    for r in rows[1:]:
+        coords.append(shapely.get_coordinates(seg["geometry"].iat[r])[1:])
+    return shapely.LineString(np.vstack(coords))
+
+
+def _runs_table(seg: pd.DataFrame, state: np.ndarray, want: int):
+    """Circular runs of ``state == want`` per ring (a run ends at any other state).
+
+    Returns (table: nest_id, ring, start_position, n_segments, length_um; list of LineStrings).
+    """
+    rows_out, lines = [], []
+    for (nid, ring), grp in seg.groupby(["nest_id", "ring"], sort=True):
+        order = grp.sort_values("position").index.to_numpy()
+        st = state[order]
+        for start, n in circular_runs(st == want):
+            idx = order[(np.arange(start, start + n)) % len(order)]
+            length = float(seg["length_um"].to_numpy()[idx].sum())
+            rows_out.append({"nest_id": int(nid), "ring": int(ring), "start_position": int(start),
+                             "n_segments": int(n), "length_um": length})
+            lines.append(_run_lines(seg, idx))
+    table = pd.DataFrame(rows_out, columns=["nest_id", "ring", "start_position", "n_segments", "length_um"])
+    return table, lines
+
+
+def _crosstab_band(seg_of: np.ndarray, sel: np.ndarray, n_seg: int) -> np.ndarray:
+    return np.bincount(seg_of[sel], minlength=n_seg).astype(np.int64)
+
+
+def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP1_macrophage", "CAF"),
+                     macrophage_types=("SPP1_macrophage",), caf_types=("CAF",), t_types=("CD8_T",),
+                     segment_um: float = 50.0, barrier_width_um: float = 50.0, barrier_density: float = 400.0,
+                     margin_um: float = 50.0, colocalization_radii_um=(20.0, 30.0, 50.0), n_shifts: int = 999,
+                     n_sim: int = 199, seed: int = 0, progress=None) -> BarrierResult:
+    """SPP1+ macrophage / CAF barriers along tumour nest boundaries.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        ``x_um``, ``y_um``, ``phenotype`` (signed distance and segments are
+        recomputed from ``region`` so they always match it).
+    region : tibspace.geometry.TumourRegion
+    tissue : shapely geometry
+        Tissue region (µm); densities are per tissue area.
+    barrier_types, macrophage_types, caf_types, t_types : tuple of str
+        Phenotype roles (barrier cells; SPP1 macrophages; CAFs; effector T).
+    segment_um : float
+        Perimeter segment arc length (µm).
+    barrier_width_um : float
+        Outer band 0 < d ≤ width that must hold the barrier (µm).
+    barrier_density : float
+        Barrier-cell density (cells/mm² of tissue) a covered segment needs.
+    margin_um : float
+        Width of the inner (−w < d ≤ 0) and outer (0 < d ≤ w) T-cell bands
+        of the barrier → exclusion link (µm).
+    colocalization_radii_um : sequence of float
+        Radii of the macrophage → CAF cross-L (µm).
+    n_shifts : int
+        Circular shifts of the link test (≥ 999 recommended).
+    n_sim : int
+        Random-labelling simulations of the colocalisation envelope.
+    seed : int
+    progress : callable, optional
+
+    Returns
+    -------
+    BarrierResult
+        ``segments`` (``segment_id, nest_id, ring, position, length_um,
+        geometry, n_barrier, n_macrophage, n_caf, outer_area_um2,
+        barrier_density_per_mm2, assessable, covered, thickness_um, n_t_inner,
+        n_t_outer, inner_area_um2, t_inner_density, t_outer_density,
+        t_ratio``), ``per_nest``, ``sample``, ``colocalization``, ``gaps``,
+        ``covered_geometry``, ``gap_geometry``, ``parameters``.
+
+    Raises
+    ------
+    InputError
+        Missing columns or an empty role list.
+
+    Examples
+    --------
+    >>> from tibspace.geometry import TumourRegion
+    >>> rng = np.random.default_rng(0)
+    >>> nest = shapely.Point(400, 400).buffer(150)
+    >>> ang = np.linspace(0.05, np.pi - 0.05, 40); r = 150 + rng.uniform(2, 45, 40)   # half lined
+    >>> x = np.r_[400 + r * np.cos(ang), rng.uniform(0, 800, 1500)]
+    >>> y = np.r_[400 + r * np.sin(ang), rng.uniform(0, 800, 1500)]
+    >>> ph = np.r_[np.where(np.arange(40) % 2, "CAF", "SPP1_macrophage"),
+    ...            rng.choice(["other", "CD8_T"], 1500, p=[0.9, 0.1])]
+    >>> cells = pd.DataFrame({"x_um": x, "y_um": y, "phenotype": ph})
+    >>> res = barrier_analysis(cells, TumourRegion.from_polygons([nest]), shapely.box(0, 0, 800, 800),
+    ...                        n_sim=19, n_shifts=99)
+    >>> round(res.barrier_coverage, 1), res.sample["n_gaps"]
+    (0.5, 1)
+    """
+    from . import geometry as geo
+
+    if not isinstance(cells, pd.DataFrame):
+        raise InputError(f"cells must be a pandas DataFrame (got {type(cells).__name__})")
+    miss = [c for c in ("x_um", "y_um", "phenotype") if c not in cells.columns]
+    if miss:
+        raise InputError(f"cell table lacks column(s) {miss}; expected x_um, y_um (µm) and phenotype")
+    barrier_types = _as_types(barrier_types, "barrier_types")
+    macrophage_types = _as_types(macrophage_types, "macrophage_types")
+    caf_types = _as_types(caf_types, "caf_types")
+    t_types = _as_types(t_types, "t_types")
+    for name, v in (("segment_um", segment_um), ("barrier_width_um", barrier_width_um),
+                    ("margin_um", margin_um)):
+        if not (np.isfinite(v) and v > 0):
+            raise InputError(f"{name}={v}: expected a positive length in µm")
+    if tissue is None or tissue.is_empty:
+        raise InputError("tissue region is empty; expected a shapely (Multi)Polygon in µm")
+    params = {"barrier_types": barrier_types, "macrophage_types": macrophage_types, "caf_types": caf_types,
+              "t_types": t_types, "segment_um": float(segment_um), "barrier_width_um": float(barrier_width_um),
+              "barrier_density": float(barrier_density), "margin_um": float(margin_um),
+              "colocalization_radii_um": [float(r) for r in colocalization_radii_um],
+              "n_shifts": int(n_shifts), "n_sim": int(n_sim), "seed": int(seed),
+              "min_band_fraction": _MIN_BAND_FRACTION, "t_ratio_pseudocount": 0.5}
+    total = 6
+    report(progress, "barrier", 0, total)
+
+    # ---- segments, cell assignment
+    seg = geo.perimeter_segments(region, segment_um=float(segment_um)).reset_index(drop=True)
+    n_seg = len(seg)
+    x = cells["x_um"].to_numpy(float)
+    y = cells["y_um"].to_numpy(float)
+    ph = cells["phenotype"].astype(str).to_numpy()
+    is_bar = np.isin(ph, barrier_types)
+    is_mac = np.isin(ph, macrophage_types)
+    is_caf = np.isin(ph, caf_types)
+    is_t = np.isin(ph, t_types)
+    reach = max(float(barrier_width_um), float(margin_um))
+    # only cells that can fall in a band matter; the rest are skipped for speed
+    use = is_bar | is_t | is_mac | is_caf
+    xu, yu = x[use], y[use]
+    d = np.asarray(geo.signed_distance_um(xu, yu, region), float)
+    near = np.abs(d) <= reach
+    sid = np.full(d.shape, -1, np.int64)
+    if n_seg and near.any():
+        sid_near = np.asarray(geo.assign_segments(xu[near], yu[near], seg), np.int64)
+        row_of = pd.Index(seg["segment_id"].to_numpy()).get_indexer(sid_near)
+        sid[near] = row_of
+    report(progress, "barrier", 1, total)
+
+    # ---- band areas per segment (nearest-segment partition, tissue only)
+    bw, mw = float(barrier_width_um), float(margin_um)
+    outer_area = geo.segment_band_areas_um2(seg, region, tissue, 0.0, bw) if n_seg else np.zeros(0)
+    t_outer_area = outer_area if mw == bw else geo.segment_band_areas_um2(seg, region, tissue, 0.0, mw)
+    t_inner_area = geo.segment_band_areas_um2(seg, region, tissue, -mw, 0.0) if n_seg else np.zeros(0)
+    report(progress, "barrier", 2, total)
+
+    bu, mu, cu, tu = is_bar[use], is_mac[use], is_caf[use], is_t[use]
+    in_bar_band = (sid >= 0) & (d > 0) & (d <= bw)
+    n_bar = _crosstab_band(sid, in_bar_band & bu, n_seg)
+    n_mac = _crosstab_band(sid, in_bar_band & mu, n_seg)
+    n_caf = _crosstab_band(sid, in_bar_band & cu, n_seg)
+    n_t_in = _crosstab_band(sid, (sid >= 0) & (d > -mw) & (d <= 0) & tu, n_seg)
+    n_t_out = _crosstab_band(sid, (sid >= 0) & (d > 0) & (d <= mw) & tu, n_seg)
+    length = seg["length_um"].to_numpy(float)
+    nominal_bar = length * bw
+    nominal_t = length * mw
+    assessable = outer_area >= _MIN_BAND_FRACTION * nominal_bar
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dens = np.where(outer_area > 0, n_bar / outer_area * 1e6, np.nan)
+        covered = assessable & (dens >= barrier_density) & (n_mac >= 1) & (n_caf >= 1)
+        t_ok = (t_inner_area >= _MIN_BAND_FRACTION * nominal_t) & (t_outer_area >= _MIN_BAND_FRACTION * nominal_t)
+        t_in_dens = np.where(t_inner_area > 0, n_t_in / t_inner_area * 1e6, np.nan)
+        t_out_dens = np.where(t_outer_area > 0, n_t_out / t_outer_area * 1e6, np.nan)
+        t_ratio = np.where(assessable & t_ok,
+                           ((n_t_in + 0.5) / t_inner_area) / ((n_t_out + 0.5) / t_outer_area), np.nan)
+
+    # thickness: 90th percentile of d of the barrier cells in each covered segment's band
+    thick = np.full(n_seg, np.nan)
+    sel = in_bar_band & bu
+    if sel.any():
+        s_sid, s_d = sid[sel], d[sel]
+        o = np.lexsort((s_d, s_sid))
+        s_sid, s_d = s_sid[o], s_d[o]
+        bounds = np.flatnonzero(np.diff(np.r_[-1, s_sid, n_seg + 1]))
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            k = s_sid[a]
+            if covered[k]:
+                thick[k] = float(np.percentile(s_d[a:b], 90))
+    seg = seg.assign(n_barrier=n_bar, n_macrophage=n_mac, n_caf=n_caf, outer_area_um2=outer_area,
+                     barrier_density_per_mm2=dens, assessable=assessable, covered=covered,
+                     thickness_um=thick, n_t_inner=n_t_in, n_t_outer=n_t_out, inner_area_um2=t_inner_area,
+                     t_inner_density=t_in_dens, t_outer_density=t_out_dens, t_ratio=t_ratio)
+    report(progress, "barrier", 3, total)
+
+    # ---- runs: covered and gaps (state 1 covered, 0 uncovered-assessable, -1 not assessable)
+    state = np.where(~assessable, -1, np.where(covered, 1, 0)).astype(np.int8)
+    cov_runs, cov_lines = _runs_table(seg, state, 1)
+    gap_runs, gap_lines = _runs_table(seg, state, 0)
+    covered_geometry = shapely.MultiLineString(cov_lines) if cov_lines else shapely.MultiLineString()
+    gap_geometry = shapely.MultiLineString(gap_lines) if gap_lines else shapely.MultiLineString()
+
+    # ---- link test (sample and per nest)
+    ring_key = seg["nest_id"].to_numpy(np.int64) * 100_000 + seg["ring"].to_numpy(np.int64)
+    pos = seg["position"].to_numpy(np.int64)
+    link = circular_shift_test(t_ratio, covered, ring_key, pos, n_shifts=n_shifts, seed=seed)
+    report(progress, "barrier", 4, total)
+
+    nest_ids = np.arange(1, region.n_nests + 1)
+    rows = []
+    for k in nest_ids:
+        m = seg["nest_id"].to_numpy() == k
+        L = float(length[m].sum())
+        La = float(length[m & assessable].sum())
+        Lc = float(length[m & covered].sum())
+        g = gap_runs[gap_runs["nest_id"] == k]["length_um"].to_numpy(float)
+        lk = circular_shift_test(t_ratio[m], covered[m], ring_key[m], pos[m], n_shifts=n_shifts,
+                                 seed=seed + int(k))
+        nm = int(n_mac[m & covered].sum())
+        nc = int(n_caf[m & covered].sum())
+        rows.append({
+            "nest_id": int(k), "perimeter_um": L, "assessable_perimeter_um": La,
+            "n_segments": int(m.sum()), "n_covered_segments": int((m & covered).sum()),
+            "barrier_coverage": Lc / La if La > 0 else float("nan"),
+            "covered_length_um": Lc, "n_gaps": int(len(g)), "gap_lengths_um": [float(v) for v in g],
+            "largest_gap_um": float(g.max()) if len(g) else 0.0,
+            "mean_thickness_um": float(np.nanmean(thick[m & covered])) if (m & covered).any() else float("nan"),
+            "n_macrophage_barrier": nm, "n_caf_barrier": nc,
+            "macrophage_caf_ratio": nm / nc if nc > 0 else float("nan"),
+            "link_median_t_ratio_covered": lk["median_covered"],
+            "link_median_t_ratio_uncovered": lk["median_uncovered"],
+            "link_difference": lk["statistic"], "link_p_value": lk["p_value"],
+            "link_exact": lk["exact"],
+        })
+    per_nest = pd.DataFrame(rows)
+    report(progress, "barrier", 5, total)
+
+    # ---- colocalisation (random labelling between macrophages and CAFs)
+    coloc = pd.DataFrame()
+    coloc_note = ""
+    radii = np.asarray(colocalization_radii_um, float)
+    try:
+        lab = np.where(is_mac, "__mac__", np.where(is_caf, "__caf__", "__other__"))
+        tab = pd.DataFrame({"x_um": x, "y_um": y, "phenotype": lab})
+        from .pointpattern import random_labelling_envelope
+
+        coloc = random_labelling_envelope(tab, "cross_L", "__mac__", "__caf__", radii, tissue, n_sim=n_sim,
+                                          seed=seed, outside="drop")
+        coloc.insert(1, "L_minus_r_um", coloc["value"] - coloc["r_um"])
+    except InputError as exc:
+        coloc_note = f"colocalisation skipped: {exc}"
+
+    La = float(length[assessable].sum())
+    Lc = float(length[covered].sum())
+    g_all = gap_runs["length_um"].to_numpy(float)
+    nm_c, nc_c = int(n_mac[covered].sum()), int(n_caf[covered].sum())
+    sample = {
+        "n_nests": int(region.n_nests), "n_segments": int(n_seg),
+        "perimeter_um": float(length.sum()), "assessable_perimeter_um": La,
+        "covered_length_um": Lc, "barrier_coverage": Lc / La if La > 0 else float("nan"),
+        "n_gaps": int(len(g_all)), "largest_gap_um": float(g_all.max()) if len(g_all) else 0.0,
+        "median_gap_um": float(np.median(g_all)) if len(g_all) else 0.0,
+        "mean_thickness_um": float(np.nanmean(thick[covered])) if covered.any() else float("nan"),
+        "n_macrophage_barrier": nm_c, "n_caf_barrier": nc_c,
+        "macrophage_caf_ratio": nm_c / nc_c if nc_c > 0 else float("nan"),
+        "n_macrophage_band": int(n_mac.sum()), "n_caf_band": int(n_caf.sum()),
+        "colocalization": {
+            "statistic": "cross_L SPP1_macrophage -> CAF, random labelling among macrophages and CAFs",
+            "r_um": coloc["r_um"].tolist() if len(coloc) else [],
+            "L_um": coloc["value"].tolist() if len(coloc) else [],
+            "envelope_lo_um": coloc["lo"].tolist() if len(coloc) else [],
+            "envelope_hi_um": coloc["hi"].tolist() if len(coloc) else [],
+            "p_value": coloc["p_value"].tolist() if len(coloc) else [],
+            "p_global": float(coloc["p_global"].iat[0]) if len(coloc) else float("nan"),
+            "note": coloc_note,
+        },
+        "link": {
+            "statistic": "median(t_ratio | covered) - median(t_ratio | uncovered)",
+            "t_ratio": "((n_T inner + 0.5) / inner area) / ((n_T outer + 0.5) / outer area) per segment",
+            "alternative": "less: covered segments have a LOWER T inner/outer density ratio",
+            "difference": link["statistic"], "p_value": link["p_value"],
+            "median_t_ratio_covered": link["median_covered"],
+            "median_t_ratio_uncovered": link["median_uncovered"],
+            "n_covered": link["n_covered"], "n_uncovered": link["n_uncovered"],
+            "n_shifts": link["n_shifts"], "exact": link["exact"],
+            "null": "covered labels rotated along each boundary ring by independent uniform offsets",
+        },
+    }
+    report(progress, "barrier", total, total)
+    return BarrierResult(segments=seg, per_nest=per_nest, sample=sample, colocalization=coloc,
+                         covered_geometry=covered_geometry, gap_geometry=gap_geometry, gaps=gap_runs,
+                         parameters=params)
