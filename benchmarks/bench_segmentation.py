@@ -108,7 +108,12 @@ def run_variant(args: argparse.Namespace) -> None:
         out["cells"] = len(res.cells)
         out["n_channels_measured"] = len(res.parameters["measure_channels"])
         out["qc"] = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.qc.items()}
-        np.save(args.nuclei_out, np.asarray(res.nuclei[:]))
+        # copy in row bands: loading the whole zarr would inflate the peak memory
+        with open(args.nuclei_out, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<i4", "fortran_order": False,
+                                                      "shape": tuple(res.nuclei.shape)})
+            for y in range(0, res.nuclei.shape[0], 1024):
+                fh.write(np.ascontiguousarray(res.nuclei[y:y + 1024], dtype="<i4").tobytes())
     else:
         import tifffile
 

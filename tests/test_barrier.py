@@ -146,6 +146,16 @@ def test_shift_test_is_calibrated_under_the_null():
     assert np.mean(ps <= 0.5) >= 0.3              # not degenerate (p = 1 always would pass the rest)
 
 
+def test_shift_test_has_no_power_between_wholly_covered_and_uncovered_rings():
+    # rotations act within rings: all-covered vs all-uncovered nests cannot be told apart by it
+    ring = np.repeat([0, 1], 30)
+    pos = np.r_[np.arange(30), np.arange(30)]
+    cov = ring == 0
+    v = np.where(cov, 0.1, 1.0) + np.random.default_rng(0).normal(0, 0.01, 60)
+    res = circular_shift_test(v, cov, ring, pos, n_shifts=999)
+    assert res["n_informative_rings"] == 0 and res["p_value"] == 1.0 and res["statistic"] < -0.8
+
+
 def test_shift_test_same_seed_same_result():
     rng = np.random.default_rng(1)
     ring = np.repeat([0, 1, 2], [40, 50, 60])

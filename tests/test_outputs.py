@@ -84,3 +84,15 @@ def test_anndata_roundtrip(tmp_path):
 def test_to_jsonable_geometry_and_frames():
     assert to_jsonable(shapely.Point(1, 2)) == "POINT (1 2)"
     assert to_jsonable(pd.DataFrame({"a": [1]})) == [{"a": 1}]
+
+
+def test_atomic_output_has_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    with atomic_path(tmp_path / "m.json") as tmp:
+        tmp.write_text("{}")
+    mode = stat.S_IMODE(os.stat(tmp_path / "m.json").st_mode)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert mode == 0o666 & ~mask

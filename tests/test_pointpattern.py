@@ -351,3 +351,17 @@ def test_neighbour_pairs_match_kdtree():
 def test_bad_input_raises_input_error(call, match):
     with pytest.raises(InputError, match=match):
         call()
+
+
+def test_envelope_without_stored_pairs_is_identical():
+    """The memory-bounded path (one cell-list pass per simulation) gives the same numbers."""
+    cells = _planted_cells(3)
+    W = (0, 0, 300, 300)
+    kw = dict(n_sim=19, seed=4, population="pair", edge_correction="translation")
+    for stat in ("cross_K", "cross_pcf"):
+        a = random_labelling_envelope(cells, stat, "A", "B", [6.0, 12.0, 24.0], W, **kw)
+        b = random_labelling_envelope(cells, stat, "A", "B", [6.0, 12.0, 24.0], W, max_pairs=0, **kw)
+        pd.testing.assert_frame_equal(a, b, rtol=1e-10)
+    same = random_labelling_envelope(cells, "cross_L", "A", "A", [6.0, 12.0], W, n_sim=19, seed=1)
+    ma = cells.phenotype == "A"
+    np.testing.assert_allclose(same.value, ripley_l(cells.x_um[ma], cells.y_um[ma], [6.0, 12.0], W), rtol=1e-10)

@@ -16,7 +16,8 @@ from skimage.measure import regionprops_table
 from tibspace.errors import InputError
 from tibspace.io import open_image, write_ome_tiff
 from tibspace.measure import measure_cells
-from tibspace.segmentation import (expand_nuclei_to_cells, match_labels, match_points,
+from tibspace.segmentation import (distance_to_background, expand_labels_fast,
+                                   expand_nuclei_to_cells, match_labels, match_points,
                                    segment_image, segment_nuclei, tile_grid)
 from tibspace.synthetic import make_tissue
 
@@ -104,6 +105,50 @@ def test_match_points_is_maximum_matching(seed, n, m):
         assert tp == int(ok.sum())
         if tp:
             assert md == pytest.approx(cost[rr, cc][ok].mean())
+
+
+# --------------------------------------------------------------------------
+# Distance transforms (numba) against scipy / scikit-image
+# --------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), h=st.integers(1, 70), w=st.integers(1, 70),
+       frac=st.floats(0.01, 0.99))
+def test_distance_to_background_equals_scipy(seed, h, w, frac):
+    from scipy import ndimage as ndi
+
+    mask = np.random.default_rng(seed).random((h, w)) < frac
+    mask[0, 0] = False  # scipy needs one background pixel
+    np.testing.assert_allclose(distance_to_background(mask), ndi.distance_transform_edt(mask),
+                               rtol=1e-6, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), h=st.integers(1, 50), w=st.integers(1, 50),
+       k=st.integers(1, 8), dist=st.floats(0.0, 12.0))
+def test_expand_labels_fast_is_a_nearest_label_expansion(seed, h, w, k, dist):
+    """Same expanded region as skimage, each pixel labelled by a nearest label."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import expand_labels
+
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((h, w), np.int32)
+    lab[rng.integers(0, h, k), rng.integers(0, w, k)] = np.arange(1, k + 1)
+    lab = ndi.grey_dilation(lab, size=int(rng.integers(1, 4)))
+    ours = expand_labels_fast(lab, dist)
+    ref = expand_labels(lab, dist)
+    np.testing.assert_array_equal(ours > 0, ref > 0)
+    np.testing.assert_array_equal(ours[lab > 0], lab[lab > 0])
+    d_any = ndi.distance_transform_edt(lab == 0)
+    n_nearest = np.zeros(lab.shape, int)
+    for v in np.unique(lab[lab > 0]):
+        d_v = ndi.distance_transform_edt(lab != v)
+        np.testing.assert_allclose(d_v[ours == v], d_any[ours == v], atol=1e-9)
+        n_nearest += np.abs(d_v - d_any) < 1e-9
+    # where the nearest label is unique, the result is exactly skimage's
+    unique = (n_nearest == 1) & (ref > 0)
+    np.testing.assert_array_equal(ours[unique], ref[unique])
 
 
 # --------------------------------------------------------------------------

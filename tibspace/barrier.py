@@ -194,7 +194,12 @@ def circular_shift_test(values: np.ndarray, covered: np.ndarray, ring: np.ndarra
     -------
     dict
         ``statistic, p_value, n_shifts (used), exact (bool),
-        median_covered, median_uncovered, n_covered, n_uncovered, null (array)``.
+        median_covered, median_uncovered, n_covered, n_uncovered,
+        n_informative_rings, null (array)``. Rotations only move labels
+        within rings, so rings that are wholly covered or wholly uncovered
+        carry no information: with ``n_informative_rings == 0`` the null is
+        the observed value and ``p = 1`` (the test compares segments along
+        the same boundary, never nests with each other).
 
     Examples
     --------
@@ -210,6 +215,7 @@ def circular_shift_test(values: np.ndarray, covered: np.ndarray, ring: np.ndarra
     pos = np.asarray(position, np.int64)
     n = v.size
     out = {"statistic": float("nan"), "p_value": float("nan"), "n_shifts": 0, "exact": False,
+           "n_informative_rings": 0,
            "median_covered": float("nan"), "median_uncovered": float("nan"),
            "n_covered": 0, "n_uncovered": 0, "null": np.zeros(0)}
     if n == 0:
@@ -222,6 +228,10 @@ def circular_shift_test(values: np.ndarray, covered: np.ndarray, ring: np.ndarra
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
     local = np.arange(n) - starts[rc]               # 0..n_r-1 in position order
     valid = np.isfinite(v)
+    # only rings holding both covered and uncovered segments can change under rotation
+    has_c = np.bincount(rc, weights=c.astype(float), minlength=rkeys.size) > 0
+    has_u = np.bincount(rc, weights=(~c).astype(float), minlength=rkeys.size) > 0
+    out["n_informative_rings"] = int(np.sum(has_c & has_u))
     out["n_covered"] = int((c & valid).sum())
     out["n_uncovered"] = int((~c & valid).sum())
     if out["n_covered"] == 0 or out["n_uncovered"] == 0:
@@ -579,7 +589,11 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
             "median_t_ratio_uncovered": link["median_uncovered"],
             "n_covered": link["n_covered"], "n_uncovered": link["n_uncovered"],
             "n_shifts": link["n_shifts"], "exact": link["exact"],
+            "n_informative_rings": link["n_informative_rings"],
             "null": "covered labels rotated along each boundary ring by independent uniform offsets",
+            "note": ("" if link["n_informative_rings"] else
+                     "no boundary ring has both covered and uncovered segments: the within-ring shift test "
+                     "has no power here (compare nests with per_nest barrier_coverage instead)"),
         },
     }
     report(progress, "barrier", total, total)

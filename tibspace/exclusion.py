@@ -172,42 +172,59 @@ def call_immune_phenotype(t_density_margin: float, t_density_outside: float, inf
 
 # ---------------------------------------------------------------------------
 # rasterisation and density map
-def _rasterize(geom, x0: float, y0: float, step: float, shape: tuple[int, int], oversample: int = 4
-               ) -> np.ndarray:
+def _scanline_fill(geom, x0: float, y0: float, step: float, shape: tuple[int, int]) -> np.ndarray:
+    """Grid cells whose centre lies inside ``geom`` (even-odd rule over all rings).
+
+    Vectorised scanline fill: every polygon edge yields its crossings with
+    the row centres; a running XOR along each row turns crossings into
+    inside/outside. Cost is linear in grid cells plus crossings (≈ perimeter
+    / step), not in cells × vertices like point-in-polygon tests.
+    """
+    ny, nx = shape
+    rings = []
+    for poly in shapely.get_parts(geom):
+        if isinstance(poly, shapely.Polygon) and not poly.is_empty:
+            rings.append(shapely.get_coordinates(poly.exterior))
+            rings.extend(shapely.get_coordinates(r) for r in poly.interiors)
+    out = np.zeros((ny, nx + 1), np.uint8)
+    if not rings:
+        return out[:, :nx].astype(bool)
+    p1 = np.vstack([r[:-1] for r in rings])
+    p2 = np.vstack([r[1:] for r in rings])
+    ylo, yhi = np.minimum(p1[:, 1], p2[:, 1]), np.maximum(p1[:, 1], p2[:, 1])
+    # rows whose centre y_c = y0 + (r + 0.5) step lies in [ylo, yhi)
+    r_lo = np.clip(np.ceil((ylo - y0) / step - 0.5), 0, ny).astype(np.int64)
+    r_hi = np.clip(np.ceil((yhi - y0) / step - 0.5), 0, ny).astype(np.int64)
+    cnt = np.maximum(r_hi - r_lo, 0)
+    e = np.repeat(np.arange(len(p1)), cnt)
+    r = r_lo[e] + (np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    yc = y0 + (r + 0.5) * step
+    t = (yc - p1[e, 1]) / (p2[e, 1] - p1[e, 1])
+    xc = p1[e, 0] + t * (p2[e, 0] - p1[e, 0])
+    c = np.clip(np.ceil((xc - x0) / step - 0.5), 0, nx).astype(np.int64)   # first column centre >= x
+    np.bitwise_xor.at(out, (r, c), 1)
+    inside = np.bitwise_xor.accumulate(out, axis=1)
+    return inside[:, :nx].astype(bool)
+
+
+def _rasterize(geom, x0: float, y0: float, step: float, shape: tuple[int, int], oversample: int = 4,
+               block_rows: int = 256) -> np.ndarray:
     """Fraction of each grid cell (origin x0, y0; side ``step``) inside ``geom``.
 
-    Cell centres are tested with ``shapely.contains_xy``; only cells the
-    boundary passes through (found by sampling the boundary every step/4
-    and taking the 3×3 neighbourhood) are refined with ``oversample²``
-    sub-samples, so the cost is linear in grid cells plus perimeter.
+    Scanline fill (:func:`_scanline_fill`) on a grid ``oversample`` times
+    finer, block-averaged; processed in blocks of ``block_rows`` grid rows
+    so the fine raster never exceeds ``block_rows·oversample × nx·oversample``
+    bytes. Linear in grid cells plus perimeter.
     """
     ny, nx = shape
     out = np.zeros(shape, np.float64)
     if geom is None or geom.is_empty:
         return out
-    shapely.prepare(geom)
-    xc = x0 + (np.arange(nx) + 0.5) * step
-    yc = y0 + (np.arange(ny) + 0.5) * step
-    for r0 in range(0, ny, 512):        # row blocks bound the temporary arrays
-        r1 = min(ny, r0 + 512)
-        gx, gy = np.meshgrid(xc, yc[r0:r1])
-        out[r0:r1] = shapely.contains_xy(geom, gx, gy)
-    # boundary cells
-    pts = shapely.get_coordinates(shapely.segmentize(shapely.boundary(geom), step / 4))
-    near = np.zeros(shape, bool)
-    ix = np.floor((pts[:, 0] - x0) / step).astype(np.int64)
-    iy = np.floor((pts[:, 1] - y0) / step).astype(np.int64)
-    ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-    near[iy[ok], ix[ok]] = True
-    near = ndi.binary_dilation(near, structure=np.ones((3, 3), bool))
-    iy, ix = np.nonzero(near)
-    if iy.size:
-        f = int(oversample)
-        sub = (np.arange(f) + 0.5) / f * step
-        sx = x0 + ix[:, None, None] * step + sub[None, None, :]
-        sy = y0 + iy[:, None, None] * step + sub[None, :, None]
-        sx, sy = np.broadcast_arrays(sx, sy)
-        out[iy, ix] = shapely.contains_xy(geom, sx, sy).reshape(iy.size, -1).mean(axis=1)
+    f = int(oversample)
+    for r0 in range(0, ny, block_rows):
+        r1 = min(ny, r0 + block_rows)
+        fine = _scanline_fill(geom, x0, y0 + r0 * step, step / f, ((r1 - r0) * f, nx * f))
+        out[r0:r1] = fine.reshape(r1 - r0, f, nx, f).mean(axis=(1, 3))
     return out
 
 
@@ -531,7 +548,9 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
             low = in_band & (dens < threshold) & (m.support_fraction > 0)
             polys = _grid_polygons(low, m.x0_um, m.y0_um, grid_um)
             if polys:
-                pieces.append(shapely.intersection(shapely.union_all(polys), bands[side]))
+                # 8-connected components never touch, so their MultiPolygon is valid as is
+                parts = shapely.get_parts(np.asarray(polys, dtype=object))
+                pieces.append(shapely.intersection(shapely.MultiPolygon(list(parts)), bands[side]))
         if pieces:
             merged = shapely.union_all(pieces)
             zones = [p for p in _polygons_of(merged) if p.area >= min_zone_area_um2]
@@ -541,7 +560,7 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
                       maps["inside"].x0_um, maps["inside"].y0_um, float(grid_um), fin + fout)
     report(progress, "exclusion", 3, steps)
 
-    zone_union = shapely.union_all(zones) if zones else shapely.Polygon()
+    zone_union = shapely.MultiPolygon(zones) if zones else shapely.Polygon()   # parts of one union: disjoint
     # 1 µm tolerance: zone edges along the boundary coincide with it up to buffer rounding
     near = shapely.buffer(zone_union, _BORDER_TOL_UM) if zones else zone_union
     if zones:
@@ -552,13 +571,15 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
         znest = np.zeros(0, np.int64)
     zone_table = pd.DataFrame({"zone_id": np.arange(1, len(zones) + 1), "nest_id": znest,
                                "area_um2": [z.area for z in zones], "geometry": zones})
-    per_len, per_border = [], []
-    for k, nest in enumerate(nests, start=1):
-        bnd = nest.boundary
-        per_len.append(bnd.length)
-        per_border.append(shapely.intersection(bnd, near).length if zones else 0.0)
-    per_len = np.asarray(per_len, float)
-    per_border = np.asarray(per_border, float)
+    bnds = shapely.boundary(np.asarray(nests, dtype=object)) if n_nests else np.zeros(0, object)
+    per_len = np.asarray(shapely.length(bnds), float) if n_nests else np.zeros(0)
+    per_border = np.zeros(n_nests)
+    if zones and n_nests:
+        # intersect each boundary only with the (disjoint) parts of the zone buffer it meets
+        parts = shapely.get_parts(near)
+        bi, pj = shapely.STRtree(parts).query(bnds, predicate="intersects")
+        if bi.size:
+            np.add.at(per_border, bi, shapely.length(shapely.intersection(bnds[bi], parts[pj])))
     if n_nests:
         per_nest["perimeter_um"] = per_len
         per_nest["perimeter_bordering_zone_um"] = per_border

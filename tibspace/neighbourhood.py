@@ -278,31 +278,39 @@ def _perm_type_counts(indptr, indices, labels, K):
 
 
 @njit(parallel=True, cache=True)
-def _radius_degrees(xs, ys, start, nx, ny, r2):
+def _radius_counts_kernel(xs, ys, codes, start, nx, ny, r2, K, n_chunks):
+    """One full-stencil pass: type-pair counts (each cell counts its own
+    neighbours, so every undirected edge appears in both directions) and
+    degrees (written only by the owning cell: no races)."""
     n = xs.shape[0]
     deg = np.zeros(n, dtype=np.int64)
-    for cy in prange(ny):
-        for cx in range(nx):
-            cell = cy * nx + cx
-            for i in range(start[cell], start[cell + 1]):
-                c = 0
-                for oy in range(-1, 2):
-                    qy = cy + oy
-                    if qy < 0 or qy >= ny:
-                        continue
-                    for ox in range(-1, 2):
-                        qx = cx + ox
-                        if qx < 0 or qx >= nx:
+    out = np.zeros((n_chunks, K, K), dtype=np.int64)
+    for ch in prange(n_chunks):
+        for cy in range(ch, ny, n_chunks):
+            for cx in range(nx):
+                cell = cy * nx + cx
+                for i in range(start[cell], start[cell + 1]):
+                    xi = xs[i]
+                    yi = ys[i]
+                    ci = codes[i]
+                    c = 0
+                    for oy in range(-1, 2):
+                        qy = cy + oy
+                        if qy < 0 or qy >= ny:
                             continue
-                        q = qy * nx + qx
-                        for j in range(start[q], start[q + 1]):
-                            if j != i:
-                                dx = xs[j] - xs[i]
-                                dy = ys[j] - ys[i]
-                                if dx * dx + dy * dy <= r2:
+                        for ox in range(-1, 2):
+                            qx = cx + ox
+                            if qx < 0 or qx >= nx:
+                                continue
+                            q = qy * nx + qx
+                            for j in range(start[q], start[q + 1]):
+                                dx = xs[j] - xi
+                                dy = ys[j] - yi
+                                if dx * dx + dy * dy <= r2 and j != i:
                                     c += 1
-                deg[i] = c
-    return deg
+                                    out[ch, ci, codes[j]] += 1
+                    deg[i] = c
+    return out.sum(axis=0), deg
 
 
 def _n_chunks():
@@ -313,13 +321,9 @@ def _radius_counts(x, y, codes, K, r):
     """Type-pair counts (both directions) and degrees of the radius graph, without building it."""
     grid = _cell_list(x, y, r)
     c = np.ascontiguousarray(codes[grid.order]).astype(np.int64)
-    dummy2 = np.ones((2, 2))
-    rr = np.array([r], dtype=np.float64)
-    hist = _pair_hist(grid.xs, grid.ys, c, np.full(x.size, np.inf), np.full(x.size, -1, np.int64),
-                      grid.start, grid.nx, grid.ny, int(K), rr * rr, r * r, rr, 0.0, 0,
-                      np.zeros(4), dummy2, 1.0, dummy2, 1.0, 0.0, 1.0, _n_chunks())
-    deg = _radius_degrees(grid.xs, grid.ys, grid.start, grid.nx, grid.ny, r * r)
-    return np.rint(hist[:, :, 0]).astype(np.int64), deg
+    counts, deg = _radius_counts_kernel(grid.xs, grid.ys, c, grid.start, grid.nx, grid.ny, r * r, int(K),
+                                        _n_chunks())
+    return counts, deg
 
 
 def _check_graph(graph, n):
@@ -579,10 +583,13 @@ def nearest_distance_to_phenotypes(cells, *, phenotypes=None, phenotype_col="phe
     >>> nearest_distance_to_phenotypes(cells)["dist_to_T_um"].tolist()
     [5.0, 5.0, 8.06225774829855]
     """
-    x, y, codes, types = _table_xy_types(cells, phenotype_col, phenotypes)
+    x, y, codes, types = _table_xy_types(cells, phenotype_col, None)
+    wanted = types if phenotypes is None else [str(p) for p in ([phenotypes] if isinstance(phenotypes, str)
+                                                               else phenotypes)]
     xy = np.c_[x, y]
     out = {}
-    for t, name in enumerate(types):
+    for name in wanted:
+        t = types.index(name) if name in types else -1
         m = codes == t
         col = np.full(x.size, np.nan)
         if m.any():
@@ -634,8 +641,6 @@ def co_occurrence(cells, intervals_um, *, phenotype_col="phenotype", progress=No
     x, y, codes = x[sel], y[sel], codes[sel]
     K = len(cats)
     radii = edges.copy()
-    if radii[0] == 0:
-        radii[0] = 0.0
     report(progress, "co-occurrence pairs", 0, 1)
     grid = _cell_list(x, y, float(edges[-1]))
     dummy2 = np.ones((2, 2))

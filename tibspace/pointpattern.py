@@ -29,7 +29,7 @@ Edge corrections ``e_ij``
     Weights are capped at 100 (spatstat's ``maxweight``).
     ``"translation"``: |W| / |W ∩ (W + v_ij)|. Closed form for rectangles;
     for polygons the set covariance of W is computed once by FFT of a raster
-    of W (pixel = min(R/64, sqrt(bbox area/4e6)); see :func:`set_covariance`)
+    of W (4–16M pixels, at most R/64 where that fits; see :func:`set_covariance`)
     and bilinearly interpolated; the weight is the ratio γ(0)/γ(v) of raster
     values so the raster's area bias cancels to first order.
 """
@@ -464,17 +464,94 @@ def _circle_frac_poly(px, py, rho, ex0, ey0, ex1, ey1, cand):
 
 @njit(parallel=True, cache=True)
 def _iso_tables(px, py, bnd, cptr, cedges, ex0, ey0, ex1, ey1, R, G):
+    """Per point: circle fraction inside the polygon at G radii b + (R - b) u².
+
+    Same arithmetic as _circle_frac_poly, organised for many radii: each
+    candidate edge's distance range [dmin, dmax] from the point is computed
+    once, so a radius only intersects the edges it can cross; the status at
+    the reference angle comes from the sorted crossings of the reference ray.
+    """
     nbp = px.shape[0]
     tab = np.ones((nbp, G))
+    two_pi = 2.0 * math.pi
+    ux = math.cos(_THETA0)
+    uy = math.sin(_THETA0)
     for p in prange(nbp):
         cand = cedges[cptr[p]:cptr[p + 1]]
+        m = cand.shape[0]
+        X = px[p]
+        Y = py[p]
+        dmin = np.empty(m)
+        dmax = np.empty(m)
+        ray = np.empty(m)
+        nr = 0
+        for k in range(m):
+            e = cand[k]
+            ax = ex0[e] - X
+            ay = ey0[e] - Y
+            ddx = ex1[e] - ex0[e]
+            ddy = ey1[e] - ey0[e]
+            A = ddx * ddx + ddy * ddy
+            t = 0.0
+            if A > 0:
+                t = min(1.0, max(0.0, -(ax * ddx + ay * ddy) / A))
+            qx = ax + t * ddx
+            qy = ay + t * ddy
+            dmin[k] = math.sqrt(qx * qx + qy * qy)
+            dmax[k] = max(math.sqrt(ax * ax + ay * ay), math.sqrt((ax + ddx) ** 2 + (ay + ddy) ** 2))
+            den = ux * ddy - uy * ddx
+            if den != 0.0:
+                s_ray = (ax * ddy - ay * ddx) / den
+                t_edge = (ax * uy - ay * ux) / den
+                if s_ray >= 0.0 and t_edge >= 0.0 and t_edge < 1.0:
+                    ray[nr] = s_ray
+                    nr += 1
+        rays = np.sort(ray[:nr])
+        angs = np.empty(2 * m + 1)
         b = bnd[p]
         for g in range(1, G):
             u = g / (G - 1)
             rho = b + (R - b) * u * u
             if rho <= 0.0:
                 continue
-            tab[p, g] = _circle_frac_poly(px[p], py[p], rho, ex0, ey0, ex1, ey1, cand)
+            inside = (np.searchsorted(rays, rho, side="right") % 2) == 0
+            na = 0
+            for k in range(m):
+                if dmin[k] > rho or dmax[k] < rho:
+                    continue
+                e = cand[k]
+                ax = ex0[e] - X
+                ay = ey0[e] - Y
+                ddx = ex1[e] - ex0[e]
+                ddy = ey1[e] - ey0[e]
+                A = ddx * ddx + ddy * ddy
+                if A == 0.0:
+                    continue
+                B = 2.0 * (ax * ddx + ay * ddy)
+                C = ax * ax + ay * ay - rho * rho
+                disc = B * B - 4.0 * A * C
+                if disc > 0.0:
+                    sq = math.sqrt(disc)
+                    for s in range(2):
+                        t = (-B - sq) / (2.0 * A) if s == 0 else (-B + sq) / (2.0 * A)
+                        if t >= 0.0 and t < 1.0:
+                            angs[na] = (math.atan2(ay + t * ddy, ax + t * ddx) - _THETA0) % two_pi
+                            na += 1
+            if na == 0:
+                tab[p, g] = 1.0 if inside else 0.0
+                continue
+            a = np.sort(angs[:na])
+            total = 0.0
+            prev = 0.0
+            st = inside
+            for k in range(na):
+                if st:
+                    total += a[k] - prev
+                prev = a[k]
+                st = not st
+            if st:
+                total += two_pi - prev
+            tab[p, g] = total / two_pi
     return tab
 
 
@@ -599,7 +676,7 @@ def set_covariance(window, reach_um, *, pixel_um=None):
     """Set covariance γ(v) = |W ∩ (W + v)| of a polygon window on a grid, by FFT.
 
     The window is rasterised at pixel centres (``pixel_um``, default
-    min(reach/64, sqrt(bbox area / 4e6)) so the raster has at most ~4M
+    max(min(reach/64, sqrt(bbox area / 4e6)), sqrt(bbox area / 16e6)), so the raster has 4–16M
     pixels) and zero-padded by ``reach_um`` so the circular FFT correlation
     equals the linear one for |v_x|, |v_y| <= reach. Error: γ is exact for the
     raster; the raster differs from W by about perimeter × pixel area, so
@@ -639,7 +716,9 @@ def set_covariance(window, reach_um, *, pixel_um=None):
         geom = win.geom
     xmin, ymin, xmax, ymax = win.bounds
     if pixel_um is None:
-        pixel_um = min(reach_um / 64.0, math.sqrt((xmax - xmin) * (ymax - ymin) / 4e6))
+        # reach/64, but at most ~16M raster pixels for whole slides
+        pixel_um = max(min(reach_um / 64.0, math.sqrt((xmax - xmin) * (ymax - ymin) / 4e6)),
+                       math.sqrt((xmax - xmin) * (ymax - ymin) / 16e6))
     px = float(pixel_um)
     P = int(math.ceil(reach_um / px)) + 2
     W = int(math.ceil((xmax - xmin) / px)) + 1
@@ -663,12 +742,30 @@ def _n_chunks():
     return max(1, min(256, 8 * numba.get_num_threads()))
 
 
-def _weighted_pair_hist(x, y, codes, n_types, radii, win: _Window, edge_correction, *,
-                        kernel_h=0.0, progress=None):
-    """hist[a, b, k] of edge-corrected pair weights (see _pair_hist)."""
+@dataclass
+class _EdgeSetup:
+    """Per-point edge-correction data for the numba kernels (one point set)."""
+    mode: int
+    rect: np.ndarray
+    bnd: np.ndarray            # distance to the window boundary (isotropic), else inf
+    tidx: np.ndarray           # row of iso_tab per point (-1: none)
+    iso_tab: np.ndarray
+    reach: float
+    cov: np.ndarray
+    cov_step: float
+    cov_P: float
+    cov0: float
+
+    def kernel_args(self, order=None):
+        """(bnd, tidx) in the given point order, then the window arguments."""
+        bnd = self.bnd if order is None else np.ascontiguousarray(self.bnd[order])
+        tidx = self.tidx if order is None else np.ascontiguousarray(self.tidx[order])
+        return bnd, tidx
+
+
+def _edge_setup(x, y, win: _Window, edge_correction, reach) -> _EdgeSetup:
     if edge_correction not in _EDGE_MODES:
         raise InputError(f"edge_correction={edge_correction!r}: expected one of {sorted(_EDGE_MODES)}")
-    reach = float(radii[-1] + kernel_h)
     mode = _EDGE_MODES[edge_correction]
     rect = np.array(win.bounds, dtype=np.float64)
     n = x.size
@@ -677,39 +774,46 @@ def _weighted_pair_hist(x, y, codes, n_types, radii, win: _Window, edge_correcti
     iso_tab = np.ones((1, 2))
     cov = np.ones((2, 2))
     cov_step, cov_P, cov0 = 1.0, 0.0, 1.0
-    report(progress, "edge correction", 0, 1)
     if win.kind == "rect":
         if mode == 1:
             bnd = np.minimum(np.minimum(x - rect[0], rect[2] - x), np.minimum(y - rect[1], rect[3] - y))
-    else:
-        if mode == 1:
-            mode = 3
-            cptr, cedges, (ex0, ey0, ex1, ey1) = _boundary_candidates(win.geom, x, y, reach)
-            has = np.diff(cptr) > 0
-            bnd = _min_seg_dist(x, y, cptr, cedges, ex0, ey0, ex1, ey1)
-            sel = np.flatnonzero(has)
-            tidx[sel] = np.arange(sel.size)
-            if sel.size:
-                sub_ptr = np.zeros(sel.size + 1, dtype=np.int64)
-                lens = (cptr[sel + 1] - cptr[sel])
-                np.cumsum(lens, out=sub_ptr[1:])
-                sub_edges = np.concatenate([cedges[cptr[s]:cptr[s + 1]] for s in sel]) if sel.size < 1000 else \
-                    cedges[np.repeat(cptr[sel], lens) + (np.arange(lens.sum()) - np.repeat(sub_ptr[:-1], lens))]
-                iso_tab = _iso_tables(x[sel], y[sel], bnd[sel], sub_ptr, sub_edges, ex0, ey0, ex1, ey1,
-                                      reach, _ISO_TABLE_SIZE)
-        elif mode == 2:
-            mode = 4
-            cov, cov_step, P = set_covariance(win.geom, reach)
-            cov_P = float(P)
-            cov0 = float(cov[P, P])
+    elif mode == 1:
+        mode = 3
+        cptr, cedges, (ex0, ey0, ex1, ey1) = _boundary_candidates(win.geom, x, y, reach)
+        bnd = _min_seg_dist(x, y, cptr, cedges, ex0, ey0, ex1, ey1)
+        sel = np.flatnonzero(np.diff(cptr) > 0)       # only points within reach of the boundary
+        tidx[sel] = np.arange(sel.size)
+        if sel.size:
+            lens = cptr[sel + 1] - cptr[sel]
+            sub_ptr = np.zeros(sel.size + 1, dtype=np.int64)
+            np.cumsum(lens, out=sub_ptr[1:])
+            sub_edges = cedges[np.repeat(cptr[sel], lens) + (np.arange(lens.sum()) - np.repeat(sub_ptr[:-1], lens))]
+            iso_tab = _iso_tables(x[sel], y[sel], bnd[sel], sub_ptr, sub_edges, ex0, ey0, ex1, ey1,
+                                  reach, _ISO_TABLE_SIZE)
+    elif mode == 2:
+        mode = 4
+        cov, cov_step, P = set_covariance(win.geom, reach)
+        cov_P, cov0 = float(P), float(cov[P, P])
+    return _EdgeSetup(mode, rect, bnd, tidx, iso_tab, float(reach), cov, float(cov_step), cov_P, cov0)
+
+
+def _hist_with_setup(grid: _Grid, codes_sorted, n_types, radii, es: _EdgeSetup, kernel_h):
+    bnd, tidx = es.kernel_args(grid.order)
+    return _pair_hist(grid.xs, grid.ys, codes_sorted, bnd, tidx, grid.start, grid.nx, grid.ny, int(n_types),
+                      radii * radii, es.reach * es.reach, radii, float(kernel_h), es.mode, es.rect, es.iso_tab,
+                      es.reach, es.cov, es.cov_step, es.cov_P, es.cov0, _n_chunks())
+
+
+def _weighted_pair_hist(x, y, codes, n_types, radii, win: _Window, edge_correction, *,
+                        kernel_h=0.0, progress=None):
+    """hist[a, b, k] of edge-corrected pair weights (see _pair_hist)."""
+    report(progress, "edge correction", 0, 1)
+    es = _edge_setup(x, y, win, edge_correction, float(radii[-1] + kernel_h))
     report(progress, "edge correction", 1, 1)
-    grid = _cell_list(x, y, reach)
+    grid = _cell_list(x, y, es.reach)
     report(progress, "pair histogram", 0, 1)
-    hist = _pair_hist(grid.xs, grid.ys, np.ascontiguousarray(codes[grid.order]).astype(np.int64),
-                      np.ascontiguousarray(bnd[grid.order]), np.ascontiguousarray(tidx[grid.order]),
-                      grid.start, grid.nx, grid.ny, int(n_types), radii * radii, reach * reach, radii,
-                      float(kernel_h), mode, rect, iso_tab, reach, cov, float(cov_step), cov_P, cov0,
-                      _n_chunks())
+    hist = _hist_with_setup(grid, np.ascontiguousarray(codes[grid.order]).astype(np.int64), n_types, radii,
+                            es, kernel_h)
     report(progress, "pair histogram", 1, 1)
     return hist
 
@@ -1150,7 +1254,7 @@ def _labelled_sums(pi, pj, dd, wij, wji, labels, a, b, edges2, radii, kernel_h):
 def random_labelling_envelope(cells, statistic="cross_L", type_a=None, type_b=None, radii_um=None,
                               window=None, n_sim=199, seed=0, phenotype_col="phenotype", alpha=0.05, *,
                               edge_correction="isotropic", population="pair", bandwidth_um=None,
-                              outside="error", progress=None) -> pd.DataFrame:
+                              outside="error", progress=None, max_pairs=25_000_000) -> pd.DataFrame:
     """Envelope of a cross statistic under random labelling (locations fixed, labels permuted).
 
     Random labelling, not CSR: the cell locations are kept and the phenotype
@@ -1179,6 +1283,14 @@ def random_labelling_envelope(cells, statistic="cross_L", type_a=None, type_b=No
     seed : int
     alpha : float
         Two-sided level of the pointwise envelope.
+    edge_correction : {"isotropic", "translation", "none"}
+    population : {"pair", "all"}
+        Which cells' labels are permuted (see above).
+    bandwidth_um : float, optional
+        Kernel half-width for ``"cross_pcf"`` (default Stoyan's rule).
+    max_pairs : int
+        Above this many neighbour pairs the pairs are not stored; every
+        simulation then re-runs the cell-list pass (memory stays linear).
 
     Returns
     -------
@@ -1234,49 +1346,37 @@ def random_labelling_envelope(cells, statistic="cross_L", type_a=None, type_b=No
     if statistic == "cross_pcf":
         kernel_h = float(bandwidth_um) if bandwidth_um is not None else _stoyan_bandwidth(n_b, win.area)
     reach = float(radii[-1] + kernel_h)
-    # Edge-correction data for all kept points (same as the histogram engine).
-    mode = _EDGE_MODES[edge_correction]
-    rect = np.array(win.bounds, dtype=np.float64)
-    n = x.size
-    bnd = np.full(n, np.inf)
-    tidx = np.full(n, -1, dtype=np.int64)
-    iso_tab = np.ones((1, 2))
-    cov = np.ones((2, 2))
-    cov_step, cov_P, cov0 = 1.0, 0.0, 1.0
-    if win.kind == "rect" and mode == 1:
-        bnd = np.minimum(np.minimum(x - rect[0], rect[2] - x), np.minimum(y - rect[1], rect[3] - y))
-    elif win.kind == "poly" and mode == 1:
-        mode = 3
-        cptr, cedges, (ex0, ey0, ex1, ey1) = _boundary_candidates(win.geom, x, y, reach)
-        bnd = _min_seg_dist(x, y, cptr, cedges, ex0, ey0, ex1, ey1)
-        sel = np.flatnonzero(np.diff(cptr) > 0)
-        tidx[sel] = np.arange(sel.size)
-        if sel.size:
-            lens = cptr[sel + 1] - cptr[sel]
-            sub_ptr = np.zeros(sel.size + 1, dtype=np.int64)
-            np.cumsum(lens, out=sub_ptr[1:])
-            sub_edges = cedges[np.repeat(cptr[sel], lens) + (np.arange(lens.sum()) - np.repeat(sub_ptr[:-1], lens))]
-            iso_tab = _iso_tables(x[sel], y[sel], bnd[sel], sub_ptr, sub_edges, ex0, ey0, ex1, ey1,
-                                  reach, _ISO_TABLE_SIZE)
-    elif win.kind == "poly" and mode == 2:
-        mode = 4
-        cov, cov_step, P = set_covariance(win.geom, reach)
-        cov_P, cov0 = float(P), float(cov[P, P])
-    report(progress, "neighbour pairs", 0, 1)
-    pi, pj = neighbour_pairs(x, y, reach)
-    dd, wij, wji = _pair_weights(x, y, pi, pj, bnd, tidx, mode, rect, iso_tab, reach, cov,
-                                 float(cov_step), cov_P, cov0)
-    report(progress, "neighbour pairs", 1, 1)
-    edges2 = radii * radii
+    es = _edge_setup(x, y, win, edge_correction, reach)
     rng = np.random.default_rng(seed)
     sims = np.empty((n_sim, radii.size))
-    batch = max(1, min(n_sim, int(2e8 // max(n, 1))))
+    grid = _cell_list(x, y, reach)
+    report(progress, "neighbour pairs", 0, 1)
+    n_pairs = int(_count_pairs_rows(grid.xs, grid.ys, grid.start, grid.nx, grid.ny, reach * reach).sum())
+    if n_pairs <= max_pairs:
+        # Pairs and weights once (40 bytes/pair); each simulation is a masked weighted sum.
+        pi, pj = neighbour_pairs(x, y, reach)
+        dd, wij, wji = _pair_weights(x, y, pi, pj, es.bnd, es.tidx, es.mode, es.rect, es.iso_tab, reach,
+                                     es.cov, es.cov_step, es.cov_P, es.cov0)
+
+        def stat_hist(labels):
+            return _labelled_sums(pi, pj, dd, wij, wji, labels, a, b, radii * radii, radii, kernel_h)
+    else:
+        # Too many pairs to keep: one cell-list pass per simulation (memory linear in cells).
+        def stat_hist(labels):
+            out = np.empty((labels.shape[0], radii.size))
+            for s_, lab in enumerate(labels):
+                c3 = np.where(lab == a, 0, np.where(lab == b, 1, 2)).astype(np.int64)
+                h = _hist_with_setup(grid, np.ascontiguousarray(c3[grid.order]), 3, radii, es, kernel_h)
+                out[s_] = h[0, 1] if not same else h[0, 0]
+            return out
+    report(progress, "neighbour pairs", 1, 1)
+    batch = max(1, min(n_sim, int(2e8 // max(n_pairs + x.size, 1)), 64))
+    obs = stat_hist(codes[None, :])[0]
     done = 0
-    obs = _labelled_sums(pi, pj, dd, wij, wji, codes[None, :], a, b, edges2, radii, kernel_h)[0]
     while done < n_sim:
         m = min(batch, n_sim - done)
         labels = np.stack([rng.permutation(codes) for _ in range(m)])
-        sims[done:done + m] = _labelled_sums(pi, pj, dd, wij, wji, labels, a, b, edges2, radii, kernel_h)
+        sims[done:done + m] = stat_hist(labels)
         done += m
         report(progress, "random labelling", done, n_sim)
     nbp = n_b - 1 if same else n_b

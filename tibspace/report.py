@@ -58,7 +58,9 @@ def summary_lines(result) -> list[str]:
     an = m.get("analyses", {})
 
     def r3(v):
-        return "n/a" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+        if v is None:
+            return "n/a"
+        return (f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}") if isinstance(v, float) else str(v)
 
     ex = (an.get("exclusion") or {}).get("sample", {})
     if ex:

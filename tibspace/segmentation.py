@@ -1,19 +1,24 @@
 """Nucleus and whole-cell segmentation, tiled over whole slides with Dask.
 
-Classical pipeline (all lengths in µm, converted with ``pixel_size_um``):
+Classical pipeline (all lengths in µm, converted with ``pixel_size_um``;
+``d`` = ``nucleus_diameter_um``):
 
-1. smooth the nuclear signal (Gaussian, σ = ``nucleus_diameter_um / 10``);
-2. foreground = smoothed signal above a threshold (Otsu by default; in
-   :func:`segment_image` one global threshold for the whole image so that
-   tiles agree);
-3. seeds = maxima of the (slightly smoothed) distance transform of the
-   foreground, at least ``0.45 × nucleus diameter`` apart and at least
-   ``0.2 ×`` the nucleus radius deep, so touching nuclei get one seed each;
-4. marker watershed on the distance transform, limited to the foreground;
-   fragments smaller than ``min_area_um2`` are dropped;
-5. whole cells: nuclei expanded by ``expansion_um`` (skimage
-   ``expand_labels``), or, with a membrane channel, a marker watershed on the
-   membrane signal limited to that expansion.
+1. smooth the nuclear signal (Gaussian, σ = d/16);
+2. foreground = pixels above a low global threshold (half the Otsu
+   threshold; in :func:`segment_image` computed once for the whole image so
+   tiles agree) AND brighter than their local mean (Gaussian, σ = d/2). The
+   local test cuts the dim gaps between touching nuclei in dense tissue, where
+   a global threshold alone merges them (CSM breast crops: centroid F1 0.51 →
+   0.69), and the low global threshold keeps dim nuclei;
+3. seeds = maxima of the lightly smoothed distance-to-background over a
+   (0.9 d)-wide neighbourhood, at least 0.1 d deep, so touching nuclei get one
+   seed each; a foreground component holding no seed is one nucleus;
+4. marker watershed on the distance map, run only on the components holding
+   several seeds (the others are single nuclei already); objects smaller than
+   ``min_area_um2`` are dropped;
+5. whole cells: nuclei expanded by ``expansion_um`` (nearest nucleus, as
+   skimage ``expand_labels``), or, with a membrane channel, a marker
+   watershed on the membrane signal limited to that expansion.
 
 :func:`segment_image` runs this over a whole OME-TIFF in overlapping tiles:
 each Dask task reads only its window from the file, segments and measures it,
@@ -57,6 +62,9 @@ __all__ = [
     "match_labels",
     "match_points",
     "tile_grid",
+    "smooth_nuclear",
+    "distance_to_background",
+    "expand_labels_fast",
 ]
 
 # Images up to this many pixels get in-memory numpy label images.
@@ -299,11 +307,13 @@ def segment_nuclei(nuclear: Any, pixel_size_um: float, *, nucleus_diameter_um: f
     pixel_size_um : float
         µm per pixel.
     nucleus_diameter_um : float
-        Typical nucleus diameter; sets smoothing (σ = d/10), seed spacing
-        (0.45 d) and the minimum seed depth (0.1 d of distance to background).
+        Typical nucleus diameter ``d``; sets smoothing (σ = d/16), the local
+        contrast scale (σ = d/2), seed spacing (0.45 d) and the minimum seed
+        depth (0.1 d of distance to background).
     threshold : float, optional
-        Foreground threshold on the *smoothed* signal (see
-        :func:`smooth_nuclear`), in the units of ``nuclear``; default Otsu.
+        Lowest foreground value of the *smoothed* signal (see
+        :func:`smooth_nuclear`), in the units of ``nuclear``; default half the
+        Otsu threshold of the smoothed image.
     min_area_um2 : float, optional
         Smaller objects are dropped; default 20 % of a disc of the nucleus
         diameter.

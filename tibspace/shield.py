@@ -124,11 +124,13 @@ def otsu_gate_log1p(values: np.ndarray, *, floor_sd: float = 5.0, method: str = 
 
     Otsu always splits a sample in two, even when the channel has no positive
     structures (it then splits noise, or tissue from glass). The gate is
-    therefore ``max(otsu, median + floor_sd · σ)`` in log1p space, where σ is
-    the background spread estimated from the left half of the distribution
-    (``median − 16th percentile``), which positive pixels do not reach as
-    long as they are fewer than half the sample. Returned in raw intensity
-    units. ``floor_sd=0`` gives plain Otsu. ``method="gmm"`` replaces Otsu by
+    therefore ``max(otsu, median + floor_sd · σ)``, where σ is the background
+    noise in raw units (noise is additive) estimated from the left half of the
+    distribution (``median − 16th percentile``, or the RMS deviation below the
+    median if larger), which positive pixels do not reach as long as they are
+    fewer than half the sample. Returned in raw intensity units.
+    ``floor_sd=0`` gives plain Otsu. ``method="background"`` returns the
+    floor alone ("signal above tissue background"). ``method="gmm"`` replaces Otsu by
     :func:`tibspace.phenotype.auto_gate`'s two-component mixture (fitted on
     ≤ 200,000 of the values, chosen with ``seed``), floored the same way.
 
@@ -150,7 +152,9 @@ def otsu_gate_log1p(values: np.ndarray, *, floor_sd: float = 5.0, method: str = 
         raise InputError("cannot compute an Otsu gate: the channel is empty or constant; "
                          "give a numeric gate in the panel's [masks] entry")
     lv = np.log1p(np.clip(v, 0, None))
-    if method == "otsu":
+    if method == "background":
+        t = -np.inf                                     # the floor alone: "above tissue background"
+    elif method == "otsu":
         t = float(threshold_otsu(lv))
     elif method == "gmm":
         from .phenotype import auto_gate
@@ -158,11 +162,15 @@ def otsu_gate_log1p(values: np.ndarray, *, floor_sd: float = 5.0, method: str = 
         sub = v if v.size <= 200_000 else np.random.default_rng(seed).choice(v, 200_000, replace=False)
         t = float(np.log1p(auto_gate(sub, "gmm", marker="mask channel", seed=seed)))
     else:
-        raise InputError(f"automatic gate method {method!r}: expected \"otsu\" or \"gmm\"")
+        raise InputError(f"automatic gate method {method!r}: expected \"otsu\", \"gmm\" or \"background\"")
+    gate = float(np.expm1(t)) if np.isfinite(t) else -np.inf
     if floor_sd > 0:
-        p16, med = np.percentile(lv, [15.865, 50.0])
-        t = max(t, med + floor_sd * max(med - p16, 1e-6))
-    return float(np.expm1(t))
+        # background noise is additive: estimate it in raw units from the left half
+        p16, med = np.percentile(v, [15.865, 50.0])
+        left = v[v <= med]
+        sd = max(med - p16, float(np.sqrt(np.mean((left - med) ** 2))) if left.size else 0.0, 1e-12)
+        gate = max(gate, med + floor_sd * sd)
+    return float(gate)
 
 
 def _tissue_sample_mask(image: Any, channels: Sequence[int], max_pixels: int) -> np.ndarray:
@@ -190,9 +198,11 @@ def _resolve_gate(gate: Any, channel: str, is_required: bool) -> Any:
     if isinstance(gate, Mapping):
         return gate.get(channel, "otsu")
     if is_required:
-        # A numeric gate is in the units of the mask's own channel; a
-        # co-required channel (MPO) gets its own automatic gate.
-        return "otsu"
+        # A numeric gate is in the units of the mask's own channel. A
+        # co-required channel only has to show signal: MPO on NETs is far
+        # dimmer than in intact neutrophils, and an Otsu gate would split
+        # neutrophils from everything else and drop the traps.
+        return "background"
     return "otsu" if gate is None else gate
 
 
@@ -215,15 +225,17 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
       removed.
 
     Gates: a number (raw intensity units of that channel), ``"otsu"``,
-    ``"gmm"``, or a dict ``{channel: number | "otsu" | "gmm"}``. ``"otsu"`` = :func:`otsu_gate_log1p`
+    ``"gmm"``, ``"background"``, or a dict ``{channel: number | str}``. ``"otsu"`` = :func:`otsu_gate_log1p`
     (Otsu on log1p intensities with a robust floor above the background) of a
     strided subsample of ≤ ``max_gate_pixels`` pixels (whole slides stay
     bounded), restricted to tissue pixels: ``tissue_mask`` when given, else
     pixels whose summed channels are above an Otsu split (tissue
     autofluoresces, glass does not) — without this, Otsu on a sparse channel
     separates tissue from glass instead of positive from negative. A numeric ``gate`` applies to the
-    mask's own ``channels``; ``require`` channels get Otsu unless the dict
-    names them.
+    mask's own ``channels``; ``require`` channels get ``"background"`` (the
+    robust floor alone: signal above tissue background — MPO decorating NETs
+    is much dimmer than MPO in intact neutrophils, which an Otsu gate would
+    pick out instead) unless the dict names them.
 
     The image is processed in tiles of ``tile_size_px`` with a halo, so peak
     memory is set by the tile size plus the output masks. Small-object removal
@@ -289,9 +301,9 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
                 c = _channel_of(image, channel_index, ch, name)
                 g = _resolve_gate(gate, ch, is_req)
                 if isinstance(g, str):
-                    if g.lower() not in ("otsu", "gmm"):
+                    if g.lower() not in ("otsu", "gmm", "background"):
                         raise InputError(f"mask {name!r}: gate {g!r} for channel {ch!r}; expected a number, "
-                                         "\"otsu\" or \"gmm\"")
+                                         "\"otsu\", \"gmm\" or \"background\"")
                     sample = _strided_sample(image, c, max_gate_pixels)
                     if tissue_mask is not None:
                         st_ = max(1, int(math.ceil(math.sqrt(ny * nx / float(max_gate_pixels)))))
@@ -523,7 +535,8 @@ def shield_ring_coverage(cell_labels: np.ndarray, cell_ids: Sequence[int], net_m
 # ---------------------------------------------------------------------------
 # Nest boundary strips
 def nest_shield_fraction(region, mask: np.ndarray, pixel_size_um: float, *, strip_um: float = 5.0,
-                         min_coverage: float = 0.5, spacing_um: float = 1.0) -> pd.DataFrame:
+                         min_coverage: float = 0.5, spacing_um: float = 1.0, tumour_mask: np.ndarray | None = None,
+                         snap_um: float = 25.0) -> pd.DataFrame:
     """Fraction of each nest's boundary length whose outer strip is shielded.
 
     The boundary (every ring) is sampled at ≤ ``spacing_um`` (default 1 µm)
@@ -534,6 +547,15 @@ def nest_shield_fraction(region, mask: np.ndarray, pixel_size_um: float, *, stri
     length / sampled length (probes outside the image are ignored; points
     with none are left out).
 
+    Snapping to the tumour-cell outline (with ``tumour_mask``): a region
+    built from tumour-cell centroids (discs of 15 µm, metrics.md) lies
+    5–15 µm outside the tumour cells' outlines, i.e. beyond a shield hugging
+    them. With a tumour-cell pixel mask, each boundary point is first moved
+    inwards along its normal to the first tumour-cell pixel (searched up to
+    ``snap_um``; none found: no move), and the strip starts there. This is
+    an improvement over metrics.md's literal "0…5 µm outside the boundary",
+    which measures the wrong place for centroid-derived regions.
+
     Parameters
     ----------
     region : TumourRegion or list of shapely Polygons
@@ -541,6 +563,10 @@ def nest_shield_fraction(region, mask: np.ndarray, pixel_size_um: float, *, stri
         NET ∪ COL1.
     pixel_size_um : float
     strip_um, min_coverage, spacing_um : float
+    tumour_mask : bool ndarray (Y, X), optional
+        Pixels of tumour cells (from the label image).
+    snap_um : float
+        Farthest inward move to the tumour-cell outline (µm).
 
     Returns
     -------
@@ -582,6 +608,8 @@ def nest_shield_fraction(region, mask: np.ndarray, pixel_size_um: float, *, stri
             probe = p + 0.2 * nrm
             flip = shapely.contains_xy(poly, probe[:, 0], probe[:, 1])
             nrm[flip] *= -1                            # outward = away from the nest
+            if tumour_mask is not None:
+                p = p - nrm * _snap_depth(p, nrm, tumour_mask, pixel_size_um, snap_um)[:, None]
             px_ = p[:, None, 0] + nrm[:, None, 0] * depths[None, :]
             py_ = p[:, None, 1] + nrm[:, None, 1] * depths[None, :]
             col = np.rint(px_ / pixel_size_um).astype(np.int64)
@@ -599,6 +627,22 @@ def nest_shield_fraction(region, mask: np.ndarray, pixel_size_um: float, *, stri
                      "boundary_shield_fraction": sh / samp if samp > 0 else float("nan")})
     return pd.DataFrame(rows, columns=["nest_id", "perimeter_um", "sampled_length_um", "shielded_length_um",
                                        "boundary_shield_fraction"])
+
+
+def _snap_depth(p: np.ndarray, nrm: np.ndarray, tumour_mask: np.ndarray, pixel_size_um: float,
+                snap_um: float) -> np.ndarray:
+    """Distance (µm) along −nrm from p to the first tumour-cell pixel; 0 when none within snap_um."""
+    step = min(0.5, pixel_size_um)
+    t = np.arange(0.0, snap_um + 1e-9, step)
+    ny, nx = tumour_mask.shape
+    col = np.rint((p[:, None, 0] - nrm[:, None, 0] * t[None, :]) / pixel_size_um).astype(np.int64)
+    row = np.rint((p[:, None, 1] - nrm[:, None, 1] * t[None, :]) / pixel_size_um).astype(np.int64)
+    ok = (row >= 0) & (row < ny) & (col >= 0) & (col < nx)
+    hit = np.zeros(ok.shape, bool)
+    hit[ok] = tumour_mask[row[ok], col[ok]]
+    first = np.argmax(hit, axis=1)
+    # the strip starts just outside the outline: half a pixel before the first tumour pixel
+    return np.where(hit.any(axis=1), np.maximum(t[first] - 0.5 * pixel_size_um, 0.0), 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -931,8 +975,13 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
     # (nest_id stays out of per_cell: the pipeline merges per_cell into the cell table, whose
     # nest_id column — nearest nest of EVERY cell — must not be overwritten)
     if union is not None and n_nests:
+        tmask = None
+        if labels is not None:
+            lut = np.zeros(int(max(labels.max(), tum_ids.max() if tum_ids.size else 0)) + 1, bool)
+            lut[tum_ids[tum_ids > 0]] = True
+            tmask = lut[labels]
         strip = nest_shield_fraction(region, union, pixel_size_um, strip_um=nest_strip_um,
-                                     min_coverage=shield_min_coverage)
+                                     min_coverage=shield_min_coverage, tumour_mask=tmask)
     else:
         strip = pd.DataFrame({"nest_id": np.arange(1, n_nests + 1), "boundary_shield_fraction": np.nan})
     rows = []

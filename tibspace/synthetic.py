@@ -31,7 +31,7 @@ import argparse
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -57,9 +57,6 @@ CHANNELS = ("DAPI", "NaKATPase", "HepPar1", "CD68", "SPP1", "aSMA", "FAP", "CD3"
 #: True phenotypes planted by :func:`make_tissue`.
 PHENOTYPES = ("tumour", "SPP1_macrophage", "CAF", "CD8_T", "other_T", "neutrophil", "other")
 IMMUNE_PHENOTYPES = ("inflamed", "excluded", "desert")
-
-_PH = {name: i for i, name in enumerate(PHENOTYPES)}
-_CH = {name: i for i, name in enumerate(CHANNELS)}
 
 #: Width of the barrier band outside the nest boundary (µm), as in metrics.md.
 BARRIER_WIDTH_UM = 50.0
@@ -117,8 +114,8 @@ _AF_OUTSIDE = 6.0
 _CROSSTALK_NEXT = 0.04        # fraction of channel c seen in channel c+1
 _CROSSTALK_PREV = 0.02        # fraction of channel c seen in channel c-1
 _PSF_SIGMA_UM = 0.4
-_GAIN_DN_PER_PHOTON = 0.25    # camera gain: keeps files small, like a real 12-bit camera
-_READ_NOISE_DN = 1.2
+_GAIN_DN_PER_PHOTON = 0.12    # camera gain (DN per photon): small DN noise keeps files small
+_READ_NOISE_DN = 0.7
 
 _TILE = 1024                  # render tile (px)
 _MARGIN_PX = 8                # blur + membrane context
@@ -280,7 +277,7 @@ def load_truth(path: str | os.PathLike, *, load_image: bool = False) -> Syntheti
     Examples
     --------
     >>> import tempfile
-    >>> t = make_tissue((256, 256), n_nests=1, nest_radius_um=(30, 35))
+    >>> t = make_tissue((512, 512), n_nests=1, nest_radius_um=(40, 50))
     >>> d = tempfile.mkdtemp()
     >>> _ = t.write(d)
     >>> back = load_truth(d)
@@ -517,7 +514,7 @@ def _ring_dist(cells, ids, y0s, y1s, x0s, x1s, dy_off, dx_off, d2_off, dmap):
 
 @numba.njit(cache=True, nogil=True)
 def _compose(L, Ln, Q, net, col, tissue, gy0, gx0, seed, lev, wn, wc, wm, net_w, col_w,
-             af_in, af_out, afgrid, afstep, table, out):
+             af_in, af_out, afgrid, afstep, table, chromatin, granularity, out):
     """Noise-free expected photon counts of every channel for one tile."""
     C, H, W = out.shape
     gh, gw = afgrid.shape
@@ -543,7 +540,7 @@ def _compose(L, Ln, Q, net, col, tissue, gy0, gx0, seed, lev, wn, wc, wm, net_w,
                 if Ln[y, x] > 0:
                     q = min(Q[y, x], 1.0)
                     nucv = (0.45 + 0.55 * math.sqrt(1.0 - q * q)) * (
-                        1.0 + 0.12 * _lane(zz, 0, table))
+                        1.0 + chromatin * _lane(zz, 0, table))
                 else:
                     cyto = 1.0
                 border = False
@@ -557,7 +554,7 @@ def _compose(L, Ln, Q, net, col, tissue, gy0, gx0, seed, lev, wn, wc, wm, net_w,
                     border = True
                 if border:
                     mem = 1.0
-                gran = 1.0 + 0.25 * _lane(zz, 1, table)
+                gran = 1.0 + granularity * _lane(zz, 1, table)
                 if gran < 0.2:
                     gran = 0.2
                 cyto *= gran
@@ -596,14 +593,13 @@ def _mix_blur_noise(buf, fwd, bwd, taps, gain, read_sd, noise, seed, gy0, gx0, c
     rowb = np.empty((H, w), np.float32)
     lam = np.empty((C, h, w), np.float32)
     for c in range(C):
+        a = np.float32(fwd) if c > 0 else np.float32(0.0)
+        b = np.float32(bwd) if c < C - 1 else np.float32(0.0)
+        cm = max(c - 1, 0)
+        cp = min(c + 1, C - 1)
         for y in range(H):
             for x in range(W):
-                v = buf[c, y, x]
-                if c > 0:
-                    v += fwd * buf[c - 1, y, x]
-                if c < C - 1:
-                    v += bwd * buf[c + 1, y, x]
-                mixed[y, x] = v
+                mixed[y, x] = buf[c, y, x] + a * buf[cm, y, x] + b * buf[cp, y, x]
         for y in range(H):
             for x in range(w):
                 s = 0.0
@@ -668,7 +664,7 @@ def _tissue_polygon(w_um: float, h_um: float, rng: np.random.Generator) -> Polyg
     t = np.linspace(0, 1, n)
     depth_frac = 0.06 + 0.03 * np.sin(2 * np.pi * (t * rng.uniform(1, 2.5) + rng.uniform()))
     depth_frac += 0.015 * np.sin(2 * np.pi * (t * rng.uniform(4, 7) + rng.uniform()))
-    m = 1.0  # µm inset so the tissue edge is inside the image
+    m = 1.1  # µm inset so the tissue edge is inside the image (and off pixel centres)
     if edge in (0, 1):   # right / left edge empty
         xs = w_um * (1 - depth_frac) if edge == 0 else w_um * depth_frac
         ys = m + t * (h_um - 2 * m)
@@ -923,7 +919,9 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
     nest_radius_um : (min, max)
         Range of nest radii (µm).
     cell_density : float
-        Density of ``other`` stromal cells (cells/mm² of stroma).
+        Target density of ``other`` stromal cells (cells/mm² of stroma); the
+        hard-core thinning that keeps nuclei from overlapping removes ~15 %,
+        the realised densities are in ``planted["densities_per_mm2"]``.
     barrier_coverage : float or list of float
         Fraction of each nest's perimeter whose 0–50 µm outer band is lined
         with SPP1 macrophages and CAFs (~1,300–1,600 cells/mm², alternating
@@ -1029,12 +1027,16 @@ def _t_density_fn(immune_phenotype: str, rho: float, link: bool):
         if immune_phenotype == "excluded":
             out[outer] = 1.5 * rho
             out[inner] = 0.12 * rho
-            out[core] = 0.02 * rho
+            out[core] = 0.01 * rho
             if link:
+                # T cells pile up outside covered arcs and enter a shallow
+                # (30 µm) strip of the inner margin only along uncovered arcs
+                shallow = d > -30.0
                 out[outer & covered] = 2.0 * rho
                 out[outer & ~covered] = 1.2 * rho
                 out[inner & covered] = 0.0
-                out[inner & ~covered] = 0.3 * rho
+                out[inner & ~covered & shallow] = 0.45 * rho
+                out[inner & ~covered & ~shallow] = 0.05 * rho
         else:
             if link:
                 out[inner & covered] = 0.0
@@ -1572,9 +1574,26 @@ def _levels(cells: pd.DataFrame, rng) -> np.ndarray:
     return lev
 
 
-def _render_image(cells, nuclei, cell_lab, qn, net, col, tissue, shape, px, seed, rng, noise):
-    from skimage.draw import polygon as draw_polygon
+def _polygon_mask(xy_px: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Boolean mask of pixels (rows y0..y1, cols x0..x1) whose centres lie
+    inside the closed polygon ``xy_px`` (x, y in pixels): even–odd scanline
+    fill, O(rows × edges + pixels) instead of a point-in-polygon test per pixel."""
+    h, w = y1 - y0, x1 - x0
+    ax, ay = xy_px[:-1, 0], xy_px[:-1, 1]
+    bx, by = xy_px[1:, 0], xy_px[1:, 1]
+    yc = np.arange(y0, y1, dtype=float)[:, None]
+    crosses = ((ay <= yc) & (by > yc)) | ((by <= yc) & (ay > yc))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xi = ax + (yc - ay) * (bx - ax) / (by - ay)
+    rows, edges = np.nonzero(crosses)
+    # first pixel centre at or right of the crossing toggles in/out
+    col = np.clip(np.ceil(xi[rows, edges] - x0), 0, w).astype(np.int64)
+    toggles = np.zeros((h, w + 1), np.int16)
+    np.add.at(toggles, (rows, col), 1)
+    return (np.cumsum(toggles[:, :w], axis=1) & 1).astype(bool)
 
+
+def _render_image(cells, nuclei, cell_lab, qn, net, col, tissue, shape, px, seed, rng, noise):
     H, W = shape
     C = len(CHANNELS)
     lev = np.ascontiguousarray(_levels(cells, rng).T)
@@ -1598,13 +1617,12 @@ def _render_image(cells, nuclei, cell_lab, qn, net, col, tissue, shape, px, seed
 
     def work(y0, y1, x0, x1):
         ya, yb, xa, xb = max(y0 - m, 0), min(y1 + m, H), max(x0 - m, 0), min(x1 + m, W)
-        tis = np.zeros((yb - ya, xb - xa), bool)
-        rr, cc = draw_polygon(ext[:, 1] - ya, ext[:, 0] - xa, tis.shape)
-        tis[rr, cc] = True
+        tis = _polygon_mask(ext, ya, yb, xa, xb)
         buf = np.empty((C, yb - ya, xb - xa), np.float32)
         _compose(cell_lab[ya:yb, xa:xb], nuclei[ya:yb, xa:xb], qn[ya:yb, xa:xb],
                  net[ya:yb, xa:xb], col[ya:yb, xa:xb], tis, ya, xa, seed, lev, wn, wc, wm,
-                 net_w, col_w, _AF_TISSUE, np.float32(_AF_OUTSIDE), afgrid, float(afstep), _NORMAL_TABLE, buf)
+                 net_w, col_w, _AF_TISSUE, np.float32(_AF_OUTSIDE), afgrid, float(afstep),
+                 _NORMAL_TABLE, _CHROMATIN, _GRANULARITY, buf)
         out = np.empty((C, y1 - y0, x1 - x0), np.uint16)
         _mix_blur_noise(buf, _CROSSTALK_NEXT, _CROSSTALK_PREV, taps, _GAIN_DN_PER_PHOTON,
                         _READ_NOISE_DN, float(noise), seed, y0, x0, y0 - ya, x0 - xa,
@@ -1640,16 +1658,7 @@ def _truth_table(cells: pd.DataFrame, px: float, nests: list) -> pd.DataFrame:
     })
 
 
-def _band_area(nest, tissue, d0, d1):
-    """Tissue area (µm²) of the band d0 < d ≤ d1 around one nest."""
-    def region(d):
-        return nest.buffer(d) if d != 0 else nest
-    outer = region(d1)
-    inner = region(d0) if d0 > -1e8 else Polygon()
-    return outer.difference(inner).intersection(tissue).area
-
-
-def barrier_coverage_from_cells(nest: Polygon, intervals: list, truth: pd.DataFrame,
+def _barrier_coverage_from_cells(nest: Polygon, intervals: list, truth: pd.DataFrame,
                                 nest_index: int, *, segment_um: float = 50.0,
                                 barrier_width_um: float = BARRIER_WIDTH_UM,
                                 barrier_density: float = 400.0,
@@ -1715,7 +1724,7 @@ def _planted_summary(truth, cells, nests, intervals, covs, tissue, px, params) -
         P = nest.exterior.length
         ivs = intervals[i]
         realised = sum(b - a for a, b in ivs) / P
-        meas = barrier_coverage_from_cells(nest, ivs, tmp, i)
+        meas = _barrier_coverage_from_cells(nest, ivs, tmp, i)
         nest_info.append({
             "nest_id": i + 1, "area_um2": nest.area, "perimeter_um": P,
             "centroid_um": [nest.centroid.x, nest.centroid.y],
@@ -1739,7 +1748,7 @@ def _planted_summary(truth, cells, nests, intervals, covs, tissue, px, params) -
         area = outer.difference(inner).intersection(tissue).area
         sel = (sd > d0) & (sd <= d1)
         dens[name] = {ph: float(((truth.phenotype == ph) & sel).sum() / max(area, 1e-9) * 1e6)
-                      for ph in ("CD8_T", "other_T", "SPP1_macrophage", "CAF", "neutrophil")}
+                      for ph in PHENOTYPES}
         dens[name]["area_um2"] = float(area)
     t = dens
     ratio = None
@@ -1830,7 +1839,7 @@ col1 = { channels = ["COL1"], gate = "otsu", min_object_um2 = 5 }
 SAMPLE_PRESET = dict(shape=(1600, 1600), pixel_size_um=0.5, seed=7, n_nests=4,
                      nest_radius_um=(75.0, 105.0), barrier_coverage=[0.2, 0.5, 0.8, 1.0],
                      shield_coverage=0.5, immune_phenotype="excluded",
-                     barrier_excludes_t=True)
+                     barrier_excludes_t=True, t_density_per_mm2=700.0)
 
 
 def make_sample(out_dir: str | os.PathLike, progress=None) -> SyntheticTissue:

@@ -71,7 +71,13 @@ LAYER_NAMES = ("cells", "NET mask", "Col1 mask", "exclusion zones", "tumour nest
 
 #: Cell-table columns shown on hover (those present in the table).
 FEATURE_COLUMNS = ("cell_id", "phenotype", "signed_dist_um", "compartment", "nest_id",
-                   "segment_id", "shield_coverage", "shielded", "area_um2")
+                   "segment_id", "shield_coverage", "shielded", "t_contact", "area_um2")
+
+#: Per-nest numbers shown on hover over a nest (those present), in order.
+NEST_FEATURES = ("nest_id", "area_um2", "perimeter_um", "immune_phenotype", "infiltration_ratio",
+                 "barrier_coverage", "n_gaps", "largest_gap_um", "macrophage_caf_ratio",
+                 "link_p_value", "zone_perimeter_fraction", "shielded_fraction",
+                 "boundary_shield_fraction", "t_contact_rate")
 
 #: Colours of the NET / collagen-I mask layers (RGB 0-255).
 MASK_COLOURS = {"net": (190, 60, 255), "col1": (120, 200, 255)}
@@ -105,7 +111,7 @@ def label_pyramid(labels: Any, max_side: int = 4096, min_side: int = 512) -> Any
     --------
     >>> levels = label_pyramid(np.zeros((5000, 3000), np.int32))
     >>> [lv.shape for lv in levels]
-    [(5000, 3000), (2500, 1500), (1250, 750), (625, 375)]
+    [(5000, 3000), (2500, 1500), (1250, 750)]
     """
     if max(labels.shape) <= max_side:
         return labels
@@ -399,12 +405,10 @@ def nest_layer(region: Any, per_nest: Optional[pd.DataFrame] = None, *,
     feats = pd.DataFrame({"nest_id": ids,
                           "area_um2": shapely.area(np.asarray(polys, dtype=object))})
     if per_nest is not None and "nest_id" in per_nest:
-        extra = per_nest.drop(columns=[c for c in ("area_um2", "geometry") if c in per_nest])
-        extra = extra[[c for c in extra.columns
-                       if extra[c].dtype != object or c in ("immune_phenotype",)]]
-        feats = feats.merge(extra, on="nest_id", how="left")
+        cols = [c for c in NEST_FEATURES if c in per_nest.columns and c != "area_um2"]
+        feats = feats.merge(per_nest[cols], on="nest_id", how="left")
     return _polygon_layer(polys, feats, "tumour nests", STRUCTURE_COLOURS["tumour_nest"],
-                          0.10, width_um, max_shapes)
+                          0.06, width_um, max_shapes)
 
 
 def barrier_runs(segments: pd.DataFrame) -> pd.DataFrame:

@@ -32,6 +32,7 @@ METADATA_KEY = "tibspace"
 UM = ("um", "um")
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf")
+_OPEN_IMAGES: dict[str, MultiplexImage] = {}
 
 # Marker groups -> napari colormap (additive blending on black), in the order
 # channels are made visible on opening (the analysis' key markers first). Names are
@@ -179,6 +180,9 @@ def image_layers(img: MultiplexImage, *, pixel_size_known: bool = True,
                 # The group's preferred marker (earliest in its name list).
                 rank = {n: r for r, n in enumerate(names)}
                 visible.add(min(members, key=lambda i: (rank.get(keys[i], len(rank)), i)))
+    # The layers' dask arrays read through the image's open file handles:
+    # keep the image alive here (layer metadata must stay plain/copyable).
+    _OPEN_IMAGES[str(img.path)] = img
     k_other = 0
     layers = []
     for i, name in enumerate(img.channel_names):
@@ -189,7 +193,7 @@ def image_layers(img: MultiplexImage, *, pixel_size_known: bool = True,
         data: Any = [lvl[i] for lvl in img.levels] if multiscale else img.levels[0][i]
         meta = {"path": str(img.path), "channel": name, "channel_index": i,
                 "pixel_size_um": px if pixel_size_known else None,
-                "marker_group": group, "image": img}
+                "marker_group": group}
         if extra_metadata:
             meta.update(extra_metadata)
         kwargs = {

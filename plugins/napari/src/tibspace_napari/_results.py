@@ -15,13 +15,13 @@ from qtpy.QtWidgets import (QAbstractItemView, QLabel, QSplitter, QTableWidget,
                             QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 from qtpy.QtCore import Qt
 
-__all__ = ["ResultsWidget", "key_numbers", "nest_rows", "legend_html", "NEST_COLUMNS"]
+from ._layers import NEST_FEATURES
+
+__all__ = ["ResultsWidget", "key_numbers", "nest_rows", "legend_html", "NEST_COLUMNS",
+           "KEY_NUMBERS"]
 
 #: Per-nest columns shown (when present), in order.
-NEST_COLUMNS = ("nest_id", "area_um2", "perimeter_um", "immune_phenotype", "infiltration_ratio",
-                "barrier_coverage", "n_gaps", "largest_gap_um", "macrophage_caf_ratio",
-                "link_p_value", "zone_perimeter_fraction", "fraction_shielded",
-                "shielded_fraction", "shield_boundary_fraction", "nest_shield_fraction")
+NEST_COLUMNS = NEST_FEATURES
 
 
 def _fmt(v: Any) -> str:
@@ -38,57 +38,62 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _sample_block(metrics: dict, name: str) -> dict:
-    block = (metrics.get("analyses") or {}).get(name)
-    if isinstance(block, dict):
-        return block.get("sample", block) or {}
-    return {}
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+#: Key numbers of a sample: (label, path in metrics.json).
+KEY_NUMBERS = (
+    ("tissue area (mm²)", ("tissue_area_mm2",)),
+    ("tumour nests", ("tumour_region", "n_nests")),
+    ("tumour area (mm²)", ("tumour_region", "tumour_area_mm2")),
+    ("tumour perimeter (µm)", ("tumour_region", "perimeter_um")),
+    ("immune phenotype", ("analyses", "exclusion", "sample", "immune_phenotype")),
+    ("infiltration ratio (in / out)", ("analyses", "exclusion", "sample", "infiltration_ratio")),
+    ("exclusion zones", ("analyses", "exclusion", "sample", "n_zones")),
+    ("exclusion zone area (µm²)", ("analyses", "exclusion", "sample", "zone_area_um2")),
+    ("perimeter bordering a zone", ("analyses", "exclusion", "sample", "zone_perimeter_fraction")),
+    ("barrier coverage", ("analyses", "barrier", "sample", "barrier_coverage")),
+    ("barrier gaps", ("analyses", "barrier", "sample", "n_gaps")),
+    ("largest gap (µm)", ("analyses", "barrier", "sample", "largest_gap_um")),
+    ("barrier thickness (µm)", ("analyses", "barrier", "sample", "mean_thickness_um")),
+    ("SPP1 macrophage : CAF", ("analyses", "barrier", "sample", "macrophage_caf_ratio")),
+    ("T ratio covered − uncovered", ("analyses", "barrier", "sample", "link", "difference")),
+    ("barrier → exclusion p", ("analyses", "barrier", "sample", "link", "p_value")),
+    ("shielded tumour cells", ("analyses", "shield", "sample", "shielded_fraction")),
+    ("mean shield coverage", ("analyses", "shield", "sample", "mean_shield_coverage")),
+    ("nest boundary shielded", ("analyses", "shield", "sample", "boundary_shield_fraction")),
+    ("T contact rate shielded / unshielded",
+     ("analyses", "shield", "sample", "contact", "contact_rate_ratio")),
+    ("contact Fisher p", ("analyses", "shield", "sample", "contact", "fisher_p_two_sided")),
+    ("NET–T Spearman ρ", ("analyses", "shield", "sample", "antagonism", "spearman_rho")),
+)
 
 
 def key_numbers(result: Any) -> list[tuple[str, str]]:
-    """The sample's key numbers as ``(label, formatted value)`` rows.
+    """The sample's key numbers as ``(label, formatted value)`` rows (see KEY_NUMBERS).
+
+    Numbers the run did not produce are left out; skipped analyses are listed
+    with their reason.
 
     Examples
     --------
     >>> from types import SimpleNamespace
     >>> r = SimpleNamespace(metrics={"n_cells": 1200, "tissue_area_mm2": 0.25}, cells=None)
-    >>> key_numbers(r)[:2]
+    >>> key_numbers(r)
     [('cells', '1,200'), ('tissue area (mm²)', '0.25')]
     """
     m = result.metrics or {}
-    rows: list[tuple[str, str]] = []
     n = m.get("n_cells", None if result.cells is None else len(result.cells))
-    rows.append(("cells", _fmt(n)))
-    if m.get("tissue_area_mm2") is not None:
-        rows.append(("tissue area (mm²)", _fmt(m["tissue_area_mm2"])))
-    tr = m.get("tumour_region") or {}
-    for key, label in (("n_nests", "tumour nests"), ("tumour_area_mm2", "tumour area (mm²)"),
-                       ("perimeter_um", "tumour perimeter (µm)")):
-        if key in tr:
-            rows.append((label, _fmt(tr[key])))
-    ex = _sample_block(m, "exclusion")
-    for key, label in (("immune_phenotype", "immune phenotype"),
-                       ("infiltration_ratio", "infiltration ratio (in / out)"),
-                       ("n_zones", "exclusion zones"),
-                       ("zone_area_um2", "exclusion zone area (µm²)"),
-                       ("zone_perimeter_fraction", "perimeter bordering a zone")):
-        if key in ex:
-            rows.append((label, _fmt(ex[key])))
-    br = _sample_block(m, "barrier")
-    for key, label in (("barrier_coverage", "barrier coverage"), ("n_gaps", "barrier gaps"),
-                       ("largest_gap_um", "largest gap (µm)"),
-                       ("mean_thickness_um", "barrier thickness (µm)"),
-                       ("macrophage_caf_ratio", "SPP1 macrophage : CAF"),
-                       ("link_difference", "T ratio covered − uncovered"),
-                       ("link_p_value", "barrier → exclusion p")):
-        if key in br:
-            rows.append((label, _fmt(br[key])))
-    sh = _sample_block(m, "shield")
-    for key, label in (("fraction_shielded", "shielded tumour cells"),
-                       ("contact_rate_ratio", "T contact rate shielded / unshielded"),
-                       ("fisher_p", "contact Fisher p")):
-        if key in sh:
-            rows.append((label, _fmt(sh[key])))
+    rows: list[tuple[str, str]] = [("cells", _fmt(n))]
+    for label, path in KEY_NUMBERS:
+        v = _get(m, *path)
+        if v is not None:
+            rows.append((label, _fmt(v)))
     for name, why in (m.get("skipped") or {}).items():
         rows.append((f"skipped: {name}", str(why)))
     return rows
@@ -167,8 +172,10 @@ class ResultsWidget(QWidget):
         split.addWidget(tabs)
         self.figure = Figure(figsize=(4, 5), dpi=80, facecolor="white")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(300)
+        self.canvas.setMinimumHeight(240)
         split.addWidget(self.canvas)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 1)
         layout.addWidget(split)
         self.setMinimumWidth(360)
 

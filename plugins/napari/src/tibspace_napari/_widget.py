@@ -385,6 +385,16 @@ class TibspaceWidget(QWidget):
         """Values the gate applies to: per-cell means after a run, else coarse pixels."""
         if self.result is not None and column in self.result.cells:
             return self.result.cells[column].to_numpy(dtype=float)
+        src = self._pixel_source(column)
+        return None if src is None else src[0]
+
+    def _pixel_source(self, column: str) -> Optional[tuple]:
+        """``(pixels, scale, translate)`` for the pixel gate preview of a channel.
+
+        Reads at most ~4M pixels: the coarsest pyramid level (subsampled), or
+        for a big non-pyramidal image a central 2048² window (only the tiles
+        it touches are decoded).
+        """
         meta = self._current_image()
         if meta is None:
             return None
@@ -394,9 +404,20 @@ class TibspaceWidget(QWidget):
             if layer is None:
                 return None
             data = layer.data[-1] if layer.multiscale else layer.data
-            # A preview only: at most ~1M pixels of the coarsest level.
-            step = max(1, int(np.ceil(max(data.shape) / 1024)))
-            self._pixel_cache[key] = np.asarray(data[::step, ::step], dtype=float)
+            full = layer.data[0].shape if layer.multiscale else layer.data.shape
+            ny, nx = data.shape[-2:]
+            ly = layer.scale[-2] * full[-2] / ny  # world units per pixel of `data`
+            lx = layer.scale[-1] * full[-1] / nx
+            if max(ny, nx) > 4096:
+                h, w = min(ny, 2048), min(nx, 2048)
+                y0, x0 = (ny - h) // 2, (nx - w) // 2
+                vals = np.asarray(data[y0:y0 + h, x0:x0 + w], dtype=float)
+                src = (vals, (ly, lx), (y0 * ly, x0 * lx))
+            else:
+                step = max(1, int(np.ceil(max(ny, nx) / 2048)))
+                vals = np.asarray(data[::step, ::step], dtype=float)
+                src = (vals, (ly * step, lx * step), (0.0, 0.0))
+            self._pixel_cache[key] = src
         return self._pixel_cache[key]
 
     def _channel_layer(self, path: str, channel: str) -> Any:
@@ -465,23 +486,23 @@ class TibspaceWidget(QWidget):
             self.gate_info.setText(f"{n:,} of {len(r.cells):,} cells have mean {column} > "
                                    f"{gate:.3g} ({100.0 * n / max(len(r.cells), 1):.1f} %)")
         else:
-            meta = self._current_image()
-            vals = self._marker_values(column)
-            if meta is None or vals is None:
+            src = self._pixel_source(column)
+            if src is None:
                 return
-            layer = self._channel_layer(meta["path"], column)
-            full = layer.data[0].shape if layer.multiscale else layer.data.shape
-            sy = layer.scale[-2] * full[-2] / vals.shape[0]
-            sx = layer.scale[-1] * full[-1] / vals.shape[1]
+            vals, (sy, sx), translate = src
             from napari.utils.colormaps import DirectLabelColormap
 
             data = (vals > gate).astype(np.uint8)
             kind = "labels"
-            kwargs = {"name": "gate preview", "scale": (sy, sx), "opacity": 0.5,
+            kwargs = {"name": "gate preview", "scale": (sy, sx), "translate": translate,
+                      "opacity": 0.5,
                       "colormap": DirectLabelColormap(color_dict={0: np.zeros(4),
                                                                   None: np.array([1, 1, 0, 1.0])}),
                       "metadata": {"tibspace": {"kind": "gate", "column": column,
                                                 "gate": float(gate)}}}
+            meta = self._current_image()
+            if meta is not None and meta.get("pixel_size_um") is not None:
+                kwargs["units"] = UM
             self.gate_info.setText(f"{100.0 * data.mean():.1f} % of pixels above {gate:.3g} "
                                    "(pixel preview; per-cell after a run)")
         self._replace_layer(data, kwargs, kind)
@@ -493,12 +514,18 @@ class TibspaceWidget(QWidget):
 
         name = kwargs["name"]
         old = self.viewer.layers[name] if name in self.viewer.layers else None
-        if old is not None and old._type_string == kind and kind == "points" \
-                and not isinstance(data, list):
-            old.data = data
-            old.metadata = kwargs.get("metadata", {})
-            old.face_color = kwargs.get("face_color", old.face_color) if len(data) else old.face_color
-            return old
+        # Same kind and geometry: update in place (a slider drag must stay smooth).
+        if old is not None and old._type_string == kind and not isinstance(data, list):
+            if kind == "points":
+                old.data = data
+                old.metadata = kwargs.get("metadata", {})
+                return old
+            if kind == "labels" and not old.multiscale and old.data.shape == data.shape \
+                    and tuple(old.scale) == tuple(kwargs["scale"]) \
+                    and tuple(old.translate) == tuple(kwargs.get("translate", (0.0, 0.0))):
+                old.data = data
+                old.metadata = kwargs.get("metadata", {})
+                return old
         if old is not None:
             self.viewer.layers.remove(old)
         layer = Layer.create(data, kwargs, kind)
@@ -610,13 +637,15 @@ class TibspaceWidget(QWidget):
         self._pbar = progress(total=0, desc="tibspace")
         if not _WARMED_UP.is_set():
             # Its own thread: a Cancel never waits for the warm-up.
-            create_worker(_warm_up_once)
+            create_worker(_warm_up_once, _ignore_errors=True)
+        # Connecting "errored" ourselves stops napari re-raising worker errors
+        # in the event loop: they are shown in the dock instead.
         self.worker = create_worker(run_image, image_path, panel, pixel_size_um=px,
                                     seed=int(self.seed_spin.value()), progress=_progress,
-                                    _start_thread=False)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
+                                    _start_thread=False,
+                                    _connect={"returned": self._on_returned,
+                                              "errored": self._on_errored,
+                                              "finished": self._on_finished})
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress_bar.setRange(0, 0)
@@ -701,7 +730,6 @@ class TibspaceWidget(QWidget):
         self.clear_error()
         self.export_button.setEnabled(False)
         self.status_label.setText(f"Writing results to {out} …")
-        self.export_worker = create_worker(write_outputs, self.result, out, _start_thread=False)
 
         def done(files: list) -> None:
             self.exported = [Path(f) for f in files]
@@ -711,7 +739,7 @@ class TibspaceWidget(QWidget):
             self.export_worker = None
             self.export_button.setEnabled(True)
 
-        self.export_worker.returned.connect(done)
-        self.export_worker.errored.connect(self.show_error)
-        self.export_worker.finished.connect(finished)
+        self.export_worker = create_worker(write_outputs, self.result, out, _start_thread=False,
+                                           _connect={"returned": done, "errored": self.show_error,
+                                                     "finished": finished})
         self.export_worker.start()

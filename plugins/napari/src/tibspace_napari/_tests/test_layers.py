@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import shapely
 from hypothesis import given, settings
@@ -14,7 +13,7 @@ from tibspace_napari import _layers
 from tibspace_napari._layers import (barrier_runs, label_pyramid, polygon_pieces,
                                      positive_cells, result_layers)
 
-from ._synthetic import Region, make_result, segments_of
+from ._synthetic import make_result, segments_of
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +233,13 @@ def test_layers_load_into_viewer(make_napari_viewer, result):
     ext_l = viewer.layers["cells"].extent.world
     assert ext_l[1][0] == pytest.approx((result.labels.shape[0] - 0.5) * 0.5, abs=0.5)
     assert pts.extent.world[1][0] <= ext_l[1][0] + 1e-9
+
+
+@pytest.mark.parametrize("module", ["_layers", "_reader", "_results"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"tibspace_napari.{module}")
+    res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert res.attempted > 0 and res.failed == 0

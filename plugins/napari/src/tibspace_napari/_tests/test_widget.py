@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from qtpy.QtWidgets import QApplication
 
 from tibspace_napari._sample_data import sample_paths
 from tibspace_napari._widget import TibspaceWidget
@@ -84,7 +86,13 @@ def test_sample_run_end_to_end(sample_viewer, qtbot, tmp_path, run_cache):
 
     # Results dock: numbers per sample and per nest, figures, click → camera on nest.
     dock = widget.results_widget
-    assert dock.summary_table.rowCount() >= 5
+    shown = {dock.summary_table.item(i, 0).text(): dock.summary_table.item(i, 1).text()
+             for i in range(dock.summary_table.rowCount())}
+    cov = r.metrics["analyses"]["barrier"]["sample"]["barrier_coverage"]
+    assert shown["barrier coverage"] == f"{cov:.3g}"
+    assert shown["cells"] == f"{len(r.cells):,}"
+    assert shown["immune phenotype"] == r.metrics["analyses"]["exclusion"]["sample"][
+        "immune_phenotype"]
     assert dock.nest_table.rowCount() == r.region.n_nests
     assert len(dock.figure.axes) == 2 and dock.figure.axes[0].lines
     dock.nest_table.cellClicked.emit(1, 0)
@@ -117,6 +125,24 @@ def test_sample_run_end_to_end(sample_viewer, qtbot, tmp_path, run_cache):
     assert sorted(widget.exported) == sorted(p for p in out.rglob("*") if p.is_file())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_cells"] == len(r.cells)
+
+
+def test_panel_overrides_do_not_touch_the_file(tmp_path):
+    from tibspace.errors import PanelError
+    from tibspace.panel import load_panel
+    from tibspace_napari._widget import load_panel_with_overrides
+
+    _, panel_path = sample_paths()
+    before = panel_path.read_text()
+    p = load_panel_with_overrides(panel_path, parameters={"margin_um": 30.0, "segment_um": 25.0},
+                                  nuclear="NaKATPase", gates={"CD8": 42.5})
+    assert p.parameters["margin_um"] == 30.0 and p.parameters["segment_um"] == 25.0
+    assert p.nuclear == ["NaKATPase"] and p.markers["CD8"].gate == 42.5
+    ref = load_panel(panel_path)
+    assert p.markers["CD3"] == ref.markers["CD3"] and p.phenotypes == ref.phenotypes
+    assert panel_path.read_text() == before
+    with pytest.raises(PanelError, match="NOPE"):
+        load_panel_with_overrides(panel_path, gates={"NOPE": 1.0})
 
 
 def test_cancel_stops_the_run(sample_viewer, qtbot):
@@ -186,3 +212,39 @@ def test_no_pixel_size_is_asked_for(make_napari_viewer, qtbot, tmp_path):
     assert np.all(np.asarray(viewer.layers["gate preview"].data) == 1)
     widget.set_gate(2.0)
     assert np.all(np.asarray(viewer.layers["gate preview"].data) == 0)
+
+
+# --------------------------------------------------------------------- screenshot
+# Last in this file: it reuses the run of test_sample_run_end_to_end when that ran.
+OUT = Path(__file__).resolve().parents[5] / "docs" / "images" / "napari_analysis.png"
+
+
+def test_screenshot_after_analysis(make_napari_viewer, qtbot, run_cache):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("tibspace-napari", "hcc_sample")
+    widget = TibspaceWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, name="tibspace", area="right")
+    viewer.window._qt_window.resize(1400, 900)
+    if "sample" in run_cache:
+        widget._show_result(run_cache["sample"])
+    else:
+        widget.run()
+        with qtbot.waitSignal(widget.worker.finished, timeout=RUN_TIMEOUT_MS):
+            pass
+        run_cache["sample"] = widget.result
+    assert widget.result is not None, widget.error_label.text()
+    qtbot.waitUntil(dock.isVisible)
+    qtbot.waitUntil(widget.results_dock.isVisible)
+    QApplication.processEvents()
+    viewer.reset_view()
+    qtbot.wait(200)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    img = viewer.screenshot(str(OUT), canvas_only=False, flash=False)
+    assert OUT.is_file()
+    rgb = img[..., :3].reshape(-1, 3)
+    assert img.shape[1] >= 1300 and img.shape[0] >= 850
+    assert rgb.std() > 5
+    assert len(np.unique(rgb, axis=0)) > 50
+    # The canvas shows the analysis: barrier-green and gap-red pixels are present.
+    assert np.any((rgb[:, 1] > 180) & (rgb[:, 0] < 40) & (rgb[:, 2] < 40))
+    assert np.any((rgb[:, 0] > 200) & (rgb[:, 1] < 30) & (rgb[:, 2] < 30))
