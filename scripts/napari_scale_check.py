@@ -92,6 +92,11 @@ def _frame(viewer, app) -> None:
     viewer.window._qt_viewer.canvas._scene_canvas.render()
 
 
+def _camera(viewer):
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def measure_redraw(viewer, app, extent_um: float) -> float:
     """Median ms of a camera step (pan at 3 zoom levels) until a frame is rendered."""
     h, w = viewer.window._qt_viewer.canvas.size
@@ -99,11 +104,11 @@ def measure_redraw(viewer, app, extent_um: float) -> float:
     rng = np.random.default_rng(1)
     for zoom_frac in (1.0, 0.1, 0.01):  # whole slide, 10 %, 1 % of the side
         view_um = extent_um * zoom_frac
-        viewer.camera.zoom = min(h, w) / view_um
+        _camera(viewer).zoom = min(h, w) / view_um
         for _ in range(4):
             cy, cx = rng.uniform(view_um / 2, extent_um - view_um / 2, 2)
             t0 = time.perf_counter()
-            viewer.camera.center = (cy, cx)
+            _camera(viewer).center = (cy, cx)
             _frame(viewer, app)
             times.append(time.perf_counter() - t0)
     return 1000.0 * float(np.median(times))
@@ -183,11 +188,12 @@ def main(argv=None) -> int:
     import napari  # noqa: F401  (creates the Qt application on first viewer)
 
     app = QApplication.instance() or QApplication([])
-    from tibspace_napari._widget import warm_up_shapes
+    from tibspace_napari._widget import warm_up_napari
 
     t0 = time.perf_counter()
-    warm_up_shapes()
-    print(f"napari Shapes warm-up (numba JIT of triangulation helpers, once per process; "
+    warm_up_napari()
+    print(f"napari warm-up (numba JIT of Shapes triangulation + int labels colour mapping, "
+          f"once per process; "
           f"the widget does it in its worker while the analysis runs): "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
     rows = []

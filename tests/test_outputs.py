@@ -83,7 +83,7 @@ def test_anndata_roundtrip(tmp_path):
 
 def test_to_jsonable_geometry_and_frames():
     assert to_jsonable(shapely.Point(1, 2)) == "POINT (1 2)"
-    assert to_jsonable(pd.DataFrame({"a": [1]})) == [{"a": 1}]
+    assert to_jsonable(pd.DataFrame({"a": [1, 2]})) == {"a": [1, 2]}
 
 
 def test_atomic_output_has_normal_permissions(tmp_path):

@@ -108,3 +108,12 @@ def test_positivity_is_strictly_above_gate():
     cells = pd.DataFrame({"CD3": [1.0, 2.0, 3.0]})
     pos = positivity(cells, {"CD3": Gate("CD3", "CD3", "manual", 2.0, 1, 3)})
     assert pos["CD3"].tolist() == [False, False, True]
+
+
+def test_blank_marker_channel_gives_no_positive_cells_not_an_error():
+    from tibspace.panel import MarkerSpec
+
+    cells = pd.DataFrame({"MPO": np.zeros(50), "CD3": np.r_[np.ones(25), np.full(25, 100.0)]})
+    gates = compute_gates(cells, {"MPO": MarkerSpec("MPO", "otsu", "cell"), "CD3": MarkerSpec("CD3", "otsu", "cell")})
+    assert gates["MPO"].n_positive == 0 and "constant intensity" in gates["MPO"].method
+    assert gates["CD3"].n_positive == 25

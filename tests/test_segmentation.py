@@ -383,9 +383,11 @@ def test_tile_grid_cores_partition_image(ny, nx, tile, overlap):
 
 # CSM crops: no pixel size recorded; 0.5 µm/px assumed, nuclei there are
 # ~13 px (6.5 µm) wide. Reference = the CSM tool's own cells (not truth; its
-# centroids are of whole cells). Measured F1 at 4 px: 0.58 (B09), 0.72 (B14),
-# 0.69 overall; floors are 0.03 below.
-_CSM_FLOORS = {"B09": 0.55, "B14": 0.69}
+# centroids are of whole cells, so 4 px is strict: at 8 px F1 is 0.81 / 0.91).
+# Measured F1 at 4 px: 0.574 (B09), 0.720 (B14); the naive skimage pipeline
+# gets 0.554 / 0.702 (benchmarks/bench_segmentation.py --real-only). Floors
+# are the measured values minus 0.03.
+_CSM_FLOORS = {"B09": 0.544, "B14": 0.69}
 
 
 @pytest.mark.parametrize("crop", ["B09", "B14"])
@@ -401,9 +403,10 @@ def test_csm_centroid_f1_floor(real_data, crop):
 
 
 # DCIS MIBI fields: 0.49 µm/px assumed (500 µm / 1024 px), HH3 + Nuc summed,
-# default 8 µm nuclei. Measured 568 and 1152 cells; a 10 % band around them.
-@pytest.mark.parametrize("field, n_cells", [("Point2203_pt1072_31606", 568),
-                                            ("Point2206_pt1116_31620", 1152)])
+# default 8 µm nuclei. Measured 572 and 1163 cells (overlays in docs/images/
+# seg_dcis_*.png); no reference exists, so the test guards a 10 % band.
+@pytest.mark.parametrize("field, n_cells", [("Point2203_pt1072_31606", 572),
+                                            ("Point2206_pt1116_31620", 1163)])
 def test_dcis_cell_counts(real_data, field, n_cells):
     res = segment_image(real_data / "dcis_mibi" / field, ["HH3", "Nuc"], pixel_size_um=0.49,
                         measure_channels=["HH3", "PanKRT"])

@@ -226,6 +226,13 @@ def test_contact_rates_and_fisher_on_a_constructed_layout():
     assert (c["n_shielded"], c["shielded_in_contact"], c["n_unshielded"], c["unshielded_in_contact"]) == (10, 1, 10, 4)
     assert c["contact_rate_ratio"] == pytest.approx(0.1 / 0.4)
     assert c["fisher_p_two_sided"] == pytest.approx(fisher_exact([[1, 9], [4, 6]])[1])
+    # every tumour cell is within 20 µm of this thin nest's boundary: the edge-only test is the same
+    ce = res.sample["contact_edge"]
+    assert (ce["n_shielded"], ce["shielded_in_contact"], ce["n_unshielded"], ce["unshielded_in_contact"]) == \
+        (10, 1, 10, 4)
+    deep = shield_analysis(cells, lab, {"net": net}, 1.0, region, n_sim=9, tissue=shapely.box(0, 0, 480, 60),
+                           edge_um=1.0)                  # no tumour centroid within 1 µm of the boundary
+    assert deep.sample["contact_edge"]["n_shielded"] + deep.sample["contact_edge"]["n_unshielded"] == 0
     # without labels: centroid distance (T centroids 8 µm below tumour centroids)
     res2 = shield_analysis(cells, None, {"net": net}, 1.0, region, n_sim=9, tissue=shapely.box(0, 0, 480, 60))
     assert not res2.sample["ring_coverage_available"]

@@ -78,6 +78,17 @@ def test_determinism():
     assert len(a.truth) != len(c.truth) or not np.allclose(a.truth.x_um, c.truth.x_um)
 
 
+def test_tiling_and_threads_do_not_change_the_image(monkeypatch):
+    """Counter-based noise + overlapping tiles: output independent of tile size."""
+    import tibspace.synthetic as synth
+
+    kw = dict(n_nests=1, nest_radius_um=(50, 60), seed=9)
+    a = make_tissue((700, 700), PX, **kw)
+    monkeypatch.setattr(synth, "_TILE", 192)
+    b = make_tissue((700, 700), PX, **kw)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.cells, b.cells)
+
+
 def test_bad_arguments_raise_input_error():
     with pytest.raises(InputError, match="immune_phenotype"):
         make_tissue((256, 256), immune_phenotype="hot")
@@ -129,6 +140,13 @@ def test_barrier_coverage_realised(five_nests):
         assert abs(info["barrier_coverage_from_cells"] - knob) <= 0.03
         total = sum(b - a for a, b in info["covered_intervals_um"])
         assert total == pytest.approx(knob * info["perimeter_um"], abs=1e-6)
+    for knob, nest, arcs in zip(knobs, t.nests, t.barrier_arcs()):
+        length = sum(a.length for a in arcs)
+        assert length == pytest.approx(knob * nest.exterior.length, rel=1e-6, abs=1e-6)
+        # arcs lie on the nest outline
+        for a in arcs:
+            assert nest.exterior.distance(a) < 1e-9 and a.hausdorff_distance(
+                a.intersection(nest.exterior.buffer(1e-6))) < 1e-6
 
 
 def test_barrier_band_density_independent(five_nests):
@@ -172,7 +190,7 @@ def _ring_coverage_bruteforce(cells, cid, mask, ring_px):
     sub = cells[ys, xs] == cid
     d = ndi.distance_transform_edt(~sub)
     ring = (d > 0) & (d <= ring_px + 1e-9)
-    return mask[ys, xs][ring].mean()
+    return mask[ys, xs][ring].mean() if ring.any() else np.nan
 
 
 def test_shields_planted_and_measured(small, five_nests):
@@ -334,7 +352,12 @@ def test_write_and_load_truth(tmp_path, small):
     img.close()
 
 
-def test_panel_toml_rules(small):
+def test_panel_toml_rules(small, tmp_path):
+    from tibspace.panel import load_panel
+
+    (tmp_path / "p.toml").write_text(small.panel_toml)
+    parsed = load_panel(tmp_path / "p.toml")
+    assert parsed.resolve_channels(list(CHANNELS))["CD8"] == CHANNELS.index("CD8")
     panel = tomllib.loads(small.panel_toml)
     assert panel["phenotypes"]["tumour"] == "HepPar1+"
     assert panel["phenotypes"]["SPP1_macrophage"] == "CD68+ & SPP1+"
@@ -435,6 +458,7 @@ def test_polygon_mask_matches_shapely(seed, n_vertices):
     assert (got == want)[~on_edge].all()
 
 
+@pytest.mark.slow
 def test_sample_data_matches_preset(sample_data):
     """The bundled sample is exactly what the documented command regenerates."""
     if not (sample_data / "hcc_sample.ome.tif").is_file():

@@ -49,6 +49,8 @@ from scipy import ndimage as ndi
 
 from .errors import InputError
 from .progress import report
+from .outputs import to_jsonable as _json
+from .phenotype import phenotype_names as _phenotype_names
 
 __all__ = ["ExclusionResult", "exclusion_analysis", "call_immune_phenotype", "t_density_map",
            "can_run_exclusion", "COMPARTMENTS"]
@@ -56,40 +58,6 @@ __all__ = ["ExclusionResult", "exclusion_analysis", "call_immune_phenotype", "t_
 #: Compartment names in order of signed distance.
 COMPARTMENTS = ("core", "inner_margin", "outer_margin", "stroma")
 _BORDER_TOL_UM = 1.0
-
-
-def _json(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return [_json(x) for x in v.tolist()]
-    if isinstance(v, (np.bool_, bool)):
-        return bool(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, pd.DataFrame):
-        return _json(v.to_dict(orient="list"))
-    if isinstance(v, shapely.Geometry):
-        return v.wkt
-    return v
-
-
-def _phenotype_names(panel_or_phenotypes: Any) -> set[str]:
-    obj = panel_or_phenotypes
-    for attr in ("phenotypes", "phenotype_names"):
-        if hasattr(obj, attr):
-            obj = getattr(obj, attr)
-            break
-    if isinstance(obj, pd.DataFrame):
-        obj = obj["phenotype"].unique()
-    if isinstance(obj, dict):
-        obj = obj.keys()
-    return {str(p) for p in obj}
 
 
 def can_run_exclusion(panel_or_phenotypes: Any, t_types: Iterable[str] = ("CD8_T",)) -> tuple[bool, str]:

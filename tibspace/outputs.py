@@ -19,7 +19,6 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import shapely
-import shapely.affinity
 from shapely.geometry import mapping, shape
 
 from ._fileio import atomic_path
@@ -104,9 +103,9 @@ def to_jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, shapely.Geometry):
-        return shapely.to_wkt(obj, rounding_precision=4)
-    if isinstance(obj, pd.DataFrame):
-        return [to_jsonable(r) for r in obj.to_dict(orient="records")]
+        return obj.wkt
+    if isinstance(obj, pd.DataFrame):  # column -> list of values (compact, tidy)
+        return to_jsonable(obj.to_dict(orient="list"))
     if obj is pd.NA or obj is pd.NaT:
         return None
     return obj
@@ -136,17 +135,32 @@ def file_sha256(path: str | os.PathLike, *, chunk: int = 1 << 22) -> str:
 
 
 # -------------------------------------------------------------------- GeoJSON
+def um_to_qupath_px(geom, pixel_size_um: float):
+    """µm geometry → QuPath pixel coordinates.
+
+    tibspace puts the centre of pixel (row r, col c) at (c·px, r·px) µm
+    (skimage centroids × pixel size); QuPath's pixel (r, c) spans
+    [c, c+1) × [r, r+1), so its centre is at c + 0.5: ``x_px = x_um / px + 0.5``.
+    """
+    return shapely.transform(geom, lambda xy: xy / pixel_size_um + 0.5)
+
+
+def qupath_px_to_um(geom, pixel_size_um: float):
+    """Inverse of :func:`um_to_qupath_px`."""
+    return shapely.transform(geom, lambda xy: (xy - 0.5) * pixel_size_um)
+
+
 def geojson_features(geometries: Iterable, *, name: str, object_type: str = "annotation",
                      pixel_size_um: float | None = None, colour: tuple[int, int, int] | None = None,
                      measurements: Sequence[Mapping] | None = None, ids: Sequence | None = None) -> list[dict]:
     """QuPath-style GeoJSON features from shapely geometries given in µm.
 
-    Coordinates are converted to pixels when ``pixel_size_um`` is given
-    (QuPath's convention); otherwise they stay in µm.
+    Coordinates are converted to QuPath pixels when ``pixel_size_um`` is
+    given (:func:`um_to_qupath_px`); otherwise they stay in µm.
     """
     geoms = list(geometries)
     if pixel_size_um:
-        geoms = [shapely.affinity.scale(g, 1 / pixel_size_um, 1 / pixel_size_um, origin=(0, 0)) for g in geoms]
+        geoms = [um_to_qupath_px(g, pixel_size_um) for g in geoms]
     feats = []
     for i, g in enumerate(geoms):
         if g is None or g.is_empty:
@@ -209,7 +223,7 @@ def read_geojson_annotations(path: str | os.PathLike, *, pixel_size_um: float | 
             continue
         g = shape(f["geometry"])
         if pixel_size_um:
-            g = shapely.affinity.scale(g, pixel_size_um, pixel_size_um, origin=(0, 0))
+            g = qupath_px_to_um(g, pixel_size_um)
         out.append((cls, g))
     return out
 

@@ -149,8 +149,13 @@ def compute_gates(cells: pd.DataFrame, markers: Mapping, channel_of: Mapping[str
         col = marker_column(cells, name, channel, getattr(spec, "compartment", "cell"))
         vals = cells[col].to_numpy(dtype=np.float64)
         g = spec.gate
+        finite = vals[np.isfinite(vals)]
         if isinstance(g, (int, float)) and not isinstance(g, bool):
             method, value = "manual", float(g)
+        elif finite.size and np.ptp(finite) == 0:
+            # A blank channel (e.g. a marker absent from this field) means "nobody
+            # positive", not a failed run: one empty field must not stop a cohort.
+            method, value = f"{g} (constant intensity: no cell positive)", float(finite[0])
         else:
             method, value = str(g), auto_gate(vals, str(g), marker=name, seed=seed)
         gates[name] = Gate(name, col, method, value, int(np.count_nonzero(vals > value)), int(vals.size))
@@ -241,3 +246,21 @@ def gate_values(gates: Mapping[str, Gate]) -> dict[str, float]:
 def phenotype_counts(phenotypes: Sequence[str]) -> dict[str, int]:
     vals, cnt = np.unique(np.asarray(phenotypes, dtype=str), return_counts=True)
     return {str(v): int(c) for v, c in zip(vals, cnt)}
+
+
+def phenotype_names(panel_or_phenotypes) -> set[str]:
+    """Phenotype names defined by a panel, present in a cell table, or listed.
+
+    Accepts a :class:`~tibspace.panel.Panel` (its rules), a DataFrame (its
+    ``phenotype`` column), a mapping (its keys) or any iterable of names.
+    """
+    obj = panel_or_phenotypes
+    for attr in ("phenotypes", "phenotype_names"):
+        if hasattr(obj, attr):
+            obj = getattr(obj, attr)
+            break
+    if isinstance(obj, pd.DataFrame):
+        obj = obj["phenotype"].unique()
+    if isinstance(obj, Mapping):
+        obj = obj.keys()
+    return {str(p) for p in obj}

@@ -465,6 +465,7 @@ def _analysis_steps(result, panel, params, defined, image, channel_index, pixel_
                                                  tile_size_px=int(params.get("tile_size_px", 2048)), progress=progress)
                 sh = shield_analysis(
                     result.cells, _labels_array(result.labels), masks, pixel_size_um, result.region,
+                    tissue=result.tissue,
                     tumour_types=tuple(roles["tumour"]), t_types=tuple(roles["effector_t"]),
                     neutrophil_types=tuple(roles.get("neutrophil", ())),
                     shield_ring_um=float(params["shield_ring_um"]),

@@ -23,7 +23,7 @@ Edge corrections ``e_ij``
     ``"isotropic"`` (Ripley): 2πd / length of the circle of radius d_ij about
     point i inside W. Closed form for rectangles (all four edges and corner
     overlaps); for polygons exact arc length from circle–edge intersections,
-    tabulated per point on a grid of 256 radii refined near the point's own
+    tabulated per point on a grid of 128 radii refined near the point's own
     boundary distance (``r = b + (R − b) u²``) and interpolated linearly in u;
     only points within R of the boundary get a table, all others weigh 1.
     Weights are capped at 100 (spatstat's ``maxweight``).
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 _EDGE_MODES = {"none": 0, "isotropic": 1, "translation": 2}
-_ISO_TABLE_SIZE = 256
+_ISO_TABLE_SIZE = 128
 _MAX_ISO_WEIGHT = 100.0
 
 
@@ -540,14 +540,20 @@ def _iso_tables(px, py, bnd, cptr, cedges, ex0, ey0, ex1, ey1, R, G):
             if na == 0:
                 tab[p, g] = 1.0 if inside else 0.0
                 continue
-            a = np.sort(angs[:na])
+            for k in range(1, na):          # insertion sort: na is small, no allocation
+                v = angs[k]
+                q = k - 1
+                while q >= 0 and angs[q] > v:
+                    angs[q + 1] = angs[q]
+                    q -= 1
+                angs[q + 1] = v
             total = 0.0
             prev = 0.0
             st = inside
             for k in range(na):
                 if st:
-                    total += a[k] - prev
-                prev = a[k]
+                    total += angs[k] - prev
+                prev = angs[k]
                 st = not st
             if st:
                 total += two_pi - prev

@@ -35,6 +35,8 @@ from scipy import ndimage as ndi
 
 from .errors import InputError
 from .progress import report
+from .outputs import to_jsonable as _json
+from .phenotype import phenotype_names as _phenotype_names
 
 __all__ = ["ShieldResult", "shield_masks", "shield_ring_coverage", "shield_analysis",
            "nest_shield_fraction", "contact_pairs_from_labels", "can_run_shield"]
@@ -42,26 +44,6 @@ __all__ = ["ShieldResult", "shield_masks", "shield_ring_coverage", "shield_analy
 
 # ---------------------------------------------------------------------------
 # JSON helpers
-def _json(v: Any) -> Any:
-    """Convert numpy scalars / arrays / containers into JSON-safe Python types."""
-    if isinstance(v, dict):
-        return {str(k): _json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return [_json(x) for x in v.tolist()]
-    if isinstance(v, (np.bool_, bool)):
-        return bool(v)
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, pd.DataFrame):
-        return _json(v.to_dict(orient="list"))
-    return v
-
-
 # ---------------------------------------------------------------------------
 # Masks
 def _spec_get(spec: Any, name: str, default: Any = None) -> Any:
@@ -381,7 +363,7 @@ def _remove_small_keep_cut(pos: np.ndarray, min_px: int, cut: tuple[bool, bool, 
 # ---------------------------------------------------------------------------
 # Per-cell ring coverage
 def _disk_offsets(r_px: float) -> tuple[np.ndarray, np.ndarray]:
-    k = int(math.floor(r_px))
+    k = int(math.floor(r_px + 1e-9))
     dy, dx = np.mgrid[-k:k + 1, -k:k + 1]
     keep = (dy ** 2 + dx ** 2 <= r_px ** 2 + 1e-9) & ~((dy == 0) & (dx == 0))
     return dy[keep].astype(np.int64), dx[keep].astype(np.int64)
@@ -391,51 +373,57 @@ _RING_KERNEL = None
 
 
 def _ring_kernel():
-    """numba kernel: per candidate pixel, the distinct target labels within r."""
+    """numba kernel: ring pixel counts per cell, visiting only each cell's boundary pixels."""
     global _RING_KERNEL
     if _RING_KERNEL is not None:
         return _RING_KERNEL
     import numba
 
     @numba.njit(cache=True, nogil=True)
-    def kernel(labels, is_target, cand_y, cand_x, dy, dx, m1, m2, n_ring, n_m1, n_m2, n_any):
+    def kernel(labels, ids, y0s, y1s, x0s, x1s, k, dy, dx, m1, m2, n_ring, n_m1, n_m2, n_any):
         ny, nx = labels.shape
-        seen = np.empty(dy.size, dtype=labels.dtype)
-        for i in range(cand_y.size):
-            y = cand_y[i]
-            x = cand_x[i]
-            own = labels[y, x]
-            ns = 0
-            for k in range(dy.size):
-                yy = y + dy[k]
-                xx = x + dx[k]
-                if yy < 0 or yy >= ny or xx < 0 or xx >= nx:
-                    continue
-                lab = labels[yy, xx]
-                if lab == 0 or lab == own or not is_target[lab]:
-                    continue
-                dup = False
-                for j in range(ns):
-                    if seen[j] == lab:
-                        dup = True
-                        break
-                if dup:
-                    continue
-                seen[ns] = lab
-                ns += 1
-            if ns == 0:
+        for j in range(ids.size):
+            cid = ids[j]
+            ya, yb, xa, xb = y0s[j], y1s[j], x0s[j], x1s[j]
+            if yb <= ya:
                 continue
-            a = m1[y, x]
-            b = m2[y, x]
-            for j in range(ns):
-                lab = seen[j]
-                n_ring[lab] += 1
-                if a:
-                    n_m1[lab] += 1
-                if b:
-                    n_m2[lab] += 1
-                if a or b:
-                    n_any[lab] += 1
+            # ring pixels lie within k of the cell's bounding box
+            ba, bb = max(ya - k, 0), min(yb + k, ny)
+            bc, bd = max(xa - k, 0), min(xb + k, nx)
+            seen = np.zeros((bb - ba, bd - bc), np.bool_)
+            n = 0
+            c1 = 0
+            c2 = 0
+            ca = 0
+            for y in range(ya, yb):
+                for x in range(xa, xb):
+                    if labels[y, x] != cid:
+                        continue
+                    # the nearest cell pixel to any outside pixel is a boundary pixel
+                    if not (y == 0 or labels[y - 1, x] != cid or y == ny - 1 or labels[y + 1, x] != cid
+                            or x == 0 or labels[y, x - 1] != cid or x == nx - 1 or labels[y, x + 1] != cid):
+                        continue
+                    for o in range(dy.size):
+                        qy = y + dy[o]
+                        qx = x + dx[o]
+                        if qy < 0 or qy >= ny or qx < 0 or qx >= nx:
+                            continue
+                        if labels[qy, qx] == cid or seen[qy - ba, qx - bc]:
+                            continue
+                        seen[qy - ba, qx - bc] = True
+                        n += 1
+                        a = m1[qy, qx]
+                        b = m2[qy, qx]
+                        if a:
+                            c1 += 1
+                        if b:
+                            c2 += 1
+                        if a or b:
+                            ca += 1
+            n_ring[j] = n
+            n_m1[j] = c1
+            n_m2[j] = c2
+            n_any[j] = ca
 
     _RING_KERNEL = kernel
     return kernel
@@ -454,9 +442,10 @@ def shield_ring_coverage(cell_labels: np.ndarray, cell_ids: Sequence[int], net_m
     should say). Rings of neighbouring cells may overlap; each cell counts
     its own ring. Rings are clipped at the image border.
 
-    Vectorised: a numba kernel visits only pixels within ``ring_um`` of a
-    target cell (found with one binary dilation) and, for each, the distinct
-    target labels in its disk neighbourhood; no per-cell loop over the image.
+    Vectorised: one numba kernel over all cells visits only each cell's
+    boundary pixels (the nearest cell pixel to any outside pixel is a
+    boundary pixel) and their disk offsets, inside the cell's bounding box;
+    cost ∝ Σ boundary pixels × disk size, no per-cell Python loop.
 
     Parameters
     ----------
@@ -497,38 +486,33 @@ def shield_ring_coverage(cell_labels: np.ndarray, cell_ids: Sequence[int], net_m
                              f"{labels.shape}")
     ids = np.asarray(cell_ids, dtype=np.int64)
     r_px = ring_um / pixel_size_um
-    maxlab = int(labels.max()) if labels.size else 0
-    size = max(maxlab, int(ids.max()) if ids.size else 0) + 1
-    is_target = np.zeros(size, dtype=np.bool_)
-    is_target[ids[(ids > 0) & (ids <= maxlab)]] = True
     if labels.dtype.itemsize < 4:
         labels = labels.astype(np.int32)
-    target_px = is_target[labels]
+    objs = ndi.find_objects(labels)
+    n = ids.size
+    y0 = np.zeros(n, np.int64); y1 = np.zeros(n, np.int64)
+    x0 = np.zeros(n, np.int64); x1 = np.zeros(n, np.int64)
+    for j, cid in enumerate(ids.tolist()):   # bounding boxes only (C-level find_objects did the scan)
+        sl = objs[cid - 1] if 0 < cid <= len(objs) else None
+        if sl is not None:
+            y0[j], y1[j], x0[j], x1[j] = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
     dy, dx = _disk_offsets(r_px)
-    k = int(math.floor(r_px))
-    struct = np.zeros((2 * k + 1, 2 * k + 1), bool)
-    struct[dy + k, dx + k] = True
-    struct[k, k] = True
-    cand = ndi.binary_dilation(target_px, structure=struct) if k > 0 else target_px
-    cy, cx = np.nonzero(cand)
+    k = int(math.floor(r_px + 1e-9))
     m1 = np.zeros(labels.shape, bool) if net_mask is None else np.asarray(net_mask, bool)
     m2 = np.zeros(labels.shape, bool) if col1_mask is None else np.asarray(col1_mask, bool)
-    n_ring = np.zeros(size, np.int64)
-    n_m1 = np.zeros(size, np.int64)
-    n_m2 = np.zeros(size, np.int64)
-    n_any = np.zeros(size, np.int64)
-    _ring_kernel()(labels, is_target, cy.astype(np.int64), cx.astype(np.int64), dy, dx, m1, m2,
-                   n_ring, n_m1, n_m2, n_any)
-    safe = np.clip(ids, 0, size - 1)
-    ring = np.where(ids > 0, n_ring[safe], 0)
+    ring = np.zeros(n, np.int64)
+    c1 = np.zeros(n, np.int64)
+    c2 = np.zeros(n, np.int64)
+    ca = np.zeros(n, np.int64)
+    _ring_kernel()(labels, ids.astype(labels.dtype), y0, y1, x0, x1, k, dy, dx, m1, m2, ring, c1, c2, ca)
     with np.errstate(invalid="ignore", divide="ignore"):
         den = np.where(ring > 0, ring, np.nan)
         return pd.DataFrame({
             "cell_id": ids,
-            "ring_px": ring.astype(np.int64),
-            "shield_coverage_net": n_m1[safe] / den,
-            "shield_coverage_col1": n_m2[safe] / den,
-            "shield_coverage": n_any[safe] / den,
+            "ring_px": ring,
+            "shield_coverage_net": c1 / den,
+            "shield_coverage_col1": c2 / den,
+            "shield_coverage": ca / den,
         })
 
 
@@ -760,19 +744,6 @@ class ShieldResult:
                       "parameters": self.parameters})
 
 
-def _phenotype_names(panel_or_phenotypes: Any) -> set[str]:
-    obj = panel_or_phenotypes
-    for attr in ("phenotypes", "phenotype_names"):
-        if hasattr(obj, attr):
-            obj = getattr(obj, attr)
-            break
-    if isinstance(obj, pd.DataFrame):
-        obj = obj["phenotype"].unique()
-    if isinstance(obj, dict):
-        obj = obj.keys()
-    return {str(p) for p in obj}
-
-
 def can_run_shield(panel_or_phenotypes: Any, *, tumour_types: Sequence[str] = ("tumour",),
                    t_types: Sequence[str] = ("CD8_T",), masks: Mapping[str, Any] | None = None
                    ) -> tuple[bool, str]:
@@ -803,7 +774,7 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
                     neutrophil_types=("neutrophil",), shield_ring_um: float = 3.0, shield_min_coverage: float = 0.5,
                     nest_strip_um: float = 5.0, contact_um: float = 12.0, antagonism_tile_um: float = 50.0,
                     antagonism_radii_um=(20.0, 30.0, 40.0, 50.0), n_sim: int = 199, seed: int = 0,
-                    tissue=None, progress=None) -> ShieldResult:
+                    tissue=None, edge_um: float = 20.0, progress=None) -> ShieldResult:
     """NET / collagen-I shields around tumour cells, T-cell contact and NET–T antagonism.
 
     Parameters
@@ -827,7 +798,8 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
         Ring coverage from which a tumour cell is shielded (also the strip
         rule of :func:`nest_shield_fraction`).
     nest_strip_um : float
-        Outer strip of the nest boundary (µm).
+        Outer strip of the nest boundary (µm); with labels the strip starts
+        at the tumour-cell outline (see :func:`nest_shield_fraction`).
     contact_um : float
         Centroid distance counted as contact without labels (µm).
     antagonism_tile_um : float
@@ -839,11 +811,17 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
     tissue : shapely geometry, optional
         Tissue region for the tile grid and the pcf window; default
         :func:`tibspace.geometry.tissue_region_from_cells` of the cells.
+    edge_um : float
+        Depth (µm) of the nest edge for the edge-only contact comparison.
     progress : callable, optional
 
     Returns
     -------
     ShieldResult
+        ``per_cell`` (tumour cells: ``cell_id, ring_px,
+        shield_coverage_net, shield_coverage_col1, shield_coverage, shielded,
+        n_t_contacts, t_contact``), ``per_nest``, ``sample``, ``tiles``,
+        ``cross_pcf``, ``parameters``.
 
     Notes
     -----
@@ -851,13 +829,17 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
     their labels are 8-adjacent; the rate is the fraction of tumour cells
     touched by ≥ 1 T cell, compared shielded vs unshielded with Fisher's exact
     test (two-sided; ``contact_rate_ratio`` = shielded / unshielded rate, < 1
-    means shields keep T cells off). Antagonism: tiles with ≥ 50 % tissue;
+    means shields keep T cells off). Shielded cells sit preferentially at the
+    nest edge, where T cells are, so the raw comparison is confounded by
+    position: ``sample["contact_edge"]`` repeats it for tumour cells within
+    ``edge_um`` of the boundary only (an addition to metrics.md; read this
+    one). Antagonism: tiles with ≥ 50 % tissue;
     neutrophil + NET area fraction = (NET pixels ∪ neutrophil pixels) / tile
     tissue area (without labels: NET area + Σ neutrophil ``area_um2``, or
     π·5² µm² per neutrophil when that column is missing); Spearman ρ with the
     T density (cells/mm²); negative ρ = antagonism. The cross-pcf of
     neutrophils → T cells uses random labelling among neutrophils and T cells
-    (pcf < envelope = the two avoid each other).
+    (pcf below the envelope = the two avoid each other).
 
     Examples
     --------
@@ -873,6 +855,8 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
     [[1, True]]
     """
     import shapely
+
+    from . import geometry as geo
 
     if not isinstance(cells, pd.DataFrame):
         raise InputError(f"cells must be a pandas DataFrame (got {type(cells).__name__})")
@@ -903,6 +887,7 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
               "nest_strip_um": float(nest_strip_um), "contact_um": float(contact_um),
               "antagonism_tile_um": float(antagonism_tile_um),
               "antagonism_radii_um": [float(r) for r in antagonism_radii_um], "n_sim": int(n_sim),
+              "edge_um": float(edge_um),
               "seed": int(seed), "pixel_size_um": float(pixel_size_um)}
     notes: list[str] = []
     total = 5
@@ -962,9 +947,8 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
     contact["method"] = contact_method
     report(progress, "shield", 2, total)
 
-    # ---- per nest
-    from . import geometry as geo
-
+    # ---- per nest (nest_id stays out of per_cell: the pipeline merges per_cell into the cell
+    # table, whose nest_id column — nearest nest of EVERY cell — must not be overwritten)
     n_nests = int(getattr(region, "n_nests", len(getattr(region, "nests", []))))
     pos = pd.Index(cells["cell_id"].to_numpy()).get_indexer(tum_ids)
     if n_nests and len(tum_ids):
@@ -972,8 +956,6 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
                                              cells["y_um"].to_numpy(float)[pos], region), np.int64)
     else:
         nid = np.zeros(len(tum_ids), np.int64)
-    # (nest_id stays out of per_cell: the pipeline merges per_cell into the cell table, whose
-    # nest_id column — nearest nest of EVERY cell — must not be overwritten)
     if union is not None and n_nests:
         tmask = None
         if labels is not None:
@@ -995,6 +977,14 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
     per_nest = pd.DataFrame(rows, columns=["nest_id", "n_tumour", "shielded_fraction", "mean_shield_coverage",
                                            "t_contact_rate"])
     per_nest = per_nest.merge(strip, on="nest_id", how="left") if n_nests else per_nest
+    contact_edge = {"edge_um": float(edge_um), "note": "needs ring coverage and a tumour region"}
+    if ring_available and n_nests and len(tum_ids):
+        d_t = np.asarray(geo.signed_distance_um(cells["x_um"].to_numpy(float)[pos],
+                                                cells["y_um"].to_numpy(float)[pos], region), float)
+        e = measurable & (d_t > -float(edge_um))
+        contact_edge = _fisher(int((sh & tc & e).sum()), int((sh & ~tc & e).sum()),
+                               int((~sh & tc & e).sum()), int((~sh & ~tc & e).sum()))
+        contact_edge["edge_um"] = float(edge_um)
     report(progress, "shield", 3, total)
 
     # ---- antagonism: tiles
@@ -1079,6 +1069,7 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
                                      else float("nan")),
         "mask_area_fraction": {k: float(np.asarray(v).mean()) for k, v in masks.items()},
         "contact": contact,
+        "contact_edge": contact_edge,
         "antagonism": {
             "n_tiles": int(len(tiles)), "tile_um": tile, "area_fraction": area_method,
             "spearman_rho": float(rho), "spearman_p": float(p_rho),

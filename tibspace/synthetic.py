@@ -46,6 +46,7 @@ from shapely.geometry import LineString, MultiLineString, Polygon, mapping, shap
 from shapely.ops import substring
 
 from .errors import InputError
+from .outputs import qupath_px_to_um, um_to_qupath_px
 from .progress import report
 
 __all__ = ["CHANNELS", "PHENOTYPES", "SyntheticTissue", "make_tissue", "load_truth",
@@ -167,6 +168,26 @@ class SyntheticTissue:
     planted: dict
     panel_toml: str = ""
 
+    def barrier_arcs(self) -> list:
+        """Planted barrier-covered arcs per nest (list of shapely LineStrings in
+        µm, one list per nest in nest order).
+
+        Examples
+        --------
+        >>> t = make_tissue((512, 512), n_nests=1, nest_radius_um=(40, 50), barrier_coverage=1.0)
+        >>> arcs = t.barrier_arcs()[0]
+        >>> round(sum(a.length for a in arcs) / t.nests[0].exterior.length, 6)
+        1.0
+        """
+        out = []
+        for nest, info in zip(self.nests, self.planted.get("nests", [])):
+            arcs = []
+            for s0, s1 in info["covered_intervals_um"]:
+                g = _arc_geometry(nest, s0, s1)
+                arcs.extend(getattr(g, "geoms", [g]))
+            out.append(arcs)
+        return out
+
     def write(self, out_dir: str | os.PathLike, *, image_name: str = "image.ome.tif",
               panel_name: str = "panel.toml", truth_dir: str = ".",
               pyramid: bool = True) -> Path:
@@ -235,7 +256,7 @@ def _nests_geojson(t: SyntheticTissue) -> dict:
     px = t.pixel_size_um
 
     def to_px(g):
-        return shapely.transform(g, lambda xy: xy / px + 0.5)
+        return um_to_qupath_px(g, px)
 
     feats = [{"type": "Feature", "geometry": mapping(to_px(t.tissue)),
               "properties": {"objectType": "annotation", "name": "tissue",
@@ -302,7 +323,7 @@ def load_truth(path: str | os.PathLike, *, load_image: bool = False) -> Syntheti
     nests, tissue = [], None
     for f in gj["features"]:
         props = f["properties"]
-        geom = shapely.transform(shapely_shape(f["geometry"]), lambda xy: (xy - 0.5) * px)
+        geom = qupath_px_to_um(shapely_shape(f["geometry"]), px)
         cls = props.get("classification", {}).get("name")
         if cls == "Tumor":
             nests.append((props["measurements"]["nest_id"], geom))
@@ -580,51 +601,46 @@ def _mix_blur_noise(buf, fwd, bwd, taps, gain, read_sd, noise, seed, gy0, gx0, c
                     out):
     """Crosstalk between neighbouring channels, Gaussian PSF, shot + read noise.
 
-    ``buf`` (C, H, W) holds expected photons for the tile incl. margins;
-    ``out`` (C, h, w) receives uint16 DN for the core starting at (cy0, cx0)
-    in ``buf``. Noise: DN = gain·λ + sqrt(gain²·λ + read²)·z (normal
-    approximation of Poisson shot noise plus Gaussian read noise); one 64-bit
-    hash of (seed, y, x) gives the z of four channels.
+    ``buf`` (C, H, W) holds expected photons for the tile with a margin of at
+    least ``len(taps) // 2`` pixels on every side; ``out`` (C, h, w) receives
+    uint16 DN for the core starting at (cy0, cx0) in ``buf``. Noise:
+    DN = gain·λ + sqrt(gain²·λ + read²)·z (normal approximation of Poisson
+    shot noise plus Gaussian read noise); one 64-bit hash of (seed, y, x)
+    gives the z of four channels.
     """
     C, H, W = buf.shape
     _, h, w = out.shape
-    r = taps.shape[0] // 2
-    mixed = np.empty((H, W), np.float32)
-    rowb = np.empty((H, w), np.float32)
+    nt = taps.shape[0]
+    r = nt // 2
+    mixed = np.empty(W, np.float32)
+    rowb = np.empty((h + 2 * r, w), np.float32)
     lam = np.empty((C, h, w), np.float32)
+    acc = np.empty(w, np.float32)
     for c in range(C):
         a = np.float32(fwd) if c > 0 else np.float32(0.0)
         b = np.float32(bwd) if c < C - 1 else np.float32(0.0)
         cm = max(c - 1, 0)
         cp = min(c + 1, C - 1)
-        for y in range(H):
+        for yy in range(h + 2 * r):
+            y = cy0 - r + yy
             for x in range(W):
-                mixed[y, x] = buf[c, y, x] + a * buf[cm, y, x] + b * buf[cp, y, x]
-        for y in range(H):
+                mixed[x] = buf[c, y, x] + a * buf[cm, y, x] + b * buf[cp, y, x]
             for x in range(w):
-                s = 0.0
-                xc = cx0 + x
-                if xc - r >= 0 and xc + r < W:
-                    for t in range(-r, r + 1):
-                        s += taps[t + r] * mixed[y, xc + t]
-                else:
-                    for t in range(-r, r + 1):
-                        xi = min(max(xc + t, 0), W - 1)
-                        s += taps[t + r] * mixed[y, xi]
-                rowb[y, x] = s
+                rowb[yy, x] = 0.0
+            for t in range(nt):
+                tv = taps[t]
+                off = cx0 - r + t
+                for x in range(w):
+                    rowb[yy, x] += tv * mixed[off + x]
         for y in range(h):
-            yc = cy0 + y
-            inside = yc - r >= 0 and yc + r < H
             for x in range(w):
-                s = 0.0
-                if inside:
-                    for t in range(-r, r + 1):
-                        s += taps[t + r] * rowb[yc + t, x]
-                else:
-                    for t in range(-r, r + 1):
-                        yi = min(max(yc + t, 0), H - 1)
-                        s += taps[t + r] * rowb[yi, x]
-                lam[c, y, x] = s * gain
+                acc[x] = 0.0
+            for t in range(nt):
+                tv = taps[t]
+                for x in range(w):
+                    acc[x] += tv * rowb[y + t, x]
+            for x in range(w):
+                lam[c, y, x] = acc[x] * gain
     rd2 = read_sd * read_sd
     for g in range((C + 3) // 4):
         for y in range(h):
@@ -1617,16 +1633,25 @@ def _render_image(cells, nuclei, cell_lab, qn, net, col, tissue, shape, px, seed
 
     def work(y0, y1, x0, x1):
         ya, yb, xa, xb = max(y0 - m, 0), min(y1 + m, H), max(x0 - m, 0), min(x1 + m, W)
+        # beyond the image edge, replicate the edge pixels (blur mode "nearest")
+        pad = ((ya - (y0 - m), (y1 + m) - yb), (xa - (x0 - m), (x1 + m) - xb))
+
+        def tile(a):
+            t = a[ya:yb, xa:xb]
+            return np.pad(t, pad, mode="edge") if any(p for pp in pad for p in pp) else \
+                np.ascontiguousarray(t)
+
         tis = _polygon_mask(ext, ya, yb, xa, xb)
-        buf = np.empty((C, yb - ya, xb - xa), np.float32)
-        _compose(cell_lab[ya:yb, xa:xb], nuclei[ya:yb, xa:xb], qn[ya:yb, xa:xb],
-                 net[ya:yb, xa:xb], col[ya:yb, xa:xb], tis, ya, xa, seed, lev, wn, wc, wm,
-                 net_w, col_w, _AF_TISSUE, np.float32(_AF_OUTSIDE), afgrid, float(afstep),
-                 _NORMAL_TABLE, _CHROMATIN, _GRANULARITY, buf)
+        if any(p for pp in pad for p in pp):
+            tis = np.pad(tis, pad, mode="edge")
+        buf = np.empty((C, y1 - y0 + 2 * m, x1 - x0 + 2 * m), np.float32)
+        _compose(tile(cell_lab), tile(nuclei), tile(qn), tile(net), tile(col), tis,
+                 y0 - m, x0 - m, seed, lev, wn, wc, wm, net_w, col_w, _AF_TISSUE,
+                 np.float32(_AF_OUTSIDE), afgrid, float(afstep), _NORMAL_TABLE, _CHROMATIN,
+                 _GRANULARITY, buf)
         out = np.empty((C, y1 - y0, x1 - x0), np.uint16)
         _mix_blur_noise(buf, _CROSSTALK_NEXT, _CROSSTALK_PREV, taps, _GAIN_DN_PER_PHOTON,
-                        _READ_NOISE_DN, float(noise), seed, y0, x0, y0 - ya, x0 - xa,
-                        _NORMAL_TABLE, out)
+                        _READ_NOISE_DN, float(noise), seed, y0, x0, m, m, _NORMAL_TABLE, out)
         image[:, y0:y1, x0:x1] = out
 
     _run_threads(work, list(_tiles(H, W, _TILE)))
@@ -1661,7 +1686,7 @@ def _truth_table(cells: pd.DataFrame, px: float, nests: list) -> pd.DataFrame:
 def _barrier_coverage_from_cells(nest: Polygon, intervals: list, truth: pd.DataFrame,
                                 nest_index: int, *, segment_um: float = 50.0,
                                 barrier_width_um: float = BARRIER_WIDTH_UM,
-                                barrier_density: float = 400.0,
+                                barrier_density: float = 1000.0,
                                 barrier=("SPP1_macrophage", "CAF")) -> dict:
     """Barrier coverage of one nest measured from cells (metrics.md rule) on
     segments aligned with the planted arcs: each planted run and gap is cut

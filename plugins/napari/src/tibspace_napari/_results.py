@@ -136,6 +136,12 @@ def nest_rows(per_nest: Optional[pd.DataFrame]) -> pd.DataFrame:
     return per_nest[cols].reset_index(drop=True)
 
 
+def _camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 class ResultsWidget(QWidget):
     """Key numbers, per-nest table and plots of one ``PipelineResult``."""
 
@@ -237,11 +243,12 @@ class ResultsWidget(QWidget):
         if not hit:
             return
         x0, y0, x1, y1 = hit[0].bounds
-        self.viewer.camera.center = ((y0 + y1) / 2.0, (x0 + x1) / 2.0)
+        camera = _camera(self.viewer)
+        camera.center = ((y0 + y1) / 2.0, (x0 + x1) / 2.0)
         canvas = self.viewer.window._qt_viewer.canvas.size if self.viewer.window else None
         extent = max(x1 - x0, y1 - y0) * 1.3 or 100.0
         try:
             h, w = canvas
-            self.viewer.camera.zoom = min(h, w) / extent
+            camera.zoom = min(h, w) / extent
         except Exception:  # noqa: BLE001 - zoom is a nicety; centring already done
             pass

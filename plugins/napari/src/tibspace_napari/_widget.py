@@ -107,18 +107,25 @@ def load_panel_with_overrides(panel_path: str | Path, *, parameters: Optional[di
     return panel
 
 
-def warm_up_shapes() -> None:
-    """Create and drop a tiny Shapes layer (path + polygon).
+def warm_up_napari() -> None:
+    """JIT-compile napari's numba helpers used by the result layers, off screen.
 
-    napari's Shapes layer JIT-compiles its triangulation helpers with numba
-    on first use (seconds, once per process). The widget calls this in its
-    worker thread while the analysis runs, so showing results does not stall.
+    napari compiles (numba) its Shapes triangulation helpers and its direct
+    label-colour mapping for 32/64-bit labels on first use: seconds per
+    function and dtype, once per process (measured 7–12 s for Shapes and
+    ~10 s for int32 labels on a loaded 2-core box). The widget calls this in
+    a worker thread while the analysis runs, so showing results does not
+    stall the viewer.
     """
     try:
         from napari.layers import Shapes
+        from napari.utils.colormaps import DirectLabelColormap
 
         tri = np.array([[0.0, 0.0], [0.0, 4.0], [3.0, 5.0], [4.0, 0.0], [2.0, 1.0]])
         Shapes([tri, tri + 10.0], shape_type=["path", "polygon"])
+        cmap = DirectLabelColormap(color_dict={None: np.ones(4), 0: np.zeros(4)})
+        for dtype in (np.int32, np.uint32, np.int64):
+            cmap._data_to_texture(np.array([[0, 1], [2, 3]], dtype=dtype))
     except Exception:  # noqa: BLE001 - an optimisation only
         pass
 
@@ -129,7 +136,7 @@ _WARMED_UP = threading.Event()
 def _warm_up_once() -> None:
     if not _WARMED_UP.is_set():
         _WARMED_UP.set()
-        warm_up_shapes()
+        warm_up_napari()
 
 
 class _ProgressRelay(QObject):

@@ -98,7 +98,9 @@ def test_sample_run_end_to_end(sample_viewer, qtbot, tmp_path, run_cache):
     dock.nest_table.cellClicked.emit(1, 0)
     target = r.region.nests[int(dock._nest_ids[1]) - 1]
     x0, y0, x1, y1 = target.bounds
-    np.testing.assert_allclose(viewer.camera.center[-2:], ((y0 + y1) / 2, (x0 + x1) / 2))
+    from tibspace_napari._results import _camera
+
+    np.testing.assert_allclose(_camera(viewer).center[-2:], ((y0 + y1) / 2, (x0 + x1) / 2))
 
     # Gate preview from the cell table: no re-analysis, counts match the table.
     idx = widget.marker_combo.findData("CD8")
@@ -212,6 +214,14 @@ def test_no_pixel_size_is_asked_for(make_napari_viewer, qtbot, tmp_path):
     assert np.all(np.asarray(viewer.layers["gate preview"].data) == 1)
     widget.set_gate(2.0)
     assert np.all(np.asarray(viewer.layers["gate preview"].data) == 0)
+    # A run with a pixel size puts the image layers into that µm world.
+    from types import SimpleNamespace
+
+    widget._adopt_pixel_size(SimpleNamespace(pixel_size_um=0.39, image_path=folder))
+    for name in ("HH3", "CD8"):
+        assert tuple(viewer.layers[name].scale) == (0.39, 0.39)
+        assert str(viewer.layers[name].units[0]) == "micrometer"
+        assert viewer.layers[name].metadata["tibspace"]["pixel_size_um"] == 0.39
 
 
 # --------------------------------------------------------------------- screenshot
@@ -226,7 +236,7 @@ def test_screenshot_after_analysis(make_napari_viewer, qtbot, run_cache):
     dock = viewer.window.add_dock_widget(widget, name="tibspace", area="right")
     viewer.window._qt_window.resize(1400, 900)
     if "sample" in run_cache:
-        widget._show_result(run_cache["sample"])
+        widget._on_returned(run_cache["sample"])  # as if the run had just finished
     else:
         widget.run()
         with qtbot.waitSignal(widget.worker.finished, timeout=RUN_TIMEOUT_MS):
