@@ -140,7 +140,8 @@ def run_one(n_cells: int, px: float, app, naive: bool) -> list[dict]:
     t_add = time.perf_counter() - t0
     kinds = ", ".join(f"{kw['name']}={t}" for _, kw, t in tuples if kw["name"] in
                       ("cells by phenotype", "barrier covered", "barrier gaps", "tumour nests"))
-    n_shapes = sum(len(d) for d, kw, t in tuples if t == "shapes")
+    per_layer = [len(d) for d, kw, t in tuples if t == "shapes"]
+    n_shapes = f"{sum(per_layer)} (max {max(per_layer, default=0)}/layer)"
     rows.append({"n_cells": n_cells, "approach": "tibspace", "layers_s": t_layers,
                  "add_s": t_add, "frame_ms": measure_redraw(viewer, app, extent),
                  "n_shapes": n_shapes, "detail": kinds, "build_s": t_build})
@@ -167,7 +168,8 @@ def run_one(n_cells: int, px: float, app, naive: bool) -> list[dict]:
         t_add = time.perf_counter() - t0
         rows.append({"n_cells": n_cells, "approach": "naive points + 1 shape/segment",
                      "layers_s": t_layers, "add_s": t_add,
-                     "frame_ms": measure_redraw(viewer, app, extent), "n_shapes": len(segs),
+                     "frame_ms": measure_redraw(viewer, app, extent),
+                     "n_shapes": f"{len(segs)} (1 layer)",
                      "detail": "cells=points, segments=shapes", "build_s": t_build})
         viewer.close()
         del viewer

@@ -264,7 +264,7 @@ def test_coverage_recovered_per_nest(coverage_sweep):
 
 
 def test_coverage_default_threshold_bias_is_bounded(coverage_sweep):
-    # metrics.md's 400/mm² (our default is 1000) = 1 cell per 50x50 µm band: two stromal barrier cells can cover a
+    # metrics.md default 400/mm² = 1 cell per 50x50 µm band: two stromal barrier cells can cover a
     # segment, so the default over-calls coverage a little (documented); never under-calls it.
     for rl, rec in coverage_sweep:
         assert rl - 0.03 <= rec[400.0] <= rl + 0.12, (rl, rec)

@@ -116,7 +116,7 @@ def test_defaults_cover_metrics_md():
                     outside_band_um=200, desert_density=50, excluded_ratio=0.5,
                     exclusion_bandwidth_um=30, exclusion_grid_um=10, exclusion_fraction=0.25,
                     exclusion_min_area_um2=2500, segment_um=50, barrier_width_um=50,
-                    barrier_density=1000, colocalization_radii_um=[20, 30, 50], n_shifts=999,
+                    barrier_density=400, colocalization_radii_um=[20, 30, 50], n_shifts=999,
                     shield_ring_um=3, shield_min_coverage=0.5, nest_strip_um=5, contact_um=12,
                     antagonism_tile_um=50, antagonism_radii_um=[20, 30, 40, 50],
                     graph_radius_um=30, n_permutations=999, seed=0, tile_size_px=2048)

@@ -365,3 +365,20 @@ def test_envelope_without_stored_pairs_is_identical():
     same = random_labelling_envelope(cells, "cross_L", "A", "A", [6.0, 12.0], W, n_sim=19, seed=1)
     ma = cells.phenotype == "A"
     np.testing.assert_allclose(same.value, ripley_l(cells.x_um[ma], cells.y_um[ma], [6.0, 12.0], W), rtol=1e-10)
+
+
+def test_poisson_in_fragmented_tissue_polygon_l_equals_r():
+    """Edge corrections on a realistic polygon window (islands, holes, concave
+    boundary): for CSR inside the window L(r) = r; without correction L is low."""
+    rng = np.random.default_rng(12)
+    blobs = shapely.buffer(shapely.points(rng.uniform(100, 900, (30, 2))), rng.uniform(60, 130, 30), quad_segs=8)
+    holes = shapely.buffer(shapely.points(rng.uniform(100, 900, (12, 2))), 25.0, quad_segs=8)
+    tissue = shapely.union_all(blobs).difference(shapely.union_all(holes))
+    b = tissue.bounds
+    x, y = rng.uniform(b[0], b[2], 40000), rng.uniform(b[1], b[3], 40000)
+    m = shapely.contains_xy(tissue, x, y)
+    x, y = x[m][:8000], y[m][:8000]
+    radii = np.array([10.0, 30.0, 60.0])
+    for ec in ("isotropic", "translation"):
+        np.testing.assert_allclose(ripley_l(x, y, radii, tissue, edge_correction=ec), radii, rtol=0.03)
+    assert ripley_l(x, y, radii, tissue, edge_correction="none")[-1] < 0.93 * radii[-1]

@@ -8,9 +8,8 @@ memory grows linearly with the number of cells.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import numba
 import numpy as np
@@ -279,37 +278,45 @@ def _perm_type_counts(indptr, indices, labels, K):
 
 @njit(parallel=True, cache=True)
 def _radius_counts_kernel(xs, ys, codes, start, nx, ny, r2, K, n_chunks):
-    """One full-stencil pass: type-pair counts (each cell counts its own
-    neighbours, so every undirected edge appears in both directions) and
-    degrees (written only by the owning cell: no races)."""
+    """Type-pair counts (every undirected edge in both directions) and degrees
+    of the radius graph, visiting each pair once (half stencil).
+
+    Degrees of both endpoints are incremented; a row only touches itself and
+    the next row, so even rows and then odd rows are processed in parallel
+    (two colours) and no two threads ever write the same degree.
+    """
     n = xs.shape[0]
     deg = np.zeros(n, dtype=np.int64)
     out = np.zeros((n_chunks, K, K), dtype=np.int64)
-    for ch in prange(n_chunks):
-        for cy in range(ch, ny, n_chunks):
-            for cx in range(nx):
-                cell = cy * nx + cx
-                for i in range(start[cell], start[cell + 1]):
-                    xi = xs[i]
-                    yi = ys[i]
-                    ci = codes[i]
-                    c = 0
-                    for oy in range(-1, 2):
-                        qy = cy + oy
-                        if qy < 0 or qy >= ny:
-                            continue
-                        for ox in range(-1, 2):
+    for colour in range(2):
+        n_rows = (ny - colour + 1) // 2
+        for ch in prange(n_chunks):
+            for rr in range(ch, n_rows, n_chunks):
+                cy = 2 * rr + colour
+                for cx in range(nx):
+                    cell = cy * nx + cx
+                    for i in range(start[cell], start[cell + 1]):
+                        xi = xs[i]
+                        yi = ys[i]
+                        ci = codes[i]
+                        for nb_k in range(5):
+                            ox = 0 if nb_k == 0 or nb_k == 3 else (1 if nb_k != 2 else -1)
+                            oy = 0 if nb_k <= 1 else 1
                             qx = cx + ox
-                            if qx < 0 or qx >= nx:
+                            qy = cy + oy
+                            if qx < 0 or qx >= nx or qy >= ny:
                                 continue
                             q = qy * nx + qx
-                            for j in range(start[q], start[q + 1]):
+                            j0 = i + 1 if nb_k == 0 else start[q]
+                            for j in range(j0, start[q + 1]):
                                 dx = xs[j] - xi
                                 dy = ys[j] - yi
-                                if dx * dx + dy * dy <= r2 and j != i:
-                                    c += 1
-                                    out[ch, ci, codes[j]] += 1
-                    deg[i] = c
+                                if dx * dx + dy * dy <= r2:
+                                    cj = codes[j]
+                                    out[ch, ci, cj] += 1
+                                    out[ch, cj, ci] += 1
+                                    deg[i] += 1
+                                    deg[j] += 1
     return out.sum(axis=0), deg
 
 

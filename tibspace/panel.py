@@ -79,7 +79,7 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     # tumour immune barrier
     "segment_um": 50.0,
     "barrier_width_um": 50.0,
-    "barrier_density": 1000.0,  # metrics.md says 400; see tibspace.barrier "Choices"
+    "barrier_density": 400.0,
     "colocalization_radii_um": [20.0, 30.0, 50.0],
     "n_shifts": 999,
     # NET / collagen-I shields

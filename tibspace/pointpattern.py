@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numba
 import numpy as np
@@ -165,20 +165,38 @@ def _cell_list(x, y, reach):
     n = x.size
     x0, y0 = float(x.min()), float(y.min())
     ex, ey = float(x.max()) - x0, float(y.max()) - y0
-    cell = max(float(reach), 1e-9)
+    # a hair larger than reach so rounding never puts two points within reach two cells apart
+    cell = max(float(reach), 1e-9) * (1 + 1e-9)
     # Keep the number of cells O(n) even for tiny radii.
     if (ex / cell + 1) * (ey / cell + 1) > 4 * n + 64:
         cell = max(cell, math.sqrt(max(ex * ey, 1e-12) / (4 * n + 64)) * 1.01, ex / 65536, ey / 65536)
     nx = int(ex // cell) + 1
     ny = int(ey // cell) + 1
-    cx = np.minimum(((x - x0) / cell).astype(np.int64), nx - 1)
-    cy = np.minimum(((y - y0) / cell).astype(np.int64), ny - 1)
-    key = cy * nx + cx
-    order = np.argsort(key, kind="stable")
-    counts = np.bincount(key, minlength=nx * ny)
+    order, start = _counting_sort_cells(x, y, x0, y0, 1.0 / cell, nx, ny)
+    return _Grid(order, x[order], y[order], start, nx, ny)
+
+
+@njit(cache=True)
+def _counting_sort_cells(x, y, x0, y0, inv_cell, nx, ny):
+    """Stable O(n) sort of points by grid cell (row-major); returns order and cell starts."""
+    n = x.shape[0]
+    key = np.empty(n, dtype=np.int64)
     start = np.zeros(nx * ny + 1, dtype=np.int64)
-    np.cumsum(counts, out=start[1:])
-    return _Grid(order, np.ascontiguousarray(x[order]), np.ascontiguousarray(y[order]), start, nx, ny)
+    for i in range(n):
+        cx = min(int((x[i] - x0) * inv_cell), nx - 1)
+        cy = min(int((y[i] - y0) * inv_cell), ny - 1)
+        k = cy * nx + cx
+        key[i] = k
+        start[k + 1] += 1
+    for k in range(nx * ny):
+        start[k + 1] += start[k]
+    pos = start[:-1].copy()
+    order = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        k = key[i]
+        order[pos[k]] = i
+        pos[k] += 1
+    return order, start
 
 
 # --------------------------------------------------------------------------

@@ -1686,7 +1686,7 @@ def _truth_table(cells: pd.DataFrame, px: float, nests: list) -> pd.DataFrame:
 def _barrier_coverage_from_cells(nest: Polygon, intervals: list, truth: pd.DataFrame,
                                 nest_index: int, *, segment_um: float = 50.0,
                                 barrier_width_um: float = BARRIER_WIDTH_UM,
-                                barrier_density: float = 1000.0,
+                                barrier_density: float = 400.0,
                                 barrier=("SPP1_macrophage", "CAF")) -> dict:
     """Barrier coverage of one nest measured from cells (metrics.md rule) on
     segments aligned with the planted arcs: each planted run and gap is cut
