@@ -328,7 +328,8 @@ def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, la
 
     # ---- point-pattern / neighbourhood statistics
     with timer("statistics"):
-        result.stats, stat_metrics = _run_statistics(cells, tissue, params, seed, progress, skipped)
+        result.stats, stat_metrics = _run_statistics(cells, tissue, dict(params, _roles=roles), seed,
+                                                     progress, skipped)
     metrics["statistics"] = stat_metrics
     result.cells = cells = _add_nearest_distances(cells)
 
@@ -374,11 +375,53 @@ def _run_statistics(cells, tissue, params, seed, progress, skipped):
     radii = np.arange(5.0, 100.0 + 1e-9, 5.0)
     window = tissue
     try:
-        stats["cross_L"] = cross_l_all_pairs(cells, radii, window, edge_correction="isotropic", progress=progress)
-        out["cross_L"] = {"radii_um": radii.tolist(), "edge_correction": "isotropic", "window": "tissue region"}
+        cross = cross_l_all_pairs(cells, radii, window, edge_correction="isotropic", outside="drop",
+                                  progress=progress)
+        cross = _with_envelopes(cross, cells, radii, window, params, seed, progress)
+        stats["cross_L"] = cross
+        out["cross_L"] = {"radii_um": radii.tolist(), "edge_correction": "isotropic", "window": "tissue region",
+                          "envelope": "random labelling among the pair's cells (199 permutations, pointwise 95 %); "
+                                      "computed for the role pairs in key_pairs, NaN for the other pairs",
+                          "key_pairs": sorted({f"{a}->{b}" for a, b in _key_pairs(cells, params)})}
     except InputError as exc:
         skipped["cross_L"] = str(exc)
     return stats, out
+
+
+def _key_pairs(cells, params):
+    """The type pairs whose spatial relation the analyses are about (present in the table)."""
+    roles = params.get("_roles", {})
+    present = set(cells["phenotype"].astype(str))
+    pairs = []
+    for ra, rb in (("tumour", "effector_t"), ("spp1_macrophage", "caf"), ("neutrophil", "effector_t"),
+                   ("barrier", "effector_t")):
+        for a in roles.get(ra, []):
+            for b in roles.get(rb, []):
+                if a in present and b in present and a != b:
+                    pairs.append((a, b))
+    return list(dict.fromkeys(pairs))
+
+
+def _with_envelopes(cross, cells, radii, window, params, seed, progress):
+    """Add random-labelling envelope columns (lo, hi, p_value) to the cross-L table for the key pairs."""
+    from .pointpattern import random_labelling_envelope
+
+    cross = cross.copy()
+    for col in ("envelope_lo", "envelope_hi", "p_value"):
+        cross[col] = np.nan
+    pairs = _key_pairs(cells, params)
+    for k, (a, b) in enumerate(pairs):
+        report(progress, "cross-L envelopes", k, len(pairs))
+        env = random_labelling_envelope(cells, "cross_L", a, b, radii, window, n_sim=199, seed=seed,
+                                        outside="drop")
+        sel = (cross["type_a"] == a) & (cross["type_b"] == b)
+        idx = cross.index[sel]
+        order = np.searchsorted(radii, cross.loc[idx, "r_um"].to_numpy())
+        cross.loc[idx, "envelope_lo"] = env["lo"].to_numpy()[order]
+        cross.loc[idx, "envelope_hi"] = env["hi"].to_numpy()[order]
+        cross.loc[idx, "p_value"] = env["p_value"].to_numpy()[order]
+    report(progress, "cross-L envelopes", len(pairs), len(pairs))
+    return cross
 
 
 def _add_nearest_distances(cells):
