@@ -69,6 +69,7 @@ import shapely
 from .errors import InputError
 from .progress import report
 from .outputs import to_jsonable as _json
+from .phenotype import as_phenotype_list as _as_types
 from .phenotype import phenotype_names as _phenotype_names
 
 __all__ = ["BarrierResult", "barrier_analysis", "circular_runs", "circular_shift_test",
@@ -276,15 +277,6 @@ class BarrierResult:
             "colocalization": self.colocalization,
             "parameters": self.parameters,
         })
-
-
-def _as_types(types, what: str) -> list[str]:
-    if isinstance(types, str):
-        types = (types,)
-    t = [str(x) for x in types]
-    if not t:
-        raise InputError(f"{what} is empty; list at least one phenotype")
-    return t
 
 
 def _run_lines(seg: pd.DataFrame, rows: np.ndarray) -> shapely.LineString:

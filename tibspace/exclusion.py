@@ -50,6 +50,7 @@ from scipy import ndimage as ndi
 from .errors import InputError
 from .progress import report
 from .outputs import to_jsonable as _json
+from .phenotype import as_phenotype_list as _as_types
 from .phenotype import phenotype_names as _phenotype_names
 
 __all__ = ["ExclusionResult", "exclusion_analysis", "call_immune_phenotype", "t_density_map",
@@ -323,15 +324,6 @@ class ExclusionResult:
 
 
 # ---------------------------------------------------------------------------
-def _as_types(types, what: str) -> list[str]:
-    if isinstance(types, str):
-        types = (types,)
-    t = [str(x) for x in types]
-    if not t:
-        raise InputError(f"{what} is empty; list at least one phenotype (e.g. ('CD8_T',))")
-    return t
-
-
 def _check_cells(cells: pd.DataFrame, need=("x_um", "y_um", "phenotype")) -> None:
     if not isinstance(cells, pd.DataFrame):
         raise InputError(f"cells must be a pandas DataFrame (got {type(cells).__name__})")

@@ -264,3 +264,13 @@ def phenotype_names(panel_or_phenotypes) -> set[str]:
     if isinstance(obj, Mapping):
         obj = obj.keys()
     return {str(p) for p in obj}
+
+
+def as_phenotype_list(types, what: str) -> list[str]:
+    """A phenotype or list of phenotypes as a non-empty list of names (for analysis arguments)."""
+    if isinstance(types, str):
+        types = (types,)
+    names = [str(x) for x in types]
+    if not names:
+        raise InputError(f"{what} is empty; list at least one phenotype (e.g. ('CD8_T',))")
+    return names
