@@ -119,7 +119,7 @@ def test_defaults_cover_metrics_md():
                     barrier_density=400, colocalization_radii_um=[20, 30, 50], n_shifts=999,
                     shield_ring_um=3, shield_min_coverage=0.5, nest_strip_um=5, contact_um=12,
                     antagonism_tile_um=50, antagonism_radii_um=[20, 30, 40, 50],
-                    graph_radius_um=30, n_permutations=999, seed=0, tile_size_px=2048)
+                    graph_radius_um=30, n_permutations=999, n_envelope_sim=99, seed=0, tile_size_px=2048)
     assert DEFAULT_PARAMETERS == expected
     empty = Panel.from_dict({})
     assert empty.parameters == expected and empty.roles == DEFAULT_ROLES

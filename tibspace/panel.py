@@ -92,6 +92,7 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     # point patterns / neighbourhoods
     "graph_radius_um": 30.0,
     "n_permutations": 999,
+    "n_envelope_sim": 99,  # random labellings per cross-L envelope in stats/ (not in metrics.md)
     "seed": 0,
 }
 

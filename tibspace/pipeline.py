@@ -380,7 +380,8 @@ def _run_statistics(cells, tissue, params, seed, progress, skipped):
         cross = _with_envelopes(cross, cells, radii, window, params, seed, progress)
         stats["cross_L"] = cross
         out["cross_L"] = {"radii_um": radii.tolist(), "edge_correction": "isotropic", "window": "tissue region",
-                          "envelope": "random labelling among the pair's cells (199 permutations, pointwise 95 %); "
+                          "envelope": f"random labelling among the pair's cells ({int(params.get('n_envelope_sim', 99))} "
+                                      "permutations, pointwise); "
                                       "computed for the role pairs in key_pairs, NaN for the other pairs",
                           "key_pairs": sorted({f"{a}->{b}" for a, b in _key_pairs(cells, params)})}
     except InputError as exc:
@@ -412,7 +413,8 @@ def _with_envelopes(cross, cells, radii, window, params, seed, progress):
     pairs = _key_pairs(cells, params)
     for k, (a, b) in enumerate(pairs):
         report(progress, "cross-L envelopes", k, len(pairs))
-        env = random_labelling_envelope(cells, "cross_L", a, b, radii, window, n_sim=199, seed=seed,
+        env = random_labelling_envelope(cells, "cross_L", a, b, radii, window,
+                                        n_sim=int(params.get("n_envelope_sim", 99)), seed=seed,
                                         outside="drop")
         sel = (cross["type_a"] == a) & (cross["type_b"] == b)
         idx = cross.index[sel]
