@@ -55,3 +55,16 @@ def test_analyze_cohort_writes_one_folder_per_sample_and_a_summary(real_data, tm
     assert summary["sample_id"].tolist() == ["s1", "s2"] and (summary["n_cells"] == 4000).all()
     assert "barrier.barrier_coverage" in summary.columns and "exclusion.immune_phenotype" in summary.columns
     assert (out / "s1" / "metrics.json").is_file() and (out / "s2" / "metrics.json").is_file()
+
+
+def test_envelopes_can_be_switched_off_for_speed():
+    import tibspace
+    from tibspace.panel import Panel
+    from tibspace.synthetic_tables import make_clustered_cells
+
+    cells = make_clustered_cells(5000, seed=3)
+    off = tibspace.analyze_table(cells, Panel.from_dict({"parameters": {"n_envelope_sim": 0}}))
+    on = tibspace.analyze_table(cells, Panel.from_dict({"parameters": {"n_envelope_sim": 19}}))
+    assert off.stats["cross_L"]["envelope_lo"].isna().all()
+    assert on.stats["cross_L"]["envelope_lo"].notna().sum() > 0
+    np.testing.assert_array_equal(off.stats["cross_L"]["value"], on.stats["cross_L"]["value"])

@@ -787,7 +787,7 @@ def _mask_spec(name: str, spec: Any, where: str) -> MaskSpec:
 _INT_PARAMS = {k for k, v in DEFAULT_PARAMETERS.items() if isinstance(v, int)}
 _LIST_PARAMS = {k for k, v in DEFAULT_PARAMETERS.items() if isinstance(v, list)}
 # may be zero or negative
-_SIGNED_PARAMS = {"profile_min_um", "profile_max_um", "seed"}
+_SIGNED_PARAMS = {"profile_min_um", "profile_max_um", "seed", "n_envelope_sim"}
 
 
 def _parameters(raw: Any, where: str) -> dict[str, Any]:
@@ -811,7 +811,7 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
                     raise PanelError(f"{w} must be an integer, got {v!r}")
             if k not in _SIGNED_PARAMS and v <= 0:
                 raise PanelError(f"{w} must be positive, got {v!r}")
-            if k == "seed" and v < 0:
+            if k in ("seed", "n_envelope_sim") and v < 0:
                 raise PanelError(f"{w} must be ≥ 0, got {v!r}")
             out[k] = int(v)
         else:
