@@ -68,3 +68,18 @@ def test_envelopes_can_be_switched_off_for_speed():
     assert off.stats["cross_L"]["envelope_lo"].isna().all()
     assert on.stats["cross_L"]["envelope_lo"].notna().sum() > 0
     np.testing.assert_array_equal(off.stats["cross_L"]["value"], on.stats["cross_L"]["value"])
+
+
+def test_no_tumour_cells_says_so_and_still_writes_everything_else(tmp_path):
+    import tibspace
+    from tibspace.panel import Panel
+    from tibspace.synthetic_tables import make_clustered_cells
+
+    cells = make_clustered_cells(3000, seed=4)
+    cells = cells[cells["phenotype"] != "tumour"].reset_index(drop=True)
+    r = tibspace.analyze_table(cells, Panel.from_dict({}), out_dir=tmp_path)
+    assert r.metrics["skipped"]["tumour_geometry"].startswith("no tumour region")
+    assert {"barrier", "exclusion", "shield"} <= set(r.metrics["skipped"])
+    assert (r.cells["compartment"] == "no_tumour_region").all()
+    assert "neighbourhood_enrichment" in r.stats  # statistics do not need a tumour
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "cells.parquet").is_file()
