@@ -24,3 +24,11 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def sample_data() -> Path:
     return SAMPLE_DATA
+
+# Property tests explore new random examples on every developer run; CI replays a
+# fixed, derandomised set so that a landing never depends on luck.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
