@@ -50,7 +50,7 @@ from .outputs import qupath_px_to_um, um_to_qupath_px
 from .progress import report
 
 __all__ = ["CHANNELS", "PHENOTYPES", "SyntheticTissue", "make_tissue", "load_truth",
-           "make_sample", "shield_ring_coverage"]
+           "make_sample"]
 
 #: Channel names of the synthetic image, in channel order.
 CHANNELS = ("DAPI", "NaKATPase", "HepPar1", "CD68", "SPP1", "aSMA", "FAP", "CD3", "CD8",
@@ -1343,62 +1343,6 @@ def _ring_boxes(cells: pd.DataFrame, idx: np.ndarray, ring_px: float, shape):
     x0 = np.clip(np.floor(cx - R), 0, W).astype(np.int64)
     x1 = np.clip(np.ceil(cx + R) + 1, 0, W).astype(np.int64)
     return y0, y1, x0, x1
-
-
-def shield_ring_coverage(cell_labels: np.ndarray, cell_ids: np.ndarray, mask: np.ndarray,
-                         pixel_size_um: float, ring_um: float = SHIELD_RING_UM,
-                         max_cell_diameter_um: float = 60.0) -> np.ndarray:
-    """Fraction of each cell's outer ring covered by ``mask``.
-
-    The ring of a cell is every pixel not in the cell whose centre lies within
-    ``ring_um`` of the centre of a cell pixel (disk dilation minus the cell),
-    as in metrics.md. Ring pixels outside the image are not counted.
-
-    Parameters
-    ----------
-    cell_labels : (Y, X) int array
-    cell_ids : int array
-        Labels to measure.
-    mask : (Y, X) bool array
-        e.g. NET ∪ Col1.
-    pixel_size_um : float
-    ring_um : float
-    max_cell_diameter_um : float
-        Upper bound of a cell's extent (sets the search box).
-
-    Returns
-    -------
-    numpy.ndarray of float, NaN for a cell with no ring pixels.
-
-    Examples
-    --------
-    >>> lab = np.zeros((40, 40), np.int32); lab[15:25, 15:25] = 1
-    >>> m = np.zeros((40, 40), bool); m[:, :20] = True
-    >>> float(shield_ring_coverage(lab, np.array([1]), m, 1.0, ring_um=3.0)[0].round(2))
-    0.5
-    """
-    cell_ids = np.asarray(cell_ids, np.int32)
-    objs = ndi.find_objects(cell_labels)
-    H, W = cell_labels.shape
-    rp = ring_um / pixel_size_um
-    pad = int(math.ceil(rp)) + 1
-    y0 = np.zeros(len(cell_ids), np.int64)
-    y1 = np.zeros(len(cell_ids), np.int64)
-    x0 = np.zeros(len(cell_ids), np.int64)
-    x1 = np.zeros(len(cell_ids), np.int64)
-    for j, cid in enumerate(cell_ids):
-        sl = objs[cid - 1] if 0 < cid <= len(objs) else None
-        if sl is None:
-            continue
-        y0[j], y1[j] = max(sl[0].start - pad, 0), min(sl[0].stop + pad, H)
-        x0[j], x1[j] = max(sl[1].start - pad, 0), min(sl[1].stop + pad, W)
-    dy, dx = _disk_offsets(rp)
-    nring = np.zeros(len(cell_ids), np.int64)
-    ncov = np.zeros(len(cell_ids), np.int64)
-    _ring_pass(cell_labels, cell_ids, y0, y1, x0, x1, dy, dx, mask.astype(bool), 0,
-               np.zeros((1, 1), bool), nring, ncov)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(nring > 0, ncov / np.maximum(nring, 1), np.nan)
 
 
 def _texture(shape, rng, fill: float, sigma_px, anisotropic: bool):
