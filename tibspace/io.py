@@ -431,17 +431,28 @@ def open_image(path: str | Path, pixel_size_um: Optional[float] = None,
     return img
 
 
+def check_pixel_size_um(value: Any, where: Any = None) -> float:
+    """``value`` as a positive, finite float of µm per pixel, or a one-line InputError.
+
+    Examples
+    --------
+    >>> check_pixel_size_um("0.5")
+    0.5
+    """
+    prefix = f"{where}: " if where is not None else ""
+    try:
+        px = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{prefix}pixel_size_um must be a number of µm per pixel, got {value!r}") from None
+    if not (math.isfinite(px) and px > 0):
+        raise InputError(f"{prefix}pixel_size_um must be a positive number of µm per pixel, got {value!r}")
+    return px
+
+
 def _resolve_pixel_size(path: Path, file_px: Optional[float],
                         given: Optional[float]) -> float:
     if given is not None:
-        try:
-            given = float(given)
-        except (TypeError, ValueError):
-            raise InputError(f"{path}: pixel_size_um must be a number of µm per pixel, "
-                             f"got {given!r}") from None
-        if not (math.isfinite(given) and given > 0):
-            raise InputError(f"{path}: pixel_size_um must be a positive number of µm per "
-                             f"pixel, got {given!r}")
+        given = check_pixel_size_um(given, path)
         if file_px is not None and abs(file_px - given) > 0.01 * file_px:
             warnings.warn(f"{path}: pixel size {given} µm given overrides {file_px:.6g} µm "
                           "recorded in the file", stacklevel=3)

@@ -51,6 +51,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from tibspace.errors import InputError
+from tibspace.io import check_pixel_size_um
 from tibspace.measure import measure_cells
 from tibspace.progress import report
 
@@ -80,15 +81,7 @@ _FOREGROUND_FRACTION_OF_OTSU = 0.5
 
 
 def _check_px(pixel_size_um: Any) -> float:
-    try:
-        px = float(pixel_size_um)
-    except (TypeError, ValueError):
-        raise InputError(f"pixel_size_um must be a number of µm per pixel, got "
-                         f"{pixel_size_um!r}") from None
-    if not (math.isfinite(px) and px > 0):
-        raise InputError(f"pixel_size_um must be a positive number of µm per pixel, got "
-                         f"{pixel_size_um!r}")
-    return px
+    return check_pixel_size_um(pixel_size_um)
 
 
 def _nucleus_params(pixel_size_um: float, nucleus_diameter_um: float,
