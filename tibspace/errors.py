@@ -26,3 +26,23 @@ class NoTumourRegionError(TibspaceError):
 
 class Cancelled(TibspaceError):
     """The user cancelled a running job (raised from a progress callback)."""
+
+
+def positive_um(value, name: str, *, where=None, unit: str = "µm") -> float:
+    """``value`` as a positive, finite float (a length in µm), else a one-line InputError.
+
+    Examples
+    --------
+    >>> positive_um("30", "radius_um")
+    30.0
+    """
+    import math
+
+    prefix = f"{where}: " if where is not None else ""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{prefix}{name} must be a number of {unit}, got {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise InputError(f"{prefix}{name} must be a positive number of {unit}, got {value!r}")
+    return v

@@ -40,7 +40,7 @@ import numpy as np
 import tifffile
 
 from tibspace._fileio import atomic_path
-from tibspace.errors import InputError
+from tibspace.errors import InputError, positive_um
 from tibspace.panel import normalise_name as normalise_channel_name
 from tibspace.progress import report
 
@@ -439,14 +439,7 @@ def check_pixel_size_um(value: Any, where: Any = None) -> float:
     >>> check_pixel_size_um("0.5")
     0.5
     """
-    prefix = f"{where}: " if where is not None else ""
-    try:
-        px = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{prefix}pixel_size_um must be a number of µm per pixel, got {value!r}") from None
-    if not (math.isfinite(px) and px > 0):
-        raise InputError(f"{prefix}pixel_size_um must be a positive number of µm per pixel, got {value!r}")
-    return px
+    return positive_um(value, "pixel_size_um", where=where, unit="µm per pixel")
 
 
 def _resolve_pixel_size(path: Path, file_px: Optional[float],

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from numba import njit, prange
 from scipy.spatial import cKDTree
 
-from .errors import InputError
+from .errors import InputError, positive_um
 from .pointpattern import (_as_xy, _cell_list, _pair_hist, _table_xy_types, neighbour_pairs)
 from .progress import report
 
@@ -467,13 +467,7 @@ def _type_mask(ph: pd.Series, types, phenotype_col):
 
 
 def _check_radius(r, name="radius_um"):
-    try:
-        r = float(r)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number of µm (got {r!r})") from None
-    if not (np.isfinite(r) and r > 0):
-        raise InputError(f"{name} must be a positive number of µm (got {r})")
-    return r
+    return positive_um(r, name)
 
 
 def mixing_score(cells, *, immune_types, tumour_types, radius_um=30.0, phenotype_col="phenotype") -> float:

@@ -425,6 +425,25 @@ def _polygon_edges(geom):
 _THETA0 = 0.7133  # reference direction for the inside/outside walk (avoids axis-aligned degeneracy)
 
 
+@njit(cache=True, inline="always")
+def _edge_circle_angles(ax, ay, ddx, ddy, rho, angs, na):
+    """Append to ``angs[na:]`` the angles (from ``_THETA0``, in [0, 2π)) where the
+    circle of radius ``rho`` about the origin crosses the edge (a, a + d),
+    ``a`` relative to the centre; returns the new count."""
+    A = ddx * ddx + ddy * ddy
+    B = 2.0 * (ax * ddx + ay * ddy)
+    C = ax * ax + ay * ay - rho * rho
+    disc = B * B - 4.0 * A * C
+    if disc > 0.0:
+        sq = math.sqrt(disc)
+        for s in range(2):
+            t = (-B - sq) / (2.0 * A) if s == 0 else (-B + sq) / (2.0 * A)
+            if t >= 0.0 and t < 1.0:
+                angs[na] = (math.atan2(ay + t * ddy, ax + t * ddx) - _THETA0) % (2.0 * math.pi)
+                na += 1
+    return na
+
+
 @njit(cache=True)
 def _circle_frac_poly(px, py, rho, ex0, ey0, ex1, ey1, cand):
     """Exact fraction of the circle (px, py, rho) inside the polygon whose
@@ -442,21 +461,9 @@ def _circle_frac_poly(px, py, rho, ex0, ey0, ex1, ey1, cand):
         ay = ey0[e] - py
         ddx = ex1[e] - ex0[e]
         ddy = ey1[e] - ey0[e]
-        A = ddx * ddx + ddy * ddy
-        if A == 0.0:
+        if ddx == 0.0 and ddy == 0.0:
             continue
-        B = 2.0 * (ax * ddx + ay * ddy)
-        C = ax * ax + ay * ay - rho * rho
-        disc = B * B - 4.0 * A * C
-        if disc > 0.0:
-            sq = math.sqrt(disc)
-            for s in range(2):
-                t = (-B - sq) / (2.0 * A) if s == 0 else (-B + sq) / (2.0 * A)
-                if t >= 0.0 and t < 1.0:
-                    ang = math.atan2(ay + t * ddy, ax + t * ddx) - _THETA0
-                    ang = ang % two_pi
-                    angs[na] = ang
-                    na += 1
+        na = _edge_circle_angles(ax, ay, ddx, ddy, rho, angs, na)
         # crossing of the radial segment p -> p + rho * u (status at angle 0)
         den = ux * ddy - uy * ddx
         if den != 0.0:
@@ -538,23 +545,11 @@ def _iso_tables(px, py, bnd, cptr, cedges, ex0, ey0, ex1, ey1, R, G):
                 if dmin[k] > rho or dmax[k] < rho:
                     continue
                 e = cand[k]
-                ax = ex0[e] - X
-                ay = ey0[e] - Y
                 ddx = ex1[e] - ex0[e]
                 ddy = ey1[e] - ey0[e]
-                A = ddx * ddx + ddy * ddy
-                if A == 0.0:
+                if ddx == 0.0 and ddy == 0.0:
                     continue
-                B = 2.0 * (ax * ddx + ay * ddy)
-                C = ax * ax + ay * ay - rho * rho
-                disc = B * B - 4.0 * A * C
-                if disc > 0.0:
-                    sq = math.sqrt(disc)
-                    for s in range(2):
-                        t = (-B - sq) / (2.0 * A) if s == 0 else (-B + sq) / (2.0 * A)
-                        if t >= 0.0 and t < 1.0:
-                            angs[na] = (math.atan2(ay + t * ddy, ax + t * ddx) - _THETA0) % two_pi
-                            na += 1
+                na = _edge_circle_angles(ex0[e] - X, ey0[e] - Y, ddx, ddy, rho, angs, na)
             if na == 0:
                 tab[p, g] = 1.0 if inside else 0.0
                 continue
