@@ -193,10 +193,12 @@ def test_gaps_and_wraparound_on_a_known_layout():
     cells, region = _ring_cells(covered_deg=((-45, 45), (135, 225)))
     res = barrier_analysis(cells, region, shapely.box(0, 0, 1000, 1000), n_sim=9, n_shifts=99)
     P = region.nests[0].length
-    assert res.per_nest["barrier_coverage"].iat[0] == pytest.approx(0.5, abs=50 / P + 1e-9)
+    # sub-segment (10 µm) resolution with half-maximum ends: each arc end is placed within
+    # about one sub-segment, not one 50 µm segment
+    assert res.per_nest["barrier_coverage"].iat[0] == pytest.approx(0.5, abs=4 * 10 / P)
     assert res.sample["n_gaps"] == 2
     gaps = res.per_nest["gap_lengths_um"].iat[0]
-    assert len(gaps) == 2 and all(abs(g - P / 4) <= 50 for g in gaps)
+    assert len(gaps) == 2 and all(abs(g - P / 4) <= 20 for g in gaps)
     # the ring starts at its top vertex (270°), inside a gap: that gap wraps past position 0
     # and must still be ONE gap
     seg = res.segments
@@ -204,7 +206,9 @@ def test_gaps_and_wraparound_on_a_known_layout():
     assert not seg.loc[seg.position == 0, "covered"].iat[0]
     assert not seg.loc[seg.position == n - 1, "covered"].iat[0]
     assert len(res.covered_geometry.geoms) == 2 and len(res.gap_geometry.geoms) == 2
-    assert res.covered_geometry.length == pytest.approx(seg.loc[seg.covered, "length_um"].sum())
+    assert res.covered_geometry.length == pytest.approx(res.per_nest["covered_length_um"].iat[0])
+    # a segment is covered when most of its length is: the two measures agree within a segment per arc end
+    assert abs(seg.loc[seg.covered, "length_um"].sum() - res.covered_geometry.length) <= 4 * 25
     assert res.gap_geometry.length == pytest.approx(sum(gaps))
 
 
@@ -263,11 +267,12 @@ def test_coverage_recovered_per_nest(coverage_sweep):
         assert rec[1000.0] == pytest.approx(rl, abs=0.07), (rl, rec)
 
 
-def test_coverage_default_threshold_bias_is_bounded(coverage_sweep):
-    # metrics.md default 400/mm² = 1 cell per 50x50 µm band: two stromal barrier cells can cover a
-    # segment, so the default over-calls coverage a little (documented); never under-calls it.
+def test_coverage_recovered_at_the_default_threshold(coverage_sweep):
+    # metrics.md default 400/mm² = 1 cell per 50x50 µm band. With 50 µm segments as the unit of
+    # coverage this over-called by up to +0.095 (a segment touched by an arc end counts whole);
+    # the sub-segment profile with half-maximum ends measures 0.015 at most here.
     for rl, rec in coverage_sweep:
-        assert rl - 0.03 <= rec[400.0] <= rl + 0.12, (rl, rec)
+        assert rec[400.0] == pytest.approx(rl, abs=0.07), (rl, rec)
 
 
 def test_link_detected_when_barrier_excludes_t():
@@ -333,3 +338,27 @@ def test_input_errors_and_can_run():
     ok, why = can_run_barrier({"tumour": "...", "CAF": "...", "CD8_T": "..."})
     assert not ok and "spp1_macrophage" in why
     assert can_run_barrier(["SPP1_macrophage", "CAF", "CD8_T"]) == (True, "")
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(30, 120), start=st.integers(0, 119), m=st.integers(5, 60), k=st.integers(1, 3))
+def test_coverage_profile_places_arc_ends_at_half_maximum(n, start, m, k):
+    """A uniformly lined arc of m sub-segments (k cells each, types alternating) on a
+    ring of n: the half-maximum ends recover it exactly once the run's median window is
+    the plateau (m >= 10), and within one sub-segment per end always."""
+    from tibspace.barrier import coverage_profile
+
+    m = min(m, n - 10)  # leave a gap wider than a window
+    sub = pd.DataFrame({"nest_id": 1, "ring": 0, "position": np.arange(n), "length_um": 10.0})
+    pos = (start + np.arange(m)) % n
+    lined = np.zeros(n, int)
+    lined[pos] = k
+    mac = np.where(np.arange(n) % 2 == 0, lined, 0)
+    prof = coverage_profile(sub, lined, mac, lined - mac, np.full(n, 500.0), barrier_width_um=50.0,
+                            barrier_density=400.0)
+    covered = prof["covered"].to_numpy()
+    assert covered[pos].all()
+    assert abs(int(covered.sum()) - m) <= 2
+    if m >= 10:
+        assert int(covered.sum()) == m
+    assert (prof["passes"] | ~prof["covered"]).all()

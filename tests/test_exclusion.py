@@ -220,3 +220,22 @@ def test_scanline_fill_matches_point_in_polygon(seed, step):
     frac = _rasterize(geom, x0, y0, step, shape, oversample=8)
     assert frac.sum() * step * step == pytest.approx(geom.intersection(
         shapely.box(x0, y0, x0 + shape[1] * step, y0 + shape[0] * step)).area, rel=0.02, abs=step * step)
+
+
+def test_merge_disjoint_sides_equals_union_all():
+    """Zones of the two boundary sides merged only where they touch: the same
+    polygons (as point sets) as one global union_all."""
+    from tibspace.exclusion import _merge_disjoint_sides
+
+    rng = np.random.default_rng(3)
+    inside = shapely.union_all(shapely.buffer(shapely.points(rng.uniform(0, 500, (40, 2))), 12.0))
+    line = shapely.box(-10, -10, 510, 250)
+    side_a = shapely.intersection(inside, line)
+    side_b = shapely.difference(shapely.union_all(shapely.buffer(shapely.points(rng.uniform(0, 500, (40, 2))),
+                                                                 10.0)), line)
+    got = _merge_disjoint_sides([side_a, side_b])
+    ref = [p for p in shapely.get_parts(shapely.union_all([side_a, side_b]))]
+    assert len(got) == len(ref)
+    assert shapely.symmetric_difference(shapely.union_all(got), shapely.union_all(ref)).area < 1e-6
+    assert sorted(round(p.area, 6) for p in got) == sorted(round(p.area, 6) for p in ref)
+    assert _merge_disjoint_sides([]) == []

@@ -434,3 +434,60 @@ def test_make_clustered_cells_deterministic_and_planted():
     assert shapely.contains_xy(truth, t.x_um, t.y_um).mean() > 0.99
     with pytest.raises(InputError):
         make_clustered_cells(0)
+
+
+# ---------------------------------------------------------------- band-area speed paths
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), e=st.sampled_from([-30.0, -10.0, 0.0]))
+def test_nest_band_areas_inside_nests_are_each_nests_own_erosion(seed, e):
+    """{d <= e <= 0} parts go wholly to their own nest: per-nest areas equal the
+    nest's own erosion clipped to the tissue (the exact nearest-boundary
+    partition inside nests, which the sampled Voronoi partition only
+    approximates where nests nearly touch), and sum to the sample band area."""
+    g = random_region(seed, n_blobs=5, with_holes=True)
+    reg = TumourRegion.from_polygons(list(g.geoms))
+    tissue = shapely.box(40, -300, 700, 700)          # cuts some nests
+    direct = nest_band_areas_um2(reg, tissue, [-np.inf, e])[:, 0]
+    own = np.array([shapely.intersection(p.buffer(e, quad_segs=32) if e else p, tissue).area
+                    for p in reg.nests])
+    np.testing.assert_allclose(direct, own, rtol=1e-9, atol=1e-6)
+    assert direct.sum() == pytest.approx(band_areas_um2(reg, tissue, [-np.inf, e])[0], rel=1e-9, abs=1e-6)
+
+
+def test_band_geometry_without_overlay_union_matches_areas():
+    """band_geometry joins the (disjoint) clipped parts without union_all: same
+    area as the cumulative band areas, valid output."""
+    from tibspace.geometry import band_geometry
+
+    g = random_region(3, n_blobs=6)
+    reg = TumourRegion.from_polygons(list(g.geoms))
+    tissue = shapely.box(50, 0, 600, 600)
+    edges = [-20.0, 0.0, 15.0, 60.0]
+    areas = band_areas_um2(reg, tissue, edges)
+    for k in range(3):
+        b = band_geometry(reg, tissue, edges[k], edges[k + 1])
+        assert shapely.is_valid(b)
+        assert b.area == pytest.approx(areas[k], rel=1e-9)
+    tum = band_geometry(reg, tissue, -np.inf, 0.0)
+    assert shapely.symmetric_difference(tum, shapely.intersection(reg.union, tissue)).area < 1e-6
+
+
+def test_threaded_intersection_areas_and_area_memo_are_exact():
+    from tibspace import geometry as geo
+
+    rng = np.random.default_rng(0)
+    a = shapely.buffer(shapely.points(rng.uniform(0, 100, (5000, 2))), 3.0)
+    b = shapely.buffer(shapely.points(rng.uniform(0, 100, (5000, 2))), 4.0)
+    ref = shapely.area(shapely.intersection(a, b))
+    np.testing.assert_array_equal(geo._intersection_areas(a, b, n_threads=2, chunk=700), ref)
+    # memoised set areas: the inner and outer barrier bands share {d <= 0}
+    reg = TumourRegion.from_polygons(list(random_region(4, n_blobs=3).geoms))
+    seg = perimeter_segments(reg, 30.0)
+    tissue = shapely.box(-200, -200, 700, 700)
+    geo.clear_geometry_cache()
+    outer = segment_band_areas_um2(seg, reg, tissue, 0.0, 30.0)
+    inner = segment_band_areas_um2(seg, reg, tissue, -30.0, 0.0)
+    geo.clear_geometry_cache()
+    inner_cold = segment_band_areas_um2(seg, reg, tissue, -30.0, 0.0)
+    np.testing.assert_array_equal(inner, inner_cold)
+    assert outer.sum() == pytest.approx(band_areas_um2(reg, tissue, [0.0, 30.0])[0], rel=1e-9)

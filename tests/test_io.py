@@ -419,6 +419,40 @@ def test_read_region_reads_only_its_tiles(tmp_path):
         img.data.compute()
 
 
+@pytest.fixture(scope="module")
+def tile_and_strip_files(tmp_path_factory):
+    """The same 3 x 157 x 203 image as a tiled pyramidal OME-TIFF, a strip TIFF
+    (7 rows per strip, predictor) and an uncompressed multi-page TIFF."""
+    d = tmp_path_factory.mktemp("layouts")
+    data = _rand((3, 157, 203), seed=4)
+    write_ome_tiff(d / "tiled.ome.tif", data, ["a", "b", "c"], 0.5, tile=32, pyramid_levels=3)
+    tifffile.imwrite(d / "strips.tif", data, photometric="minisblack", rowsperstrip=7,
+                     compression="zlib", predictor=True, metadata=None)
+    tifffile.imwrite(d / "raw.tif", data, photometric="minisblack", metadata=None)
+    return d, data
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(["tiled.ome.tif", "strips.tif", "raw.tif"]), data_=st.data())
+def test_direct_tile_reader_equals_full_decode(tile_and_strip_files, name, data_):
+    """read_region decodes only the tiles/strips of a window itself (no zarr): any
+    window, any channel subset and order, any pyramid level equals tifffile's full decode."""
+    d, data = tile_and_strip_files
+    img = open_image(d / name, pixel_size_um=0.5)
+    assert img._page_readers and all(r is not None for r in img._page_readers)
+    level = data_.draw(st.integers(0, len(img.levels) - 1))
+    full = img.levels[level].compute() if level else data
+    _, ny, nx = full.shape
+    y0 = data_.draw(st.integers(0, ny - 1)); y1 = data_.draw(st.integers(y0 + 1, ny))
+    x0 = data_.draw(st.integers(0, nx - 1)); x1 = data_.draw(st.integers(x0 + 1, nx))
+    ch = data_.draw(st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True))
+    got = img.read_region(ch, y0, y1, x0, x1, level=level)
+    np.testing.assert_array_equal(got, full[ch, y0:y1, x0:x1])
+    np.testing.assert_array_equal(img.read_region(None, y0, y1, x0, x1, level=level),
+                                  full[:, y0:y1, x0:x1])
+    img.close()
+
+
 def test_dask_chunks_follow_tiles(tmp_path):
     p = tmp_path / "t.ome.tif"
     write_ome_tiff(p, np.ones((2, 3000, 2100), np.uint8), ["a", "b"], 1.0, tile=256,

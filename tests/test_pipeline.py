@@ -90,6 +90,16 @@ def test_output_contract(synthetic_run):
     assert set(metrics["gates"]) >= {"HepPar1", "CD8", "CD3"}
     assert metrics["parameters"]["margin_um"] == 50.0
     assert metrics["input"]["sha256"] and metrics["tibspace_version"] == tibspace.__version__
+    # barrier runs exported one feature per covered run / gap, lengths as measured (QuPath px -> µm)
+    from tibspace.outputs import read_geojson_annotations
+
+    runs = read_geojson_annotations(out / "barrier_segments.geojson", pixel_size_um=0.5)
+    sample = metrics["analyses"]["barrier"]["sample"]
+    covered = sum(g.length for cls, g in runs if cls == "barrier_covered")
+    gaps = sorted(g.length for cls, g in runs if cls == "barrier_gap")
+    # (coordinates are written rounded: lengths agree to 1e-5)
+    assert covered == pytest.approx(sample["covered_length_um"], rel=1e-5)
+    assert len(gaps) == sample["n_gaps"] and gaps[-1] == pytest.approx(sample["largest_gap_um"], rel=1e-5)
 
 
 def test_frozen_panel_reproduces_phenotypes(synthetic_run, tmp_path):
@@ -126,22 +136,22 @@ def test_dcis_mibi_runs_and_skips_what_it_cannot(real_data, tmp_path, field, n_c
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "cells.parquet").is_file()
 
 
-def test_planted_barrier_coverage_recovered_through_the_image_pipeline(tmp_path):
-    """Segmentation + gating + geometry + barrier analysis vs the generator's planted coverage.
+@pytest.mark.parametrize("seed, planted_coverage", [(5, [0.0, 1.0, 0.5]), (8, [1.0, 0.5, 0.25]),
+                                                   (14, [1.0, 0.25, 0.75])])
+def test_planted_barrier_coverage_recovered_through_the_image_pipeline(tmp_path, seed, planted_coverage):
+    """Segmentation + gating + cell-derived nests + barrier analysis vs the generator's planted coverage.
 
-    Measured: max |error| 0.056 (seed 4) and 0.103 (seed 5) with nests of
-    16–18 segments; one segment is ~0.06 of coverage, and the cell-derived
-    boundary lies ~10 µm outside the true one. On true cell tables the
-    barrier tests hold ±0.07 (tests/test_barrier.py).
+    Measured over 18 seeds x 3 nests (planted 0/0.25/0.5/0.75/1): max |error| 0.065, mean 0.016,
+    with the sub-segment coverage profile (the 50 µm segment rule gave errors up to 0.10).
     """
-    tissue = make_tissue(shape=(1800, 1800), pixel_size_um=0.5, seed=5, n_nests=3, nest_radius_um=(110, 130),
-                         barrier_coverage=[0.25, 0.75, 0.5])
+    tissue = make_tissue(shape=(1800, 1800), pixel_size_um=0.5, seed=seed, n_nests=3, nest_radius_um=(110, 130),
+                         barrier_coverage=planted_coverage)
     tissue.write(tmp_path)
     result = tibspace.run_image(tmp_path / "image.ome.tif", tmp_path / "panel.toml")
     planted = np.array([n["barrier_coverage_realised"] for n in tissue.planted["nests"]])
+    assert planted == pytest.approx(planted_coverage, abs=0.02)
     pn = result.per_nest
     recovered = np.array([pn["barrier_coverage"].iloc[int(np.argmin([q.centroid.distance(p.centroid)
                                                                       for q in result.region.nests]))]
                           for p in tissue.nests])
-    assert np.all(np.abs(recovered - planted) <= 0.11), (planted, recovered)
-    assert np.argsort(recovered).tolist() == np.argsort(planted).tolist()
+    assert np.all(np.abs(recovered - planted) <= 0.07), (planted, recovered)

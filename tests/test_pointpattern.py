@@ -382,3 +382,42 @@ def test_poisson_in_fragmented_tissue_polygon_l_equals_r():
     for ec in ("isotropic", "translation"):
         np.testing.assert_allclose(ripley_l(x, y, radii, tissue, edge_correction=ec), radii, rtol=0.03)
     assert ripley_l(x, y, radii, tissue, edge_correction="none")[-1] < 0.93 * radii[-1]
+
+
+def test_envelope_row_kernel_equals_pair_kernel():
+    """The two-label row kernel (used for cross_L/cross_K, population="pair", a != b)
+    gives the pair-loop kernel's sums (to rounding), whichever label is rarer."""
+    from tibspace.pointpattern import (_labelled_sums, _labelled_sums_rows, _pair_weights, _edge_setup,
+                                       _as_window, _rows_by_label_side)
+
+    rng = np.random.default_rng(5)
+    n = 1500
+    x, y = rng.uniform(0, 400, n), rng.uniform(0, 400, n)
+    W = shapely.Polygon([(0, 0), (400, 0), (400, 400), (150, 300), (0, 400)])
+    keep = shapely.contains_xy(W, x, y)
+    x, y = x[keep], y[keep]
+    radii = np.array([5.0, 10.0, 20.0, 40.0])
+    es = _edge_setup(x, y, _as_window(W), "isotropic", radii[-1])
+    pi, pj = neighbour_pairs(x, y, radii[-1])
+    dd, wij, wji = _pair_weights(x, y, pi, pj, es.bnd, es.tidx, es.mode, es.rect, es.iso_tab, radii[-1],
+                                 es.cov, es.cov_step, es.cov_P, es.cov0)
+    for frac_a in (0.2, 0.7):
+        labels = np.stack([(rng.random(x.size) >= frac_a).astype(np.int64) for _ in range(7)])  # 0 = a, 1 = b
+        ref = _labelled_sums(pi, pj, dd, wij, wji, labels, 0, 1, radii * radii, radii, 0.0)
+        for centre_side, (s, t) in ((True, (0, 1)), (False, (1, 0))):
+            csr = _rows_by_label_side(pi, pj, dd, wij, wji, x.size, radii, centre_side=centre_side)
+            got = _labelled_sums_rows(*csr, labels, s, t, radii.size)
+            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_envelope_fast_path_agrees_with_population_all_on_two_types():
+    """With only two phenotypes, population="pair" (fast row kernel) and "all" (pair
+    loop) permute the same labels with the same random stream: same envelope."""
+    cells = _planted_cells(3)
+    cells = cells[cells.phenotype.isin(["A", "B"])].reset_index(drop=True)
+    W = (0, 0, 300, 300)
+    for stat in ("cross_L", "cross_K"):
+        a = random_labelling_envelope(cells, stat, "A", "B", [6.0, 12.0, 24.0], W, n_sim=39, seed=2)
+        b = random_labelling_envelope(cells, stat, "A", "B", [6.0, 12.0, 24.0], W, n_sim=39, seed=2,
+                                      population="all")
+        pd.testing.assert_frame_equal(a, b, rtol=1e-12)

@@ -303,3 +303,25 @@ def test_to_dict_json_and_errors(planted):
         shield_analysis(t.truth.drop(columns=["cell_id"]), t.cells, {"net": t.net_mask}, PX, region)
     assert can_run_shield(["tumour", "CD8_T"]) == (True, "")
     assert not can_run_shield(["tumour"])[0]
+
+
+@pytest.mark.parametrize("seed", [10, 11])
+def test_planted_contact_blocking_is_detected(seed):
+    """Same tissue (own random stream for the knob) with and without shields blocking T-cell contact."""
+    out = {}
+    for block in (0.0, 1.0):
+        t = syn.make_tissue((800, 800), pixel_size_um=PX, seed=seed, n_nests=1, nest_radius_um=(110.0, 130.0),
+                            shield_coverage=0.5, immune_phenotype="inflamed", shields_block_t=block)
+        res = shield_analysis(t.truth, t.cells, {"net": t.net_mask, "col1": t.col1_mask}, PX,
+                              TumourRegion.from_polygons(t.nests), tissue=t.tissue, n_sim=1)
+        out[block] = (t, res.sample["contact"], res.sample["contact_edge"])
+    (t0, c0, _), (t1, c1, e1) = out[0.0], out[1.0]
+    # only T cells were removed, and only next to shielded tumour cells
+    other0 = t0.truth[~t0.truth.phenotype.isin(["CD8_T", "other_T"])]
+    other1 = t1.truth[~t1.truth.phenotype.isin(["CD8_T", "other_T"])]
+    assert len(other0) == len(other1) and t1.truth.phenotype.isin(["CD8_T"]).sum() < \
+        t0.truth.phenotype.isin(["CD8_T"]).sum()
+    assert c0["shielded_in_contact"] > 0 and c1["shielded_in_contact"] == 0
+    assert c1["contact_rate_ratio"] == 0.0 and c1["fisher_p_two_sided"] < 1e-4
+    assert e1["contact_rate_ratio"] == 0.0 and e1["fisher_p_two_sided"] < 0.05
+    assert c1["unshielded_in_contact"] > 0

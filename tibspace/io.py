@@ -100,6 +100,93 @@ def _unit_to_um(unit: Optional[str]) -> Optional[float]:
 # --------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _decode_errors(path: Path) -> Iterator[None]:
+    """Turn tifffile/imagecodecs decoding failures (many exception types) into
+    one :class:`InputError` naming the file."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: cannot decode pixel data ({type(exc).__name__}: "
+                         f"{_first_line(exc)}); the file is truncated or corrupt — "
+                         "re-export it") from None
+
+
+class _PageWindowReader:
+    """Reads a window of single-sample TIFF pages by decoding only the tiles or
+    strips it overlaps, with tifffile's own codec for the page.
+
+    One page per channel (``pages[c]``), all with the keyframe's layout. This
+    is the same work the zarr store does, without zarr 3's per-chunk
+    overhead, which on 512² tiles cost about as much as the zlib decode
+    itself (``benchmarks/bench_segmentation.py``).
+    """
+
+    def __init__(self, path: Path, pages: Sequence[Any]):
+        key = pages[0].keyframe
+        self.path = path
+        self.pages = list(pages)
+        self.dtype = np.dtype(key.dtype)
+        self.ny, self.nx = int(key.imagelength), int(key.imagewidth)
+        if key.is_tiled:
+            self.th, self.tw = int(key.tilelength), int(key.tilewidth)
+        else:
+            self.th, self.tw = int(min(key.rowsperstrip or self.ny, self.ny)), self.nx
+        self.ntx = -(-self.nx // self.tw)
+        self._decode = key.decode
+        self._jpegtables = getattr(key, "jpegtables", None)
+
+    @staticmethod
+    def usable(pages: Sequence[Any], shape_yx: tuple[int, int]) -> bool:
+        """Pages this reader can handle: 2-D, one sample, same layout."""
+        if not pages or any(p is None for p in pages):
+            return False
+        try:
+            key = pages[0].keyframe
+            return (all(p.keyframe is key or (p.keyframe.shape == key.shape
+                                               and p.keyframe.dtype == key.dtype
+                                               and p.keyframe.is_tiled == key.is_tiled
+                                               and p.keyframe.tilelength == key.tilelength
+                                               and p.keyframe.tilewidth == key.tilewidth
+                                               and p.keyframe.rowsperstrip == key.rowsperstrip)
+                        for p in pages)
+                    and key.samplesperpixel == 1 and key.imagedepth == 1
+                    and (int(key.imagelength), int(key.imagewidth)) == tuple(shape_yx)
+                    and key.dtype is not None
+                    and len(pages[0].dataoffsets) == (-(-key.imagelength // (
+                        key.tilelength if key.is_tiled else min(key.rowsperstrip or key.imagelength,
+                                                                key.imagelength)))
+                        * (-(-key.imagewidth // key.tilewidth) if key.is_tiled else 1)))
+        except Exception:  # an unusual layout: the zarr path handles it
+            return False
+
+    def read(self, channels: Sequence[int], y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        out = np.zeros((len(channels), y1 - y0, x1 - x0), self.dtype)
+        ty = np.arange(y0 // self.th, (y1 - 1) // self.th + 1)
+        tx = np.arange(x0 // self.tw, (x1 - 1) // self.tw + 1)
+        idx = (ty[:, None] * self.ntx + tx[None, :]).ravel()
+        for k, c in enumerate(channels):
+            page = self.pages[c]
+            fh = page.parent.filehandle
+            with _decode_errors(self.path):
+                offsets = np.asarray(page.dataoffsets)[idx]
+                counts = np.asarray(page.databytecounts)[idx]
+                for data, i in fh.read_segments(offsets, counts, indices=idx, sort=True,
+                                                lock=fh.lock):
+                    if data is None or len(data) == 0:
+                        continue  # sparse file: a missing tile is 0
+                    seg, (_, _, sy, sx, _), _ = self._decode(data, int(i), jpegtables=self._jpegtables)
+                    seg = seg.reshape(seg.shape[-3], seg.shape[-2])
+                    oy0, oy1 = max(sy, y0), min(sy + seg.shape[0], y1)
+                    ox0, ox1 = max(sx, x0), min(sx + seg.shape[1], x1)
+                    if oy1 > oy0 and ox1 > ox0:
+                        out[k, oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0] = \
+                            seg[oy0 - sy:oy1 - sy, ox0 - sx:ox1 - sx]
+        return out
+
+
 class _ZarrView:
     """A ``(C, Y, X)`` array-like over one zarr array with arbitrary TIFF axes.
 
@@ -135,17 +222,11 @@ class _ZarrView:
                 native.append(ckey)
             else:
                 native.append(0)
-        try:
+        with _decode_errors(self.path):
             if isinstance(ckey, np.ndarray) and self._cax is not None:
                 out = self._z.oindex[tuple(native)]
             else:
                 out = self._z[tuple(native)]
-        except InputError:
-            raise
-        except Exception as exc:  # tifffile/imagecodecs raise many kinds
-            raise InputError(f"{self.path}: cannot decode pixel data ({type(exc).__name__}: "
-                             f"{_first_line(exc)}); the file is truncated or corrupt — "
-                             "re-export it") from None
         out = np.asarray(out)
         # Kept axes, in stored order: channel (if array-indexed/slice), Y, X.
         kept = [ax for ax, k in zip(self._axes, native)
@@ -279,6 +360,8 @@ class MultiplexImage:
     dtype: np.dtype
     _views: list[Any] = field(default_factory=list, repr=False, compare=False)
     _handles: list[Any] = field(default_factory=list, repr=False, compare=False)
+    # per level: a direct tile reader when the pages allow it (else None: zarr view)
+    _page_readers: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def data(self) -> da.Array:
@@ -349,6 +432,10 @@ class MultiplexImage:
             if ckey.size and (ckey.min() < -c or ckey.max() >= c):
                 raise InputError(f"{self.path}: channel index out of range 0..{c - 1}: "
                                  f"{list(channels)}")
+        fast = self._page_readers[level] if level < len(self._page_readers) else None
+        if fast is not None:
+            chans = range(c) if channels is None else [int(i) % c for i in ckey]
+            return fast.read(list(chans), y0, y1, x0, x1)
         if view is None:
             return np.asarray(self.levels[level][ckey, y0:y1, x0:x1])
         return view[ckey, slice(y0, y1), slice(x0, x1)]
@@ -605,8 +692,17 @@ def _open_series(path: Path, tf: tifffile.TiffFile, warn_unnamed: bool = True
     c = views[0].shape[0]
     names = _channel_names_from_file(path, tf, series, c, warn_unnamed)
     px = _pixel_size_from_file(path, tf, series)
+    readers: list[Any] = []
+    if axes == "YX" or (len(axes) == 3 and axes[1:] == "YX" and axes[0] == cax):
+        # one page per channel: decode tiles/strips directly
+        lvl_series = list(getattr(series, "levels", [series])) or [series]
+        for lvl, view in enumerate(views):
+            pages = list(lvl_series[lvl].pages) if lvl < len(lvl_series) else []
+            ok = len(pages) == view.shape[0] and _PageWindowReader.usable(pages, view.shape[1:])
+            readers.append(_PageWindowReader(path, pages) if ok else None)
     img = MultiplexImage(path=path, channel_names=names, pixel_size_um=float("nan"),
-                         levels=levels, dtype=views[0].dtype, _views=views, _handles=[tf])
+                         levels=levels, dtype=views[0].dtype, _views=views, _handles=[tf],
+                         _page_readers=readers)
     return img, px
 
 

@@ -595,10 +595,11 @@ def nearest_distance_to_phenotypes(cells, *, phenotypes=None, phenotype_col="phe
         col = np.full(x.size, np.nan)
         if m.any():
             tree = cKDTree(xy[m])
-            d1, _ = tree.query(xy[~m], k=1)
+            # workers=-1: queries are independent, so threads give the same numbers
+            d1, _ = tree.query(xy[~m], k=1, workers=-1)
             col[~m] = d1
             if m.sum() >= 2:
-                d2, _ = tree.query(xy[m], k=2)
+                d2, _ = tree.query(xy[m], k=2, workers=-1)
                 col[m] = d2[:, 1]   # nearest is the cell itself (distance 0)
         out[f"dist_to_{name}_um"] = col
     return pd.DataFrame(out, index=cells.index)

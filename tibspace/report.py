@@ -158,11 +158,15 @@ def write_report_files(result, folder, *, progress=None) -> None:
         out.write_geojson(out.geojson_features([result.tissue], name="tissue", pixel_size_um=px), folder / "tissue.geojson")
     br = result.analyses.get("barrier")
     if br is not None:
+        # one feature per covered run / gap, with its nest and length, as measured
         feats = []
-        for attr, key in (("covered_geometry", "barrier_covered"), ("gap_geometry", "barrier_gap")):
-            g = getattr(br, attr, None)
-            if g is not None:
-                feats += out.geojson_features([g], name=key, pixel_size_um=px)
+        runs = br.runs
+        for flag, key in ((True, "barrier_covered"), (False, "barrier_gap")):
+            sel = runs[runs["covered"] == flag] if len(runs) else runs
+            if len(sel):
+                meas = sel[["nest_id", "ring", "start_um", "length_um"]].to_dict(orient="records")
+                feats += out.geojson_features(list(sel["geometry"]), name=key, pixel_size_um=px,
+                                              measurements=meas)
         out.write_geojson(feats, folder / "barrier_segments.geojson")
     if result.exclusion_zones:
         out.write_geojson(out.geojson_features(result.exclusion_zones, name="exclusion_zone", pixel_size_um=px),

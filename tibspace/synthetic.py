@@ -59,6 +59,11 @@ CHANNELS = ("DAPI", "NaKATPase", "HepPar1", "CD68", "SPP1", "aSMA", "FAP", "CD3"
 PHENOTYPES = ("tumour", "SPP1_macrophage", "CAF", "CD8_T", "other_T", "neutrophil", "other")
 IMMUNE_PHENOTYPES = ("inflamed", "excluded", "desert")
 
+#: Centre distance (µm) within which a T cell touches a tumour cell: tumour
+#: (≤ 8.5 µm) plus T-cell (≤ 4.5 µm) radii plus the 3 µm shield ring, so every
+#: outline contact, and every contact the analysis counts from centroids
+#: (``contact_um`` 12 µm), is within it.
+SHIELD_BLOCK_REACH_UM = 16.0
 #: Width of the barrier band outside the nest boundary (µm), as in metrics.md.
 BARRIER_WIDTH_UM = 50.0
 #: Ring outside each tumour cell's outline used for shield coverage (µm).
@@ -918,7 +923,7 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
                 cell_density: float = 1500.0, barrier_coverage: float | Sequence[float] = 0.6,
                 shield_coverage: float = 0.5, immune_phenotype: str = "excluded",
                 barrier_excludes_t: bool = False, t_density_per_mm2: Optional[float] = None,
-                noise: float = 1.0, progress=None) -> SyntheticTissue:
+                shields_block_t: float = 0.0, noise: float = 1.0, progress=None) -> SyntheticTissue:
     """Render a synthetic HCC-like multiplex image with planted ground truth.
 
     Parameters
@@ -959,6 +964,12 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
         accumulate in the outer band of covered arcs.
     t_density_per_mm2 : float, optional
         Stromal T-cell density; default 500 (inflamed, excluded), 10 (desert).
+    shields_block_t : float
+        Probability that a T cell touching a shielded tumour cell (centroids
+        within :data:`SHIELD_BLOCK_REACH_UM`) is removed: 0 (default) plants
+        no effect of shields on T-cell contact, 1 plants shields that prevent
+        every contact. Drawn from its own random stream, so the rest of the
+        tissue is identical for any value.
     noise : float
         Multiplier of shot and read noise (0 = noiseless, still quantised).
     progress : callable, optional
@@ -980,6 +991,8 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
     covs = _check_args(shape, pixel_size_um, n_nests, nest_radius_um, barrier_coverage,
                        shield_coverage, immune_phenotype, cell_density, t_density_per_mm2,
                        noise)
+    if not (0 <= shields_block_t <= 1):
+        raise InputError(f"make_tissue: shields_block_t must be in [0, 1], got {shields_block_t}")
     px = float(pixel_size_um)
     ss = np.random.SeedSequence(int(seed))
     rngs = [np.random.default_rng(s) for s in ss.spawn(8)]
@@ -998,6 +1011,8 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
     cells = _place_cells(tissue, nests, intervals, px, rngs[2], cell_density=cell_density,
                          shield_coverage=shield_coverage, immune_phenotype=immune_phenotype,
                          barrier_excludes_t=barrier_excludes_t, t_density=t_density_per_mm2)
+    if shields_block_t > 0:
+        cells = _block_contacts(cells, float(shields_block_t), rngs[6])
     report(progress, "synthetic tissue", 1, total)
 
     # 3. labels ---------------------------------------------------------------
@@ -1022,7 +1037,7 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
         nest_radius_um=list(nest_radius_um), cell_density=cell_density,
         barrier_coverage=[float(c) for c in covs], shield_coverage=shield_coverage,
         immune_phenotype=immune_phenotype, barrier_excludes_t=bool(barrier_excludes_t),
-        t_density_per_mm2=t_density_per_mm2, noise=noise))
+        t_density_per_mm2=t_density_per_mm2, shields_block_t=float(shields_block_t), noise=noise))
     report(progress, "synthetic tissue", total, total)
     return SyntheticTissue(image=image, channel_names=list(CHANNELS), pixel_size_um=px,
                            nuclei=nuclei, cells=cell_lab, truth=truth, nests=nests,
@@ -1192,6 +1207,23 @@ def _place_cells(tissue, nests, intervals, px, rng, *, cell_density, shield_cove
     keep = _hardcore_thin(allc[["x", "y"]].to_numpy(), allc.r_um.to_numpy())
     allc = allc[keep].reset_index(drop=True)
     return allc
+
+
+def _block_contacts(cells: pd.DataFrame, p_block: float, rng) -> pd.DataFrame:
+    """Remove each T cell touching a planned-shielded tumour cell with probability ``p_block``."""
+    from scipy.spatial import cKDTree
+
+    sh = (cells["phenotype"] == "tumour").to_numpy() & (cells["shield_type"] != "none").to_numpy()
+    is_t = cells["phenotype"].isin(["CD8_T", "other_T"]).to_numpy()
+    u = rng.uniform(size=len(cells))  # one draw per cell: independent of which cells are T
+    if not sh.any() or not is_t.any():
+        return cells
+    xy = cells[["x", "y"]].to_numpy()
+    d, _ = cKDTree(xy[sh]).query(xy[is_t], distance_upper_bound=SHIELD_BLOCK_REACH_UM)
+    drop = np.zeros(len(cells), bool)
+    drop[np.flatnonzero(is_t)[np.isfinite(d)]] = True
+    drop &= u < p_block
+    return cells[~drop].reset_index(drop=True)
 
 
 def _covered_flags(nests, intervals, which, s):

@@ -25,8 +25,8 @@ napari-spatialdata #213/#372). So:
 - ``n_cells <= max_points``: a Points layer "cells by phenotype";
   above: a labels layer of the same name whose values are phenotype codes
   (a lazy look-up of the cell labels), coloured per phenotype;
-- geometry is merged first (adjacent covered/gap segments of a nest become
-  one path) and simplified to :data:`SIMPLIFY_UM` (1 µm, below a cell);
+- geometry comes merged (the barrier analysis' covered/gap runs are one
+  path each) and is simplified to :data:`SIMPLIFY_UM` (1 µm, below a cell);
   filled polygons (napari triangulates them in Python) are drawn only up to
   :data:`MAX_FILLED` pieces, outlines beyond; if more than ``max_shapes``
   shapes remain, a Vectors layer (one line per outline edge, drawn in one
@@ -46,7 +46,7 @@ from tibspace.outputs import STRUCTURE_COLOURS, phenotype_colour
 __all__ = [
     "MAX_POINTS", "MAX_SHAPES", "LAYER_NAMES", "FEATURE_COLUMNS",
     "phenotype_rgba", "cell_labels_layer", "phenotype_points_layer", "phenotype_labels_layer",
-    "cell_layers", "nest_polygons", "polygon_pieces", "nest_layer", "barrier_runs", "barrier_layers",
+    "cell_layers", "nest_polygons", "polygon_pieces", "nest_layer", "barrier_layers",
     "exclusion_layer", "mask_layers", "result_layers", "create_layers", "gate_preview_layer",
     "positive_cells", "label_pyramid",
 ]
@@ -411,42 +411,6 @@ def nest_layer(region: Any, per_nest: Optional[pd.DataFrame] = None, *,
                           0.06, width_um, max_shapes)
 
 
-def barrier_runs(segments: pd.DataFrame) -> pd.DataFrame:
-    """Merge adjacent perimeter segments with the same ``covered`` state.
-
-    Parameters
-    ----------
-    segments : DataFrame
-        One row per perimeter segment: ``nest_id``, ``covered`` (bool) and
-        ``geometry`` (LineString, µm).
-
-    Returns
-    -------
-    DataFrame
-        One row per run: ``nest_id``, ``covered``, ``length_um``, ``geometry``
-        (LineString). A nest with alternating states has as many runs as
-        state changes; a fully covered nest has one (closed) run.
-
-    Examples
-    --------
-    >>> segs = pd.DataFrame({"nest_id": [1, 1, 1], "covered": [True, True, False],
-    ...     "geometry": [shapely.LineString([(0, 0), (1, 0)]), shapely.LineString([(1, 0), (2, 0)]),
-    ...                  shapely.LineString([(2, 0), (3, 0)])]})
-    >>> barrier_runs(segs)[["nest_id", "covered", "length_um"]].values.tolist()
-    [[1, False, 1.0], [1, True, 2.0]]
-    """
-    rows = []
-    nest_col = "nest_id" if "nest_id" in segments else None
-    keys = [nest_col, "covered"] if nest_col else ["covered"]
-    for key, grp in segments.groupby(keys, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        merged = shapely.line_merge(shapely.multilinestrings(list(grp["geometry"])))
-        for part in shapely.get_parts(merged):
-            rows.append({"nest_id": key[0] if nest_col else 0, "covered": bool(key[-1]),
-                         "length_um": float(part.length), "geometry": part})
-    return pd.DataFrame(rows, columns=["nest_id", "covered", "length_um", "geometry"])
-
-
 def _path_layer(runs: pd.DataFrame, name: str, rgb: Sequence[int], width_um: float,
                 max_shapes: int) -> tuple:
     geoms = list(shapely.simplify(np.asarray(list(runs["geometry"]), dtype=object), SIMPLIFY_UM))
@@ -460,22 +424,22 @@ def _path_layer(runs: pd.DataFrame, name: str, rgb: Sequence[int], width_um: flo
     return data, kwargs, "shapes"
 
 
-def barrier_layers(segments: Optional[pd.DataFrame], *, max_shapes: int = MAX_SHAPES,
+def barrier_layers(runs: Optional[pd.DataFrame], *, max_shapes: int = MAX_SHAPES,
                    width_um: float = 6.0) -> list[tuple]:
-    """Paths "barrier covered" (green) and "barrier gaps" (red) along nest boundaries."""
-    if segments is None or len(segments) == 0 or "geometry" not in segments \
-            or "covered" not in segments:
+    """Paths "barrier covered" (green) and "barrier gaps" (red) along nest boundaries.
+
+    ``runs`` is the barrier analysis' own run table
+    (:attr:`tibspace.barrier.BarrierResult.runs`: ``nest_id``, ``covered``,
+    ``length_um``, ``geometry`` ...), so what is drawn is exactly what was
+    measured (10 µm resolution); boundary that is not assessable (outside the
+    tissue) is in neither table and is not drawn.
+    """
+    if runs is None or len(runs) == 0 or "geometry" not in runs or "covered" not in runs:
         return []
-    if "assessable" in segments:
-        # Segments outside tissue are neither covered nor a gap: not drawn.
-        segments = segments[segments["assessable"].astype(bool)]
-        if len(segments) == 0:
-            return []
-    runs = barrier_runs(segments)
     out = []
     for covered, name, key in ((True, "barrier covered", "barrier_covered"),
                                (False, "barrier gaps", "barrier_gap")):
-        sel = runs[runs["covered"] == covered]
+        sel = runs[runs["covered"].astype(bool) == covered]
         if len(sel):
             out.append(_path_layer(sel, name, STRUCTURE_COLOURS[key], width_um, max_shapes))
     return out
@@ -536,7 +500,8 @@ def result_layers(result: Any, *, max_points: int = MAX_POINTS,
     ----------
     result : tibspace.pipeline.PipelineResult
         Uses ``cells``, ``labels``, ``pixel_size_um``, ``image_shape``,
-        ``masks``, ``exclusion_zones``, ``region``, ``per_nest``, ``segments``.
+        ``masks``, ``exclusion_zones``, ``region``, ``per_nest`` and the
+        barrier analysis' ``runs`` (``analyses["barrier"]``).
     max_points : int
         Above this many cells, phenotypes are a labels layer (needs ``labels``).
     max_shapes : int
@@ -561,7 +526,8 @@ def result_layers(result: Any, *, max_points: int = MAX_POINTS,
         if t is not None:
             out.append(t)
     out += cl
-    out += barrier_layers(getattr(result, "segments", None), max_shapes=max_shapes)
+    barrier = (getattr(result, "analyses", None) or {}).get("barrier")
+    out += barrier_layers(getattr(barrier, "runs", None), max_shapes=max_shapes)
     return _with_units(out)
 
 

@@ -11,6 +11,8 @@ nests (where CD8 T cells were planted depleted). Every number is real.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import shapely
@@ -83,6 +85,11 @@ def make_result(n_cells: int = 3000, pixel_size_um: float = 0.5, seed: int = 3) 
 
     barrier = nests["barrier"].to_numpy(dtype=bool)
     segs = segments_of(polys, barrier)
+    # the barrier analysis' run table: each nest wholly covered or wholly a gap (one closed run)
+    runs = pd.DataFrame({"nest_id": np.arange(1, len(polys) + 1), "ring": 0, "start_um": 0.0,
+                         "n_subsegments": [max(1, int(round(p.length / 10.0))) for p in polys],
+                         "length_um": [p.exterior.length for p in polys], "covered": barrier,
+                         "geometry": [shapely.LineString(p.exterior.coords) for p in polys]})
     zones = [p.difference(p.buffer(-50.0)) for p, b in zip(polys, barrier) if b]
     # NET mask: discs (r = 6 µm) around neutrophils.
     net = np.zeros((ny, nx), bool)
@@ -102,4 +109,5 @@ def make_result(n_cells: int = 3000, pixel_size_um: float = 0.5, seed: int = 3) 
     return PipelineResult(cells=cells, pixel_size_um=pixel_size_um, image_shape=(ny, nx),
                           labels=labels, gates={"CD8": 35.0}, region=region, segments=segs,
                           exclusion_zones=zones, masks={"net": net}, per_nest=per_nest,
-                          metrics=metrics, channel_columns=["CD8"])
+                          metrics=metrics, channel_columns=["CD8"],
+                          analyses={"barrier": SimpleNamespace(runs=runs)})

@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from tibspace.outputs import STRUCTURE_COLOURS, phenotype_colour
 from tibspace_napari import _layers
-from tibspace_napari._layers import (barrier_runs, label_pyramid, polygon_pieces,
+from tibspace_napari._layers import (label_pyramid, polygon_pieces,
                                      positive_cells, result_layers)
 
-from ._synthetic import make_result, segments_of
+from ._synthetic import make_result
 
 
 @pytest.fixture(scope="module")
@@ -103,20 +103,6 @@ def test_barrier_layers_match_planted_barrier_nests(result, layers):
         np.testing.assert_allclose(kw["edge_color"], _rgba(STRUCTURE_COLOURS[key]))
         for path in data:  # closed ring: first vertex == last
             np.testing.assert_allclose(path[0], path[-1], atol=1e-6)
-
-
-def test_barrier_runs_merge_across_ring_start():
-    poly = shapely.Point(0, 0).buffer(100, quad_segs=32)
-    covered = np.array([True, True, False, False, True, False, True, True])
-    segs = segments_of([poly], [covered])
-    assert len(segs) == 8
-    runs = barrier_runs(segs)
-    # T T | F F | T | F | T T: the last covered run joins the first across the
-    # ring start, so 2 covered runs and 2 gaps.
-    assert runs.groupby("covered").size().to_dict() == {False: 2, True: 2}
-    tot = runs.groupby("covered")["length_um"].sum()
-    assert tot[True] == pytest.approx(poly.exterior.length * 5 / 8)
-    assert tot[False] == pytest.approx(poly.exterior.length * 3 / 8)
 
 
 def test_nests_and_zones_cover_true_areas(result, layers):

@@ -78,11 +78,12 @@ def test_sample_run_end_to_end(sample_viewer, qtbot, tmp_path, run_cache):
     assert np.mean(r.labels[rc[:, 0], rc[:, 1]] == pts.features["cell_id"].to_numpy()) > 0.98
     nests = layers["tumour nests"]
     assert set(nests.features["nest_id"]) == set(range(1, r.region.n_nests + 1))
+    # the layers draw the analysis' own covered / gap runs: lengths add up to its numbers
     covered = layers["barrier covered"].features["length_um"].sum()
-    seg = r.segments[r.segments["assessable"].astype(bool)] if "assessable" in r.segments \
-        else r.segments
-    assert covered == pytest.approx(seg.loc[seg["covered"].astype(bool), "length_um"].sum(),
-                                    rel=1e-6)
+    gaps = layers["barrier gaps"].features["length_um"].sum()
+    sample = r.metrics["analyses"]["barrier"]["sample"]
+    assert covered == pytest.approx(sample["covered_length_um"], rel=1e-6)
+    assert covered + gaps == pytest.approx(sample["assessable_perimeter_um"], rel=1e-6)
 
     # Results dock: numbers per sample and per nest, figures, click → camera on nest.
     dock = widget.results_widget
