@@ -5,9 +5,9 @@ default 8192 x 8192 at 0.5 µm/px), stores it as a tiled OME-TIFF in a temp
 dir, then runs, each in its own subprocess so that peak memory is measured
 per variant:
 
-(a) ``tibspace.segmentation.segment_image`` (Dask LocalCluster, one process
-    per core, tiles of 2048 px, measuring all 12 channels per cell and per
-    nucleus);
+(a) ``tibspace.segmentation.segment_image`` (its default in-process Dask
+    LocalCluster, one thread per core, tiles of 2048 px, measuring all 12
+    channels per cell and per nucleus);
 (b) the naive whole-image scikit-image pipeline: read the whole image,
     gaussian -> Otsu -> distance transform -> peak_local_max -> watershed ->
     expand_labels -> regionprops_table (cells with shape features and the 12

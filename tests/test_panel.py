@@ -115,7 +115,7 @@ def test_defaults_cover_metrics_md():
                     profile_min_um=-200, profile_max_um=200, profile_step_um=20,
                     outside_band_um=200, desert_density=50, excluded_ratio=0.5,
                     exclusion_bandwidth_um=30, exclusion_grid_um=10, exclusion_fraction=0.25,
-                    exclusion_min_area_um2=2500, segment_um=50, barrier_width_um=50,
+                    exclusion_min_area_um2=2500, exclusion_zone_alpha=0.05, segment_um=50, barrier_width_um=50,
                     barrier_density=400, colocalization_radii_um=[20, 30, 50], n_shifts=999,
                     shield_ring_um=3, shield_min_coverage=0.5, nest_strip_um=5, contact_um=12,
                     antagonism_tile_um=50, antagonism_radii_um=[20, 30, 40, 50],

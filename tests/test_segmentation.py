@@ -317,14 +317,17 @@ def test_labels_ome_tiff_round_trip(tiled):
     img.close()
 
 
-def test_distributed_cluster_equals_synchronous(tmp_path):
-    """The default path (LocalCluster, 2 processes) gives the in-process result."""
+@pytest.mark.parametrize("scheduler, kind", [(None, "threads"), ("processes", "processes")])
+def test_distributed_cluster_equals_synchronous(tmp_path, scheduler, kind):
+    """The default local cluster (one in-process worker, 2 threads) and the process
+    cluster give the sequential in-process result exactly."""
     t = _tissue((600, 640), 4)
     path = tmp_path / "small.ome.tif"
     write_ome_tiff(path, t.image[:2], t.channel_names[:2], 0.5)
     a = segment_image(path, "DAPI", tile_size_px=256, scheduler="synchronous")
-    b = segment_image(path, "DAPI", tile_size_px=256, n_workers=2)
+    b = segment_image(path, "DAPI", tile_size_px=256, n_workers=2, scheduler=scheduler)
     assert b.n_tiles == 9 and b.parameters["scheduler"].startswith("LocalCluster")
+    assert kind in b.parameters["scheduler"]
     pd.testing.assert_frame_equal(a.cells, b.cells)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.nuclei, b.nuclei)

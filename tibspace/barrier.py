@@ -430,14 +430,15 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
                      macrophage_types=("SPP1_macrophage",), caf_types=("CAF",), t_types=("CD8_T",),
                      segment_um: float = 50.0, barrier_width_um: float = 50.0, barrier_density: float = 400.0,
                      margin_um: float = 50.0, colocalization_radii_um=(20.0, 30.0, 50.0), n_shifts: int = 999,
-                     n_sim: int = 199, seed: int = 0, progress=None) -> BarrierResult:
+                     n_sim: int = 199, seed: int = 0, signed_dist_um=None, progress=None) -> BarrierResult:
     """SPP1+ macrophage / CAF barriers along tumour nest boundaries.
 
     Parameters
     ----------
     cells : pandas.DataFrame
-        ``x_um``, ``y_um``, ``phenotype`` (signed distance and segments are
-        recomputed from ``region`` so they always match it).
+        ``x_um``, ``y_um``, ``phenotype`` (segments are recomputed from
+        ``region``, and signed distances too unless ``signed_dist_um`` is given,
+        so they always match it).
     region : tibspace.geometry.TumourRegion
     tissue : shapely geometry
         Tissue region (µm); densities are per tissue area.
@@ -459,6 +460,10 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     n_sim : int
         Random-labelling simulations of the colocalisation envelope.
     seed : int
+    signed_dist_um : array of float, optional
+        Signed distance of every cell to ``region``'s boundary (µm), when
+        already computed for this region (the pipeline's
+        :func:`~tibspace.geometry.annotate_cells`); default: computed here.
     progress : callable, optional
 
     Returns
@@ -518,9 +523,16 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     total = 6
     report(progress, "barrier", 0, total)
 
-    # ---- segments, cell assignment
+    # ---- segments, their sub-segments, cell assignment
     seg = geo.perimeter_segments(region, segment_um=float(segment_um)).reset_index(drop=True)
     n_seg = len(seg)
+    # every segment is k_sub consecutive sub-segments (rows in the same order), so a
+    # cell's nearest segment is the parent of its nearest sub-segment and segment band
+    # areas are sums of sub-segment band areas: one assignment, one partition
+    k_sub = _COVERAGE_SUBDIVIDE
+    sub = geo.perimeter_segments(region, segment_um=float(segment_um), subdivide=k_sub).reset_index(drop=True)
+    n_sub = len(sub)
+    parent = np.arange(n_sub) // k_sub
     x = cells["x_um"].to_numpy(float)
     y = cells["y_um"].to_numpy(float)
     ph = cells["phenotype"].astype(str).to_numpy()
@@ -532,20 +544,30 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     # only cells that can fall in a band matter; the rest are skipped for speed
     use = is_bar | is_t | is_mac | is_caf
     xu, yu = x[use], y[use]
-    d = np.asarray(geo.signed_distance_um(xu, yu, region), float)
+    if signed_dist_um is None:
+        d = np.asarray(geo.signed_distance_um(xu, yu, region), float)
+    else:
+        d = np.asarray(signed_dist_um, float)
+        if d.shape != (len(cells),):
+            raise InputError(f"signed_dist_um has shape {d.shape}; expected one value per cell ({len(cells)})")
+        d = d[use]
     near = np.abs(d) <= reach
-    sid = np.full(d.shape, -1, np.int64)
-    if n_seg and near.any():
-        sid_near = np.asarray(geo.assign_segments(xu[near], yu[near], seg), np.int64)
-        row_of = pd.Index(seg["segment_id"].to_numpy()).get_indexer(sid_near)
-        sid[near] = row_of
+    sub_of = np.full(d.shape, -1, np.int64)
+    if n_sub and near.any():
+        sub_of[near] = np.asarray(geo.assign_segments(xu[near], yu[near], sub), np.int64)
+    sid = np.where(sub_of >= 0, parent[np.maximum(sub_of, 0)] if n_sub else -1, -1)
     report(progress, "barrier", 1, total)
 
-    # ---- band areas per segment (nearest-segment partition, tissue only)
+    # ---- band areas per sub-segment and segment (nearest-segment partition, tissue only)
     bw, mw = float(barrier_width_um), float(margin_um)
-    outer_area = geo.segment_band_areas_um2(seg, region, tissue, 0.0, bw) if n_seg else np.zeros(0)
-    t_outer_area = outer_area if mw == bw else geo.segment_band_areas_um2(seg, region, tissue, 0.0, mw)
-    t_inner_area = geo.segment_band_areas_um2(seg, region, tissue, -mw, 0.0) if n_seg else np.zeros(0)
+    if n_sub:
+        sub_area = geo.segment_band_areas_um2(sub, region, tissue, 0.0, bw)
+        sub_t_outer = sub_area if mw == bw else geo.segment_band_areas_um2(sub, region, tissue, 0.0, mw)
+        sub_t_inner = geo.segment_band_areas_um2(sub, region, tissue, -mw, 0.0)
+    else:
+        sub_area = sub_t_outer = sub_t_inner = np.zeros(0)
+    outer_area, t_outer_area, t_inner_area = (np.bincount(parent, weights=a, minlength=n_seg)
+                                              for a in (sub_area, sub_t_outer, sub_t_inner))
     report(progress, "barrier", 2, total)
 
     bu, mu, cu, tu = is_bar[use], is_mac[use], is_caf[use], is_t[use]
@@ -561,7 +583,6 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     assessable = outer_area >= _MIN_BAND_FRACTION * nominal_bar
     with np.errstate(invalid="ignore", divide="ignore"):
         dens = np.where(outer_area > 0, n_bar / outer_area * 1e6, np.nan)
-        covered = assessable & (dens >= barrier_density) & (n_mac >= 1) & (n_caf >= 1)
         t_ok = (t_inner_area >= _MIN_BAND_FRACTION * nominal_t) & (t_outer_area >= _MIN_BAND_FRACTION * nominal_t)
         t_in_dens = np.where(t_inner_area > 0, n_t_in / t_inner_area * 1e6, np.nan)
         t_out_dens = np.where(t_outer_area > 0, n_t_out / t_outer_area * 1e6, np.nan)
@@ -569,14 +590,7 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
                            ((n_t_in + 0.5) / t_inner_area) / ((n_t_out + 0.5) / t_outer_area), np.nan)
 
     # ---- coverage at sub-segment resolution (sliding window, half-maximum ends)
-    k_sub = _COVERAGE_SUBDIVIDE
-    sub = geo.perimeter_segments(region, segment_um=float(segment_um), subdivide=k_sub).reset_index(drop=True)
-    in_band_any = (sid >= 0) & (d > 0) & (d <= bw) & (bu | mu | cu)
-    sub_of = np.full(d.shape, -1, np.int64)
-    if in_band_any.any():
-        sub_of[in_band_any] = np.asarray(geo.assign_segments(xu[in_band_any], yu[in_band_any], sub), np.int64)
-    n_sub = len(sub)
-    sub_area = geo.segment_band_areas_um2(sub, region, tissue, 0.0, bw) if n_sub else np.zeros(0)
+    in_band_any = (sub_of >= 0) & (d > 0) & (d <= bw) & (bu | mu | cu)
     prof = coverage_profile(sub, _crosstab_band(sub_of, in_band_any & bu, n_sub),
                             _crosstab_band(sub_of, in_band_any & mu, n_sub),
                             _crosstab_band(sub_of, in_band_any & cu, n_sub), sub_area,
@@ -584,7 +598,6 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     sub_len = sub["length_um"].to_numpy(float)
     sub_cov = prof["covered"].to_numpy(bool)
     sub_ok = prof["assessable"].to_numpy(bool)
-    parent = np.arange(n_sub) // k_sub  # rows of seg: each segment holds k_sub consecutive sub-segments
     # a segment (for the link test and the segment table) is covered when most of its length is
     covered = assessable & (np.bincount(parent, weights=sub_len * sub_cov, minlength=n_seg)
                             >= 0.5 * length)

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("images", nargs="+", help="OME-TIFF / named multi-page TIFF / folder of single-channel TIFFs")
     r.add_argument("--panel", required=True, help="marker panel (TOML)")
     r.add_argument("--pixel-size-um", type=float, default=None, help="µm per pixel (overrides the file)")
-    r.add_argument("--scheduler", default=None, help="Dask scheduler address (default: local cluster)")
+    r.add_argument("--scheduler", default=None, help="Dask scheduler address, or threads / processes for a local cluster (default: threads)")
     r.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
     r.add_argument("--tile-size-px", type=int, default=None, help="segmentation tile size (default 2048)")
     common(r)
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the whole pipeline on the bundled sample data")
     d.add_argument("--pixel-size-um", type=float, default=None, help=argparse.SUPPRESS)
-    d.add_argument("--scheduler", default=None, help="Dask scheduler address")
+    d.add_argument("--scheduler", default=None, help="Dask scheduler address, or threads / processes (default: threads)")
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--tile-size-px", type=int, default=None)
     common(d, default_out="tibspace-demo-results")

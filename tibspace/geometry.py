@@ -512,10 +512,38 @@ class _SegmentIndex:
         if max_segment_um:
             lines = shapely.segmentize(np.asarray(lines, dtype=object), max_segment_um)
         coords, idx = shapely.get_coordinates(lines, return_index=True)
-        splits = np.flatnonzero(np.diff(idx)) + 1
-        parts = np.split(coords, splits)
-        labs = np.asarray(labels)[idx[np.r_[0, splits]]] if len(coords) else []
-        return cls(parts, labs, [False] * len(parts))
+        if len(coords) == 0:
+            return cls([], [], [])
+        return cls._from_open_polylines(coords, idx, np.asarray(labels)[idx])
+
+    @classmethod
+    def _from_open_polylines(cls, V, line, vlab):
+        """Vectorised constructor for open polylines (vertices ``V`` with their line
+        id ``line``, contiguous per line; ``vlab`` the label of each vertex's line).
+        Builds exactly the arrays of ``__init__`` (whose per-line loop cost seconds
+        for the ~10^5 sub-segments of a whole slide)."""
+        n = len(V)
+        cont = line[:-1] == line[1:]                      # vertex v starts the segment (v, v+1)
+        first = np.r_[True, ~cont]                        # first vertex of its line
+        last = np.r_[~cont, True]                         # last vertex of its line
+        single = first & last                             # one-vertex line: a zero-length segment
+        start = np.r_[cont, False] | single               # vertices that start a segment
+        seg_id = np.cumsum(start) - 1                     # segment index of each start vertex
+        S = np.flatnonzero(start)
+        B = np.where(single[S], S, np.minimum(S + 1, n - 1))
+        self = cls.__new__(cls)
+        self.A = V[S].astype(float)
+        self.D = V[B].astype(float) - self.A
+        self.len2 = np.einsum("ij,ij->i", self.D, self.D)
+        self.labels = vlab[S]
+        # next segment of a vertex: the one it starts, or (last vertex) the one ending at it;
+        # previous: the one ending at it, or (first vertex) the one it starts
+        self.next = np.where(start, seg_id, np.r_[0, seg_id[:-1]])
+        self.prev = np.where(first, seg_id, np.r_[0, seg_id[:-1]])
+        self.V = np.asarray(V, float)
+        self.h = float(np.sqrt(self.len2.max()))
+        self.tree = cKDTree(self.V)
+        return self
 
     def _exact(self, px, py, cand):
         """Min distance from points to candidate segments (n, m) -> (dist, seg)."""
@@ -709,7 +737,11 @@ def _ring_start_normalised(coords):
 
 
 def _cut_ring(coords, n):
-    """Cut a closed ring into n pieces of equal arc length -> (coords, index, starts, ends)."""
+    """Cut a closed ring into n pieces of equal arc length -> (coords, index, starts, ends).
+
+    Vectorised: piece s runs from cut point s through the ring vertices strictly
+    between the two cuts (by arc length) to cut point s + 1.
+    """
     seg = np.diff(coords, axis=0)
     sl = np.hypot(seg[:, 0], seg[:, 1])
     cum = np.r_[0.0, np.cumsum(sl)]
@@ -721,13 +753,19 @@ def _cut_ring(coords, n):
     with np.errstate(invalid="ignore", divide="ignore"):
         f = np.where(sl[j] > 0, (cuts - cum[j]) / sl[j], 0.0)
     cp = coords[j] + f[:, None] * seg[j]
-    pieces, idx = [], []
-    for s in range(n):
-        inner = np.flatnonzero((cum > cuts[s]) & (cum < cuts[s + 1]))
-        pc = np.vstack([cp[s:s + 1], coords[inner], cp[s + 1:s + 2]])
-        pieces.append(pc)
-        idx.append(np.full(len(pc), s))
-    return np.vstack(pieces), np.concatenate(idx), cuts[:-1], cuts[1:]
+    lo = np.searchsorted(cum, cuts[:-1], side="right")   # first vertex with cum > cut s
+    hi = np.searchsorted(cum, cuts[1:], side="left")     # first vertex with cum >= cut s + 1
+    inner = np.maximum(hi - lo, 0)
+    size = inner + 2
+    first = np.r_[0, np.cumsum(size)[:-1]]
+    out = np.empty((int(size.sum()), 2))
+    out[first] = cp[:-1]
+    out[first + size - 1] = cp[1:]
+    if inner.sum():
+        pos = np.repeat(first + 1 - np.r_[0, np.cumsum(inner)[:-1]], inner) + np.arange(int(inner.sum()))
+        src = np.repeat(lo - np.r_[0, np.cumsum(inner)[:-1]], inner) + np.arange(int(inner.sum()))
+        out[pos] = coords[src]
+    return out, np.repeat(np.arange(n), size), cuts[:-1], cuts[1:]
 
 
 def perimeter_segments(region: TumourRegion, segment_um: float = 50.0, *,

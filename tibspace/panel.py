@@ -76,6 +76,7 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "exclusion_grid_um": 10.0,
     "exclusion_fraction": 0.25,
     "exclusion_min_area_um2": 2500.0,
+    "exclusion_zone_alpha": 0.05,
     # tumour immune barrier
     "segment_um": 50.0,
     "barrier_width_um": 50.0,
@@ -819,9 +820,9 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
     if out["profile_min_um"] >= out["profile_max_um"]:
         raise PanelError(f"{where}: [parameters] profile_min_um ({out['profile_min_um']}) must "
                          f"be below profile_max_um ({out['profile_max_um']})")
-    if out["shield_min_coverage"] > 1 or out["exclusion_fraction"] > 1:
-        raise PanelError(f"{where}: [parameters] shield_min_coverage and exclusion_fraction are "
-                         "fractions in (0, 1]")
+    if out["shield_min_coverage"] > 1 or out["exclusion_fraction"] > 1 or out["exclusion_zone_alpha"] > 1:
+        raise PanelError(f"{where}: [parameters] shield_min_coverage, exclusion_fraction and "
+                         "exclusion_zone_alpha are fractions in (0, 1]")
     return out
 
 

@@ -114,7 +114,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
     seed : int, optional
         Seed of every random step (default: the panel's ``seed`` parameter).
     scheduler : str, optional
-        Address of a Dask scheduler; default a local cluster on this machine.
+        Address of a Dask scheduler, or ``"threads"`` (default: a local
+        in-process cluster with one thread per worker) / ``"processes"``.
     progress : callable, optional
         ``progress(step, done, total)``; may raise ``Cancelled``.
 
@@ -461,7 +462,8 @@ def _analysis_steps(result, panel, params, defined, image, channel_index, pixel_
                     desert_density=float(params["desert_density"]), excluded_ratio=float(params["excluded_ratio"]),
                     bandwidth_um=float(params["exclusion_bandwidth_um"]), grid_um=float(params["exclusion_grid_um"]),
                     exclusion_fraction=float(params["exclusion_fraction"]),
-                    min_zone_area_um2=float(params["exclusion_min_area_um2"]), progress=progress)
+                    min_zone_area_um2=float(params["exclusion_min_area_um2"]),
+                    zone_alpha=float(params["exclusion_zone_alpha"]), progress=progress)
             result.exclusion_zones = list(getattr(ex, "zones", []) or [])
             return ex
 
@@ -484,7 +486,8 @@ def _analysis_steps(result, panel, params, defined, image, channel_index, pixel_
                     segment_um=float(params["segment_um"]), barrier_width_um=float(params["barrier_width_um"]),
                     barrier_density=float(params["barrier_density"]), margin_um=float(params["margin_um"]),
                     colocalization_radii_um=tuple(params["colocalization_radii_um"]),
-                    n_shifts=int(params["n_shifts"]), seed=seed, progress=progress)
+                    n_shifts=int(params["n_shifts"]), seed=seed,
+                    signed_dist_um=result.cells["signed_dist_um"].to_numpy(float), progress=progress)
             result.segments = br.segments
             return br
 

@@ -851,9 +851,13 @@ def _make_client(scheduler: Any, n_workers: int) -> tuple[Any, Callable[[], None
         return scheduler, lambda: None
     import logging
 
-    if isinstance(scheduler, str) and scheduler == "threads":
-        # one in-process worker with a thread per core: no worker start-up, no
-        # pickling of tiles, no __main__ guard needed in user scripts
+    if scheduler is None or (isinstance(scheduler, str) and scheduler == "threads"):
+        # The default: one in-process worker with a thread per core. The tile
+        # work releases the GIL (scipy.ndimage, numba nogil kernels, codecs), so
+        # threads use both cores without worker start-up, pickling of tiles or
+        # the __main__ guard that spawned processes need in user scripts
+        # (measured at 8192²: 20.3 s wall / 33.5 CPU-s vs 25.1 s / 44 CPU-s for
+        # two worker processes).
         cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=int(n_workers),
                                            processes=False, dashboard_address=None,
                                            silence_logs=logging.ERROR)
@@ -864,7 +868,7 @@ def _make_client(scheduler: Any, n_workers: int) -> tuple[Any, Callable[[], None
             cluster.close()
 
         return client, _close_threads
-    if isinstance(scheduler, str):
+    if isinstance(scheduler, str) and scheduler != "processes":
         client = distributed.Client(scheduler)
         return client, client.close
 
@@ -964,13 +968,15 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
     overlap_px : int, optional
         Margin added on each side of a core; default (and minimum) twice the
         largest cell diameter, ``2 × (1.5 × nucleus diameter + 2 × expansion)``.
-    scheduler : None, "synchronous", str or distributed.Client
-        ``None``: in-process for one tile, else a new ``LocalCluster`` of
+    scheduler : None, "threads", "processes", "synchronous", str or distributed.Client
+        ``None`` or ``"threads"``: in-process for one tile, else a new
+        in-process ``LocalCluster`` with ``n_workers`` threads (the tile work
+        releases the GIL). ``"processes"``: a ``LocalCluster`` of
         ``n_workers`` processes with one thread each. ``"synchronous"``: all
         tiles in this process, one after another. A scheduler address or a
         Client: use that cluster (workers must see the file and the temp dir).
     n_workers : int
-        Worker processes of the local cluster.
+        Threads (or processes) of the local cluster.
     measure_channels : list of str, optional
         Channels measured per cell (default: all channels of the image).
     labels_path : str or Path, optional
@@ -1064,6 +1070,8 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
         client, close = None, (lambda: None)
     else:
         client, close = _make_client(scheduler, n_workers)
+    # an in-process cluster hands tile arrays back directly; other workers write .npy files
+    in_process = scheduler is None or scheduler == "threads"
 
     tmp = tempfile.mkdtemp(prefix="tibspace-seg-")
     qc: dict[str, Any] = {}
@@ -1107,7 +1115,7 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
         os.makedirs(tile_dir)
         args = [(k, str(path), px, core, win, nuclear, scales, membrane, mem_scales,
                  measure_idx, measure_names, thr, p["nucleus_diameter_um"], e_um,
-                 p["min_area_um2"], tile_dir if client is not None else None)
+                 p["min_area_um2"], tile_dir if client is not None and not in_process else None)
                 for k, (core, win) in enumerate(grid)]
         results = _run_tasks(_segment_tile, args, client, "segment tiles", progress)
         qc["seconds_tiles"] = time.perf_counter() - t0
@@ -1196,9 +1204,9 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
         "overlap_px": overlap, "overlap_um": overlap * px,
         "n_tiles": n_tiles,
         "scheduler": ("in-process" if client is None else
-                      scheduler if isinstance(scheduler, str) else
-                      f"LocalCluster({n_workers} processes x 1 thread)" if scheduler is None
-                      else "distributed.Client"),
+                      f"LocalCluster(1 in-process worker x {n_workers} threads)" if in_process else
+                      f"LocalCluster({n_workers} processes x 1 thread)" if scheduler == "processes" else
+                      scheduler if isinstance(scheduler, str) else "distributed.Client"),
     })
     return SegmentationResult(cells=cells_df, labels=labels, nuclei=nuclei, pixel_size_um=px,
                               n_tiles=n_tiles, parameters=params, labels_path=out_path, qc=qc)
