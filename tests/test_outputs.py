@@ -96,3 +96,18 @@ def test_atomic_output_has_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert mode == 0o666 & ~mask
+
+
+def test_dataframe_to_jsonable_matches_value_by_value():
+    """Numeric/bool columns take a vectorised path: same JSON as converting each value."""
+    rng = np.random.default_rng(0)
+    n = 50
+    df = pd.DataFrame({"f": rng.random(n), "nan": np.where(rng.random(n) < 0.3, np.nan, 1.5),
+                       "inf": np.r_[np.inf, -np.inf, np.zeros(n - 2)], "i": rng.integers(-5, 5, n),
+                       "u": np.arange(n, dtype=np.uint8), "b": rng.random(n) < 0.5, "s": ["x"] * n,
+                       "nullable": pd.array([1, None] * (n // 2), dtype="Int64"),
+                       "cat": pd.Categorical(["a", "b"] * (n // 2)), "lists": [[1.0, np.nan]] * n})
+    got = to_jsonable(df)
+    want = {str(k): [to_jsonable(v) for v in vals] for k, vals in df.to_dict(orient="list").items()}
+    assert json.dumps(got, sort_keys=True, allow_nan=False) == json.dumps(want, sort_keys=True, allow_nan=False)
+    assert got["nan"].count(None) == int(df["nan"].isna().sum()) and got["inf"][:2] == [None, None]

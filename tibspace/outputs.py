@@ -105,10 +105,28 @@ def to_jsonable(obj):
     if isinstance(obj, shapely.Geometry):
         return obj.wkt
     if isinstance(obj, pd.DataFrame):  # column -> list of values (compact, tidy)
-        return to_jsonable(obj.to_dict(orient="list"))
+        return {str(c): _column_jsonable(obj[c]) for c in obj.columns}
     if obj is pd.NA or obj is pd.NaT:
         return None
     return obj
+
+
+def _column_jsonable(col: pd.Series) -> list:
+    """One table column as JSON values; numeric and boolean columns in one
+    vectorised step (a whole slide's segment table has ~10^6 values), others
+    value by value. Same values as :func:`to_jsonable` on each element."""
+    kind = col.dtype.kind if isinstance(col.dtype, np.dtype) else "O"  # not pandas' nullable types
+    if kind in "iub":
+        return col.to_numpy().tolist()
+    if kind == "f":
+        arr = col.to_numpy(dtype=float)
+        bad = ~np.isfinite(arr)
+        if not bad.any():
+            return arr.tolist()
+        out = arr.astype(object)
+        out[bad] = None
+        return out.tolist()
+    return [to_jsonable(v) for v in col.tolist()]
 
 
 def write_json(obj, path: str | os.PathLike) -> Path:
