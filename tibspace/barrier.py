@@ -321,8 +321,7 @@ def _runs_table(seg: pd.DataFrame, state: np.ndarray, want: int):
     first_row = rs[ring_of]
     prev = first_row + (pos - 1) % size[ring_of]
     whole = np.bincount(ring_of, weights=flags, minlength=rs.size) == size   # all of the ring
-    is_start = flags & (~flags[prev] | (whole[ring_of] & (pos == 0)))
-    is_start &= ~(whole[ring_of] & (pos != 0))
+    is_start = flags & np.where(whole[ring_of], pos == 0, ~flags[prev])
     starts = np.flatnonzero(is_start)
     # run of each flagged row: the last start at or before it in its ring, or (a run that
     # wraps past the ring start) the ring's last start
@@ -356,14 +355,14 @@ def _crosstab_band(seg_of: np.ndarray, sel: np.ndarray, n_seg: int) -> np.ndarra
     return np.bincount(seg_of[sel], minlength=n_seg).astype(np.int64)
 
 
-def _ring_windows(sub: pd.DataFrame, half: int) -> tuple[np.ndarray, np.ndarray]:
+def _ring_windows(sub: pd.DataFrame, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row indices of the circular window of ``2 * half + 1`` sub-segments centred on each row.
 
     ``sub`` is a :func:`~tibspace.geometry.perimeter_segments` table (rings
-    contiguous, positions 0..n-1 in order). Returns ``(idx, whole)``:
-    ``idx`` (N, 2 half + 1) and ``whole`` flags rows of rings shorter than a
+    contiguous, positions 0..n-1 in order). Returns ``(idx, whole, ring_of)``:
+    ``idx`` (N, 2 half + 1); ``whole`` flags rows of rings shorter than a
     window, whose window is the whole ring (their ``idx`` rows repeat
-    indices and must not be used).
+    indices and must not be used); ``ring_of`` the ring number of each row.
     """
     ring_key = sub["nest_id"].to_numpy(np.int64) * 100_000 + sub["ring"].to_numpy(np.int64)
     n = len(sub)
@@ -373,7 +372,7 @@ def _ring_windows(sub: pd.DataFrame, half: int) -> tuple[np.ndarray, np.ndarray]
     pos = sub["position"].to_numpy(np.int64)
     off = np.arange(-half, half + 1)
     idx = starts[ring_of][:, None] + (pos[:, None] + off[None, :]) % sizes[ring_of][:, None]
-    return idx, sizes[ring_of] < 2 * half + 1
+    return idx, sizes[ring_of] < 2 * half + 1, ring_of
 
 
 def _window_sums(values: np.ndarray, idx: np.ndarray, whole: np.ndarray, ring_of: np.ndarray) -> np.ndarray:
@@ -435,9 +434,7 @@ def coverage_profile(sub: pd.DataFrame, n_barrier, n_macrophage, n_caf, band_are
     nb = np.asarray(n_barrier, float)
     area = np.asarray(band_area_um2, float)
     length = sub["length_um"].to_numpy(float)
-    idx, whole = _ring_windows(sub, window // 2)
-    ring_key = sub["nest_id"].to_numpy(np.int64) * 100_000 + sub["ring"].to_numpy(np.int64)
-    _, ring_of = np.unique(ring_key, return_inverse=True)
+    idx, whole, ring_of = _ring_windows(sub, window // 2)
     wb, wm, wc, wa, wl = (_window_sums(np.asarray(v, float), idx, whole, ring_of)
                           for v in (nb, n_macrophage, n_caf, area, length))
     assessable = wa >= min_band_fraction * wl * float(barrier_width_um)

@@ -420,7 +420,7 @@ def _zone_depletion_p(zones: list, x_um: np.ndarray, y_um: np.ndarray, stromal_p
     counts = np.zeros(len(zones), np.int64)
     if len(x_um):
         tree = shapely.STRtree(np.asarray(zones, dtype=object))
-        pt_idx, zone_idx = tree.query(shapely.points(x_um, y_um), predicate="within")
+        _, zone_idx = tree.query(shapely.points(x_um, y_um), predicate="within")
         counts = np.bincount(zone_idx, minlength=len(zones))
     expected = stromal_per_mm2 * shapely.area(np.asarray(zones, dtype=object)) / 1e6
     return counts, expected, poisson.cdf(counts, expected)

@@ -128,38 +128,33 @@ class _PageWindowReader:
         key = pages[0].keyframe
         self.path = path
         self.pages = list(pages)
-        self.dtype = np.dtype(key.dtype)
-        self.ny, self.nx = int(key.imagelength), int(key.imagewidth)
-        if key.is_tiled:
-            self.th, self.tw = int(key.tilelength), int(key.tilewidth)
-        else:
-            self.th, self.tw = int(min(key.rowsperstrip or self.ny, self.ny)), self.nx
+        self.ny, self.nx, self.th, self.tw, self.dtype = self._layout(key)
         self.ntx = -(-self.nx // self.tw)
         self._decode = key.decode
         self._jpegtables = getattr(key, "jpegtables", None)
 
     @staticmethod
+    def _layout(key: Any) -> tuple:
+        """(rows, cols, segment rows, segment cols, dtype) of a page: tiles, or strips of full width."""
+        ny, nx = int(key.imagelength), int(key.imagewidth)
+        if key.is_tiled:
+            return ny, nx, int(key.tilelength), int(key.tilewidth), np.dtype(key.dtype)
+        return ny, nx, int(min(key.rowsperstrip or ny, ny)), nx, np.dtype(key.dtype)
+
+    @staticmethod
     def usable(pages: Sequence[Any], shape_yx: tuple[int, int]) -> bool:
-        """Pages this reader can handle: 2-D, one sample, same layout."""
+        """Pages this reader can handle: 2-D, one sample, one layout, every segment present."""
         if not pages or any(p is None for p in pages):
             return False
         try:
             key = pages[0].keyframe
-            return (all(p.keyframe is key or (p.keyframe.shape == key.shape
-                                               and p.keyframe.dtype == key.dtype
-                                               and p.keyframe.is_tiled == key.is_tiled
-                                               and p.keyframe.tilelength == key.tilelength
-                                               and p.keyframe.tilewidth == key.tilewidth
-                                               and p.keyframe.rowsperstrip == key.rowsperstrip)
-                        for p in pages)
-                    and key.samplesperpixel == 1 and key.imagedepth == 1
-                    and (int(key.imagelength), int(key.imagewidth)) == tuple(shape_yx)
-                    and key.dtype is not None
-                    and len(pages[0].dataoffsets) == (-(-key.imagelength // (
-                        key.tilelength if key.is_tiled else min(key.rowsperstrip or key.imagelength,
-                                                                key.imagelength)))
-                        * (-(-key.imagewidth // key.tilewidth) if key.is_tiled else 1)))
-        except Exception:  # an unusual layout: the zarr path handles it
+            layout = _PageWindowReader._layout(key)
+            ny, nx, th, tw, _ = layout
+            n_segments = (-(-ny // th)) * (-(-nx // tw))
+            return (key.samplesperpixel == 1 and key.imagedepth == 1 and (ny, nx) == tuple(shape_yx)
+                    and all(_PageWindowReader._layout(p.keyframe) == layout
+                            and len(p.dataoffsets) == n_segments for p in pages))
+        except Exception:  # an unusual layout (or no dtype): the zarr path handles it
             return False
 
     def read(self, channels: Sequence[int], y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

@@ -861,13 +861,7 @@ def _make_client(scheduler: Any, n_workers: int) -> tuple[Any, Callable[[], None
         cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=int(n_workers),
                                            processes=False, dashboard_address=None,
                                            silence_logs=logging.ERROR)
-        client = distributed.Client(cluster)
-
-        def _close_threads() -> None:
-            client.close()
-            cluster.close()
-
-        return client, _close_threads
+        return _client_of(cluster)
     if isinstance(scheduler, str) and scheduler != "processes":
         client = distributed.Client(scheduler)
         return client, client.close
@@ -889,6 +883,13 @@ def _make_client(scheduler: Any, n_workers: int) -> tuple[Any, Callable[[], None
                                                 "OPENBLAS_NUM_THREADS": "1",
                                                 "MKL_NUM_THREADS": "1",
                                                 "NUMBA_NUM_THREADS": "1"})
+    return _client_of(cluster)
+
+
+def _client_of(cluster: Any) -> tuple[Any, Callable[[], None]]:
+    """A Client on a cluster we started, and how to close both."""
+    import distributed
+
     client = distributed.Client(cluster)
 
     def _close() -> None:
