@@ -387,8 +387,8 @@ def test_poisson_in_fragmented_tissue_polygon_l_equals_r():
 def test_envelope_row_kernel_equals_pair_kernel():
     """The two-label row kernel (used for cross_L/cross_K, population="pair", a != b)
     gives the pair-loop kernel's sums (to rounding), whichever label is rarer."""
-    from tibspace.pointpattern import (_labelled_sums, _labelled_sums_rows, _pair_weights, _edge_setup,
-                                       _as_window, _rows_by_label_side)
+    from tibspace.pointpattern import (_as_window, _cell_list, _edge_setup, _labelled_sums, _labelled_sums_rows,
+                                       _pair_weights, _row_counts, _rows_by_label_side)
 
     rng = np.random.default_rng(5)
     n = 1500
@@ -401,13 +401,16 @@ def test_envelope_row_kernel_equals_pair_kernel():
     pi, pj = neighbour_pairs(x, y, radii[-1])
     dd, wij, wji = _pair_weights(x, y, pi, pj, es.bnd, es.tidx, es.mode, es.rect, es.iso_tab, radii[-1],
                                  es.cov, es.cov_step, es.cov_P, es.cov0)
+    grid = _cell_list(x, y, radii[-1])
+    counts = _row_counts(grid, radii[-1])
     for frac_a in (0.2, 0.7):
         labels = np.stack([(rng.random(x.size) >= frac_a).astype(np.int64) for _ in range(7)])  # 0 = a, 1 = b
         ref = _labelled_sums(pi, pj, dd, wij, wji, labels, 0, 1, radii * radii, radii, 0.0)
         for centre_side, (s, t) in ((True, (0, 1)), (False, (1, 0))):
-            csr = _rows_by_label_side(pi, pj, dd, wij, wji, x.size, radii, centre_side=centre_side)
-            got = _labelled_sums_rows(*csr, labels, s, t, radii.size)
-            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+            csr = _rows_by_label_side(grid, es, radii, centre_side, counts)
+            for only_s_t in (False, True):
+                got = _labelled_sums_rows(csr, labels, s, t, radii.size, only_s_t)
+                np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 
 def test_envelope_fast_path_agrees_with_population_all_on_two_types():
@@ -421,3 +424,271 @@ def test_envelope_fast_path_agrees_with_population_all_on_two_types():
         b = random_labelling_envelope(cells, stat, "A", "B", [6.0, 12.0, 24.0], W, n_sim=39, seed=2,
                                       population="all")
         pd.testing.assert_frame_equal(a, b, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# Speed-ups that must not change results: each against the plain reference
+# --------------------------------------------------------------------------
+def _strtree_candidates_reference(geom, x, y, reach):
+    """The former _boundary_candidates: GEOS dwithin via an STRtree of the edges (CSR)."""
+    from tibspace.pointpattern import _polygon_edges
+
+    ex0, ey0, ex1, ey1 = _polygon_edges(geom)
+    segs = shapely.linestrings(np.stack([np.stack([ex0, ey0], 1), np.stack([ex1, ey1], 1)], axis=1))
+    pi, ei = shapely.STRtree(segs).query(shapely.points(x, y), predicate="dwithin", distance=reach)
+    o = np.lexsort((ei, pi))
+    pi, ei = pi[o], ei[o]
+    cptr = np.zeros(x.size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pi, minlength=x.size), out=cptr[1:])
+    return cptr, ei.astype(np.int64)
+
+
+def _star(cx, cy, radii, angles):
+    return _polygonal(Polygon([(cx + r * math.cos(a), cy + r * math.sin(a)) for r, a in zip(radii, angles)]))
+
+
+def _polygonal(g):
+    """The polygons of make_valid(g) (a star with a wide angular gap may self-intersect)."""
+    parts = [p for p in shapely.get_parts(shapely.make_valid(g)) if p.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(parts) if parts else Polygon()
+
+
+@st.composite
+def _window_points_reach(draw):
+    """A star polygon (maybe holed, maybe with a second part; integer vertices
+    sometimes, for exact distance ties), points in and around it, and a reach."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    k = draw(st.integers(3, 40))
+    ang = np.sort(rng.uniform(0, 2 * np.pi, k))
+    outer = _star(0, 0, rng.uniform(30, 100, k), ang)
+    if draw(st.booleans()):
+        outer = _polygonal(outer.difference(_star(0, 0, rng.uniform(5, 25, k), ang)))
+    if draw(st.booleans()):
+        outer = _polygonal(outer.union(box(150, -20, 150 + rng.uniform(5, 80), 40)))
+    integer = draw(st.booleans())
+    if integer:
+        outer = _polygonal(shapely.set_precision(outer, 1.0))
+    n = draw(st.integers(1, 400))
+    x = rng.uniform(-130, 260, n)
+    y = rng.uniform(-130, 130, n)
+    if integer:
+        x, y = np.round(x), np.round(y)
+    reach = float(draw(st.sampled_from([0.5, 1.0, 3.0, 5.0, 10.0, 25.0, 60.0]))) if integer else \
+        draw(st.floats(0.01, 120.0))
+    return outer, x, y, reach
+
+
+@settings(max_examples=120, deadline=None)
+@given(_window_points_reach())
+def test_boundary_candidates_equal_strtree_dwithin(case):
+    """The grid-bucketed candidate edges are exactly GEOS's dwithin sets (same CSR)."""
+    from tibspace.pointpattern import _boundary_candidates
+
+    geom, x, y, reach = case
+    if geom.is_empty:
+        return
+    cptr, cedges, _ = _boundary_candidates(geom, x, y, reach)
+    rptr, redges = _strtree_candidates_reference(geom, x, y, reach)
+    np.testing.assert_array_equal(cptr, rptr)
+    np.testing.assert_array_equal(cedges, redges)
+
+
+def test_boundary_candidates_exact_ties_follow_geos():
+    """Points exactly at distance reach (and a hair either side) get GEOS's answer."""
+    from tibspace.pointpattern import _boundary_candidates
+
+    geom = box(0, 0, 10, 10).union(box(20, 0, 30, 10))
+    x = np.array([5.0, 5.0, 5.0, 15.0, 13.0, np.nextafter(15.0, 0), -5.0, 35.0, 5.0])
+    y = np.array([15.0, np.nextafter(15.0, 20), np.nextafter(15.0, 0), 5.0, 13.0, 5.0, -5.0, 5.0, 5.0])
+    for reach in (5.0, math.hypot(3, 3), 7.0):
+        cptr, cedges, _ = _boundary_candidates(geom, x, y, reach)
+        rptr, redges = _strtree_candidates_reference(geom, x, y, reach)
+        np.testing.assert_array_equal(cptr, rptr)
+        np.testing.assert_array_equal(cedges, redges)
+    assert np.diff(cptr)[0] >= 1          # (5, 15) at exactly 5 from the top edge is within 5
+
+
+def test_boundary_candidates_tissue_scale():
+    """Thousands of edges, many points, a small reach (grid sized by its cell budget)."""
+    from tibspace.pointpattern import _boundary_candidates
+
+    rng = np.random.default_rng(11)
+    geom = Point(0, 0).buffer(3000, 256).difference(Point(500, 200).buffer(800, 128))
+    geom = geom.union(affinity.rotate(box(2900, -100, 4000, 100), 17, origin=(2900, 0)))
+    x, y = rng.uniform(-3200, 4100, 60_000), rng.uniform(-3200, 3200, 60_000)
+    for reach in (0.7, 40.0, 150.0):
+        cptr, cedges, _ = _boundary_candidates(geom, x, y, reach)
+        rptr, redges = _strtree_candidates_reference(geom, x, y, reach)
+        np.testing.assert_array_equal(cptr, rptr)
+        np.testing.assert_array_equal(cedges, redges)
+
+
+@pytest.mark.parametrize("ec", ["isotropic", "translation", "none"])
+def test_edge_setup_subset_equals_setup_of_subset(ec):
+    """Rows of the whole set's setup = the setup computed on the subset alone."""
+    from tibspace.pointpattern import _as_window, _compute_edge_setup
+
+    rng = np.random.default_rng(4)
+    W = _as_window(Point(200, 200).buffer(190).difference(box(150, 150, 230, 260)))
+    x, y = rng.uniform(0, 400, 5000), rng.uniform(0, 400, 5000)
+    m = shapely.contains_xy(W.geom, x, y)
+    x, y = x[m], y[m]
+    sub = rng.random(x.size) < 0.3
+    full = _compute_edge_setup(x, y, W, ec, 40.0).subset(sub)
+    direct = _compute_edge_setup(x[sub], y[sub], W, ec, 40.0)
+    np.testing.assert_array_equal(full.bnd, direct.bnd)
+    np.testing.assert_array_equal(full.tidx < 0, direct.tidx < 0)
+    has = direct.tidx >= 0
+    np.testing.assert_array_equal(full.iso_tab[full.tidx[has]], direct.iso_tab[direct.tidx[has]])
+    assert (full.mode, full.reach, full.cov_step, full.cov_P, full.cov0) == \
+        (direct.mode, direct.reach, direct.cov_step, direct.cov_P, direct.cov0)
+    np.testing.assert_array_equal(full.cov, direct.cov)
+
+
+def _two_type_cells(n=4000, seed=8):
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(0, 600, n), rng.uniform(0, 600, n)
+    ph = rng.choice(["A", "B", "C", "D"], n, p=[0.15, 0.35, 0.2, 0.3])
+    return pd.DataFrame({"cell_id": np.arange(n), "x_um": x, "y_um": y, "phenotype": ph})
+
+
+@pytest.mark.parametrize("ec", ["isotropic", "translation"])
+def test_envelope_with_memoised_setup_equals_direct(ec, monkeypatch):
+    """After cross_l_all_pairs, the envelope takes its cells' rows of the memoised
+    setup of all cells (no new boundary work) and its result is unchanged."""
+    from tibspace import pointpattern as pp
+
+    cells = _two_type_cells()
+    W = Point(300, 300).buffer(290).difference(box(250, 100, 330, 380))
+    radii = np.arange(5.0, 41.0, 5.0)
+    kw = dict(n_sim=19, seed=3, edge_correction=ec, outside="drop")
+    pp._SETUP_MEMO.clear()
+    pp._INSIDE_MEMO.clear()
+    direct = {pop: random_labelling_envelope(cells, "cross_L", "A", "B", radii, W, population=pop, **kw)
+              for pop in ("pair", "all")}
+    pp._SETUP_MEMO.clear()
+    pp._INSIDE_MEMO.clear()
+    cross_l_all_pairs(cells, radii, W, edge_correction=ec, outside="drop")
+    calls = []
+    real = pp._compute_edge_setup
+    monkeypatch.setattr(pp, "_compute_edge_setup", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for pop in ("pair", "all"):
+        got = random_labelling_envelope(cells, "cross_L", "A", "B", radii, W, population=pop, **kw)
+        pd.testing.assert_frame_equal(got, direct[pop], check_exact=True)
+    assert calls == []
+    # another reach: computed afresh, same as without any memo
+    pp._SETUP_MEMO.clear()
+    a = random_labelling_envelope(cells, "cross_K", "C", "D", radii[:-1], W, **kw)
+    b = random_labelling_envelope(cells, "cross_K", "C", "D", radii[:-1], W, **kw)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_memo_is_bounded_and_checks_the_geometry():
+    from tibspace.pointpattern import _Memo
+
+    memo = _Memo(2)
+    g1, g2 = box(0, 0, 1, 1), box(0, 0, 1, 1)
+    memo.put("k1", g1, 1)
+    assert memo.get("k1", g1) == 1 and memo.get("k1", g2) is None    # equal but not the same object
+    memo.put("k2", g1, 2)
+    memo.get("k1", g1)                                                 # k1 most recent
+    memo.put("k3", g1, 3)
+    assert memo.get("k2", g1) is None and memo.get("k1", g1) == 1 and memo.get("k3", g1) == 3
+
+
+def test_inside_memo_hands_out_copies():
+    from tibspace.pointpattern import _INSIDE_MEMO, _as_window, _inside
+
+    W = _as_window(Point(0, 0).buffer(10))
+    x, y = np.array([0.0, 20.0, 3.0]), np.array([0.0, 0.0, 3.0])
+    _INSIDE_MEMO.clear()
+    a = _inside(W, x, y)
+    a[:] = False
+    np.testing.assert_array_equal(_inside(W, x, y), [True, False, True])
+
+
+def test_int8_codes_permute_like_int64_codes():
+    """NumPy draws the same numbers whatever the dtype of a 1-D array (the envelope
+    permutes one-byte codes)."""
+    codes = np.random.default_rng(1).integers(0, 9, 20_000)
+    r1, r2 = np.random.default_rng(7), np.random.default_rng(7)
+    for _ in range(5):
+        np.testing.assert_array_equal(r1.permutation(codes), r2.permutation(codes.astype(np.int8)))
+
+
+def _csr_reference(x, y, es, radii, centre_side):
+    """Rows from the pair list: neighbour_pairs + _pair_weights, entries of a row in pair order."""
+    from tibspace.pointpattern import _bin_of, _pair_weights
+
+    reach = radii[-1]
+    pi, pj = neighbour_pairs(x, y, reach)
+    dd, wij, wji = _pair_weights(x, y, pi, pj, es.bnd, es.tidx, es.mode, es.rect, es.iso_tab, reach,
+                                 es.cov, es.cov_step, es.cov_P, es.cov0)
+    w_fwd, w_bwd = (wij, wji) if centre_side else (wji, wij)
+    k = np.array([_bin_of(d * d, radii * radii) for d in dd], dtype=np.int64)
+    row = np.r_[pi, pj]
+    oth = np.r_[pj, pi]
+    w = np.r_[w_fwd, w_bwd]
+    kk = np.r_[k, k]
+    pair = np.r_[np.arange(pi.size), np.arange(pi.size)]
+    o = np.lexsort((pair, row))
+    o = o[kk[o] < radii.size]
+    rowptr = np.zeros(x.size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row[o], minlength=x.size), out=rowptr[1:])
+    return rowptr, oth[o], w[o], kk[o]
+
+
+@pytest.mark.parametrize("window,ec", [("poly", "isotropic"), ("poly", "translation"), ("rect", "isotropic"),
+                                       ("rect", "translation"), ("rect", "none")])
+def test_rows_from_cell_list_equal_rows_from_pair_list(window, ec):
+    """The CSR built straight from the cell list is the pair-list CSR, entry for entry."""
+    from tibspace.pointpattern import _as_window, _cell_list, _edge_setup, _row_counts, _rows_by_label_side
+
+    rng = np.random.default_rng(12)
+    W = _as_window(Point(150, 150).buffer(148).difference(box(100, 60, 180, 200)) if window == "poly"
+                   else (0, 0, 300, 300))
+    x = np.r_[rng.uniform(0, 300, 2500), np.round(rng.uniform(0, 300, 500))]   # some exact distances
+    y = np.r_[rng.uniform(0, 300, 2500), np.round(rng.uniform(0, 300, 500))]
+    if W.geom is not None:
+        m = shapely.contains_xy(W.geom, x, y)
+        x, y = x[m], y[m]
+    for radii in (np.arange(2.0, 26.0, 2.0), np.array([1.0, 3.0, 4.5, 10.0, 17.0, 25.0])):
+        es = _edge_setup(x, y, W, ec, radii[-1])
+        grid = _cell_list(x, y, radii[-1])
+        for centre_side in (True, False):
+            got = _rows_by_label_side(grid, es, radii, centre_side, _row_counts(grid, radii[-1]))
+            ref = _csr_reference(x, y, es, radii, centre_side)
+            for g, r in zip(got, ref):
+                np.testing.assert_array_equal(g, r)
+
+
+def _rows_sums_reference(rowptr, other, w, binidx, labels, s, t, nb):
+    """The former per-simulation row loop (one pass over the rows per simulation)."""
+    out = np.zeros((labels.shape[0], nb))
+    for q, lab in enumerate(labels):
+        h = out[q]
+        for c in np.flatnonzero(lab == s):
+            for e in range(rowptr[c], rowptr[c + 1]):
+                if lab[other[e]] == t:
+                    h[binidx[e]] += w[e]
+    return out
+
+
+@pytest.mark.parametrize("m", [1, 5, 64, 65, 130])
+def test_lane_sums_bit_identical_to_per_simulation_loop(m):
+    from tibspace.pointpattern import _as_window, _cell_list, _edge_setup, _labelled_sums_rows, _row_counts, \
+        _rows_by_label_side
+
+    rng = np.random.default_rng(m)
+    x, y = rng.uniform(0, 200, 700), rng.uniform(0, 200, 700)
+    radii = np.array([4.0, 9.0, 15.0, 22.0])
+    es = _edge_setup(x, y, _as_window((0, 0, 200, 200)), "isotropic", radii[-1])
+    grid = _cell_list(x, y, radii[-1])
+    csr = _rows_by_label_side(grid, es, radii, False, _row_counts(grid, radii[-1]))
+    labels = np.stack([rng.permutation(np.r_[np.zeros(200), np.ones(500)]).astype(np.int8) for _ in range(m)])
+    ref = _rows_sums_reference(*csr, labels, 0, 1, radii.size)
+    np.testing.assert_array_equal(_labelled_sums_rows(csr, labels, 0, 1, radii.size, only_s_t=True), ref)
+    three = labels.copy()
+    three[:, ::7] = 2                                    # a third label: t bits computed, not complemented
+    ref3 = _rows_sums_reference(*csr, three, 1, 0, radii.size)
+    np.testing.assert_array_equal(_labelled_sums_rows(csr, three, 1, 0, radii.size), ref3)

@@ -1217,15 +1217,21 @@ _AREA_CACHE_MAX = 16
 
 def _partition_set_areas(region, t, e: float, quad_segs: int, parts, regions, n_out):
     """Memoised :func:`_areas_by_partition` of the clipped set {d <= e} (``parts``)."""
+    return _memo_set_areas(region, t, e, quad_segs, regions, n_out,
+                           lambda: _areas_by_partition(parts, regions, n_out))
+
+
+def _memo_set_areas(region, t, e, quad_segs, partition, n_out, compute):
+    """``compute()`` memoised on (partition, tissue, region, e) by identity."""
     key_geom = region.union if isinstance(region, TumourRegion) else _geom(region)
-    key = (id(regions), id(t), id(key_geom), float(e), int(quad_segs), int(n_out))
+    key = (id(partition), id(t), id(key_geom), float(e), int(quad_segs), int(n_out))
     with _SUBLEVEL_LOCK:
         hit = _AREA_CACHE.get(key)
-    if hit is not None and hit[0] is regions and hit[1] is t and hit[2] is key_geom:
+    if hit is not None and hit[0] is partition and hit[1] is t and hit[2] is key_geom:
         return hit[3].copy()
-    res = _areas_by_partition(parts, regions, n_out)
+    res = compute()
     with _SUBLEVEL_LOCK:
-        _AREA_CACHE[key] = (regions, t, key_geom, res)
+        _AREA_CACHE[key] = (partition, t, key_geom, res)
         while len(_AREA_CACHE) > _AREA_CACHE_MAX:
             _AREA_CACHE.pop(next(iter(_AREA_CACHE)))
     return res.copy()
@@ -1247,8 +1253,15 @@ def segment_band_areas_um2(segments: pd.DataFrame, region, tissue, inner_um: flo
     The band polygon (exact, :func:`band_geometry`) is split by the
     nearest-segment partition of the plane, approximated by the Voronoi
     diagram of points sampled along the segments (a pair 0.25 µm either side
-    of every cut point, plus every <= ``spacing_um`` in between) dissolved
-    per segment. Accuracy: the split between consecutive segments is the
+    of every cut point, plus every <= ``spacing_um`` in between), summed per
+    segment. Only cells near the boundary matter (a band point lies within
+    the band reach plus half a segment of its cell's point), so each cell is
+    clipped to that box and the set areas inside the small convex cells are
+    computed directly (:mod:`tibspace._cellarea`, numba) instead of by GEOS
+    overlays of cells dissolved per segment (1M cells, 112k sub-segments,
+    both barrier bands: ~25 s -> ~4 s, equal to 2e-5 relative); cells a set
+    edge only touches degenerately use GEOS. An infinite band edge uses the
+    dissolved partition. Accuracy: the split between consecutive segments is the
     normal at the cut point on straight boundaries and radial on circles
     (exact there: disc and square tests agree to < 0.5 %); at a cut on a
     corner or where facing boundaries meet (medial axis) the split deviates
@@ -1275,21 +1288,92 @@ def segment_band_areas_um2(segments: pd.DataFrame, region, tissue, inner_um: flo
         return np.zeros(len(segments))
     report(progress, "segment band areas", 1, 3)
     geoms = segments["geometry"].to_numpy()
-    # envelope independent of the band, so the three bands of a barrier analysis
-    # share one (memoised) partition: tissue bounds, or the segments padded by
-    # the band reach
-    reach = max(abs(float(v)) for v in (inner_um, outer_um) if np.isfinite(v)) if \
-        np.isfinite(inner_um) or np.isfinite(outer_um) else 0.0
+    # cells and envelope independent of the band, so the bands of a barrier analysis
+    # share them (memoised): tissue bounds, or the segments padded by the band reach
+    finite = [abs(float(v)) for v in (inner_um, outer_um) if np.isfinite(v)]
+    reach = max(finite) if finite else 0.0
     env = _envelope(geoms, pad=reach + 10.0) if t is None else _envelope(geoms, t)
-    uniq, regions = _labelled_partition(geoms, np.arange(len(segments)), env, spacing_um)
+    # a band point is within reach of its nearest boundary point, which is within half
+    # a segment of a sample of that segment: the cell of the nearest sample holds it
+    half = (reach + 0.5 * float(shapely.length(geoms).max()) + 1.0
+            if np.isfinite(inner_um) and np.isfinite(outer_um) else np.inf)
+    cells = _boundary_cells(geoms, env, spacing_um, half)
+    n = len(segments)
     report(progress, "segment band areas", 2, 3)
-    # band = {d <= hi} minus {d <= lo} (nested sets): area per partition cell by
-    # difference, which avoids one large polygon overlay
-    out = np.zeros(len(segments))
-    out[uniq] = (_partition_set_areas(region, t, outer_um, quad_segs, hi_parts, regions, len(uniq))
-                 - _partition_set_areas(region, t, inner_um, quad_segs, lo_set, regions, len(uniq)))
+    if cells is None:   # an infinite band edge: dissolved Voronoi regions and GEOS overlays
+        uniq, regions = _labelled_partition(geoms, np.arange(n), env, spacing_um)
+        out = np.zeros(n)
+        out[uniq] = (_partition_set_areas(region, t, outer_um, quad_segs, hi_parts, regions, len(uniq))
+                     - _partition_set_areas(region, t, inner_um, quad_segs, lo_set, regions, len(uniq)))
+    else:
+        out = (_cell_set_areas(region, t, outer_um, quad_segs, hi_parts, cells, n)
+               - _cell_set_areas(region, t, inner_um, quad_segs, lo_set, cells, n))
     report(progress, "segment band areas", 3, 3)
     return np.maximum(out, 0.0)
+
+
+def _boundary_cells(lines, envelope, spacing_um, half_width_um, end_offset_um=0.25):
+    """Voronoi cells of the points sampled along ``lines`` (:func:`_sample_lines`),
+    each clipped to the box of half-width ``half_width_um`` about its point
+    and to ``envelope``: ``(ptr, vx, vy, line index, points)``, CSR convex polygons
+    (:func:`tibspace._cellarea.voronoi_cells_in_boxes`). Memoised like
+    :func:`_labelled_partition`; None for an infinite half-width (the caller
+    then uses the dissolved GEOS partition)."""
+    import hashlib
+
+    from . import _cellarea
+
+    if not np.isfinite(half_width_um):
+        return None
+    lines = np.asarray(lines, dtype=object)
+    coords, idx = shapely.get_coordinates(lines, return_index=True)
+    h = hashlib.blake2b(digest_size=16)
+    for a in (coords, idx, np.asarray(shapely.bounds(envelope)),
+              np.array([spacing_um, end_offset_um, half_width_um], float)):
+        h.update(np.ascontiguousarray(a).tobytes())
+    key = "cells:" + h.hexdigest()
+    with _SUBLEVEL_LOCK:
+        hit = _PARTITION_CACHE.get(key)
+    if hit is not None:
+        return hit
+    xy, rep = _sample_lines(lines, spacing_um, end_offset_um)
+    # exact duplicate samples (touching nests) would share one cell: keep the first
+    o = np.lexsort((xy[:, 1], xy[:, 0]))
+    dup = np.zeros(len(xy), bool)
+    dup[o[1:]] = (np.diff(xy[o, 0]) == 0) & (np.diff(xy[o, 1]) == 0)
+    rep, xy = rep[~dup], xy[~dup]
+    b = shapely.bounds(envelope)
+    hw = float(half_width_um)
+    ptr, vx, vy = _cellarea.voronoi_cells_in_boxes(
+        xy, np.maximum(xy[:, 0] - hw, b[0]), np.maximum(xy[:, 1] - hw, b[1]),
+        np.minimum(xy[:, 0] + hw, b[2]), np.minimum(xy[:, 1] + hw, b[3]))
+    res = (ptr, vx, vy, rep, xy)
+    with _SUBLEVEL_LOCK:
+        _PARTITION_CACHE[key] = res
+        while len(_PARTITION_CACHE) > 4:
+            _PARTITION_CACHE.pop(next(iter(_PARTITION_CACHE)))
+    return res
+
+
+def _cell_set_areas(region, t, e: float, quad_segs: int, parts, cells, n_out):
+    """Per-label area of the clipped set {d <= e} (``parts``) in the boundary ``cells`` (memoised)."""
+    from . import _cellarea
+
+    def compute():
+        ptr, vx, vy, lab, xy = cells
+        if not len(parts):
+            return np.zeros(n_out)
+        # a cell no set edge crosses is inside the set when its point is; the points lie
+        # on the boundary (d = 0): outside {d <= e < 0}, inside {d <= e > 0} where in tissue
+        inside = None
+        if e < 0:
+            inside = np.zeros(len(xy), bool)
+        elif e > 0:
+            inside = np.ones(len(xy), bool) if t is None else shapely.contains_xy(t, xy[:, 0], xy[:, 1])
+        a = _cellarea.areas_in_cells(ptr, vx, vy, parts, inside_if_uncrossed=inside)
+        return np.bincount(lab, weights=a, minlength=n_out)
+
+    return _memo_set_areas(region, t, e, quad_segs, cells, n_out, compute)
 
 
 def nest_band_areas_um2(region: TumourRegion, tissue, edges_um, *, spacing_um: float = 10.0,
