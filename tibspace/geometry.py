@@ -1109,29 +1109,46 @@ def _voronoi_cells(xy, envelope):
 _PARTITION_CACHE: "dict" = {}
 
 
-def _labelled_partition(lines, labels, envelope, spacing_um, end_offset_um=0.25):
-    """Memoised :func:`_labelled_partition_uncached` (keyed by a hash of the
-    line coordinates, labels, envelope and sampling; the barrier analysis
-    splits three bands by the same segments). Keeps the last 4 partitions."""
+def _partition_memo(kind, lines, extra, compute):
+    """``compute()`` memoised under a hash of the line coordinates and ``extra``
+    arrays (the barrier's bands share one partition of the same segments);
+    keeps the last 4 partitions of any kind."""
     import hashlib
 
-    lines = np.asarray(lines, dtype=object)
     coords, idx = shapely.get_coordinates(lines, return_index=True)
     h = hashlib.blake2b(digest_size=16)
-    for a in (coords, idx, np.asarray(labels), np.asarray(shapely.bounds(envelope)),
-              np.array([spacing_um, end_offset_um], float)):
+    for a in (coords, idx, *extra):
         h.update(np.ascontiguousarray(a).tobytes())
-    key = h.hexdigest()
+    key = kind + ":" + h.hexdigest()
     with _SUBLEVEL_LOCK:
         hit = _PARTITION_CACHE.get(key)
     if hit is not None:
         return hit
-    res = _labelled_partition_uncached(lines, labels, envelope, spacing_um, end_offset_um)
+    res = compute()
     with _SUBLEVEL_LOCK:
         _PARTITION_CACHE[key] = res
         while len(_PARTITION_CACHE) > 4:
             _PARTITION_CACHE.pop(next(iter(_PARTITION_CACHE)))
     return res
+
+
+def _labelled_partition(lines, labels, envelope, spacing_um, end_offset_um=0.25):
+    """Memoised :func:`_labelled_partition_uncached` (:func:`_partition_memo`)."""
+    lines = np.asarray(lines, dtype=object)
+    return _partition_memo("regions", lines, (np.asarray(labels), np.asarray(shapely.bounds(envelope)),
+                                              np.array([spacing_um, end_offset_um], float)),
+                           lambda: _labelled_partition_uncached(lines, labels, envelope, spacing_um,
+                                                                end_offset_um))
+
+
+def _unique_samples(lines, spacing_um, end_offset_um):
+    """:func:`_sample_lines` without exact duplicate points (touching nests), first kept:
+    a duplicate would break the point -> cell map."""
+    xy, rep = _sample_lines(lines, spacing_um, end_offset_um)
+    o = np.lexsort((xy[:, 1], xy[:, 0]))   # stable: the first of equal points comes first
+    dup = np.zeros(len(xy), bool)
+    dup[o[1:]] = (np.diff(xy[o, 0]) == 0) & (np.diff(xy[o, 1]) == 0)
+    return xy[~dup], rep[~dup]
 
 
 def _labelled_partition_uncached(lines, labels, envelope, spacing_um, end_offset_um=0.25):
@@ -1147,11 +1164,7 @@ def _labelled_partition_uncached(lines, labels, envelope, spacing_um, end_offset
     Returns (labels_unique, geometries).
     """
     lines = np.asarray(lines, dtype=object)
-    xy, rep = _sample_lines(lines, spacing_um, end_offset_um)
-    # exact duplicate samples (touching nests) would break the point -> cell map
-    _, first = np.unique(xy, axis=0, return_index=True)
-    keep = np.sort(first)
-    rep, xy = rep[keep], xy[keep]
+    xy, rep = _unique_samples(lines, spacing_um, end_offset_um)
     cells = _voronoi_cells(xy, envelope)
     lab = np.asarray(labels)[rep]
     order = np.argsort(lab, kind="stable")
@@ -1316,43 +1329,26 @@ def _boundary_cells(lines, envelope, spacing_um, half_width_um, end_offset_um=0.
     """Voronoi cells of the points sampled along ``lines`` (:func:`_sample_lines`),
     each clipped to the box of half-width ``half_width_um`` about its point
     and to ``envelope``: ``(ptr, vx, vy, line index, points)``, CSR convex polygons
-    (:func:`tibspace._cellarea.voronoi_cells_in_boxes`). Memoised like
-    :func:`_labelled_partition`; None for an infinite half-width (the caller
+    (:func:`tibspace._cellarea.voronoi_cells_in_boxes`). Memoised
+    (:func:`_partition_memo`); None for an infinite half-width (the caller
     then uses the dissolved GEOS partition)."""
-    import hashlib
-
     from . import _cellarea
 
     if not np.isfinite(half_width_um):
         return None
     lines = np.asarray(lines, dtype=object)
-    coords, idx = shapely.get_coordinates(lines, return_index=True)
-    h = hashlib.blake2b(digest_size=16)
-    for a in (coords, idx, np.asarray(shapely.bounds(envelope)),
-              np.array([spacing_um, end_offset_um, half_width_um], float)):
-        h.update(np.ascontiguousarray(a).tobytes())
-    key = "cells:" + h.hexdigest()
-    with _SUBLEVEL_LOCK:
-        hit = _PARTITION_CACHE.get(key)
-    if hit is not None:
-        return hit
-    xy, rep = _sample_lines(lines, spacing_um, end_offset_um)
-    # exact duplicate samples (touching nests) would share one cell: keep the first
-    o = np.lexsort((xy[:, 1], xy[:, 0]))
-    dup = np.zeros(len(xy), bool)
-    dup[o[1:]] = (np.diff(xy[o, 0]) == 0) & (np.diff(xy[o, 1]) == 0)
-    rep, xy = rep[~dup], xy[~dup]
     b = shapely.bounds(envelope)
-    hw = float(half_width_um)
-    ptr, vx, vy = _cellarea.voronoi_cells_in_boxes(
-        xy, np.maximum(xy[:, 0] - hw, b[0]), np.maximum(xy[:, 1] - hw, b[1]),
-        np.minimum(xy[:, 0] + hw, b[2]), np.minimum(xy[:, 1] + hw, b[3]))
-    res = (ptr, vx, vy, rep, xy)
-    with _SUBLEVEL_LOCK:
-        _PARTITION_CACHE[key] = res
-        while len(_PARTITION_CACHE) > 4:
-            _PARTITION_CACHE.pop(next(iter(_PARTITION_CACHE)))
-    return res
+
+    def compute():
+        xy, rep = _unique_samples(lines, spacing_um, end_offset_um)
+        hw = float(half_width_um)
+        ptr, vx, vy = _cellarea.voronoi_cells_in_boxes(
+            xy, np.maximum(xy[:, 0] - hw, b[0]), np.maximum(xy[:, 1] - hw, b[1]),
+            np.minimum(xy[:, 0] + hw, b[2]), np.minimum(xy[:, 1] + hw, b[3]))
+        return ptr, vx, vy, rep, xy
+
+    return _partition_memo("cells", lines, (np.asarray(b), np.array([spacing_um, end_offset_um,
+                                                                      half_width_um], float)), compute)
 
 
 def _cell_set_areas(region, t, e: float, quad_segs: int, parts, cells, n_out):
