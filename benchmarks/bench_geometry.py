@@ -38,9 +38,9 @@ def run_one(n: int, peers: bool) -> dict:
     import numpy as np
     import shapely
 
-    from tibspace import geometry as geo
-    from tibspace.profiles import infiltration_profile
-    from tibspace.synthetic_tables import make_clustered_cells
+    from tibspace.tissue import geometry as geo
+    from tibspace.stats import infiltration_profile
+    from tibspace.synthetic import make_clustered_cells
 
     out = {"n_cells": n}
     t0 = time.perf_counter()

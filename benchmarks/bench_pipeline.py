@@ -33,10 +33,10 @@ def peak_rss_gb() -> float:
 
 
 def full_set(cells, params):
-    from tibspace import geometry as geo
-    from tibspace.neighbourhood import neighbourhood_enrichment
-    from tibspace.pointpattern import cross_l_all_pairs
-    from tibspace.profiles import infiltration_profile
+    from tibspace.tissue import geometry as geo
+    from tibspace.stats import neighbourhood_enrichment
+    from tibspace.stats import cross_l_all_pairs
+    from tibspace.stats import infiltration_profile
 
     tum = cells["phenotype"].to_numpy() == "tumour"
     x, y = cells["x_um"].to_numpy(), cells["y_um"].to_numpy()
@@ -55,8 +55,8 @@ def main():
     args = ap.parse_args()
 
     import tibspace
-    from tibspace.panel import Panel
-    from tibspace.synthetic_tables import make_clustered_cells
+    from tibspace.cells import Panel
+    from tibspace.synthetic import make_clustered_cells
 
     panel = Panel.from_dict({})
     print(f"{'cells':>9} {'full set s':>10} {'pipeline s':>10} {'ratio':>6} {'write s':>8} {'peak RSS GB':>11}")
@@ -66,7 +66,7 @@ def main():
         full_set(cells, panel.parameters)
         t_core = time.perf_counter() - t0
         # (b) starts cold: no buffers or partitions memoised by (a) (fair comparison)
-        from tibspace.geometry import clear_geometry_cache
+        from tibspace.tissue import clear_geometry_cache
 
         clear_geometry_cache()
         t0 = time.perf_counter()

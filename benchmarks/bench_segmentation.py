@@ -100,7 +100,7 @@ def run_variant(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if args.run_variant == "tibspace":
         sys.path.insert(0, str(REPO))
-        from tibspace.segmentation import segment_image
+        from tibspace.segment import segment_image
 
         res = segment_image(args.image, "DAPI", tile_size_px=args.tile, n_workers=args.workers,
                             nucleus_diameter_um=NUCLEUS_DIAMETER_UM, expansion_um=EXPANSION_UM)
@@ -195,7 +195,7 @@ def real_data(real: Path) -> None:
     import tifffile
 
     sys.path.insert(0, str(REPO))
-    from tibspace.segmentation import match_points, segment_image
+    from tibspace.segment import match_points, segment_image
 
     print("\n== real data ==")
     csm = real / "csm_breast_mif"
@@ -238,7 +238,7 @@ def dcis_overlays(root: Path) -> None:
     from skimage.segmentation import find_boundaries
 
     from tibspace.io import open_image
-    from tibspace.segmentation import segment_image
+    from tibspace.segment import segment_image
 
     out_dir = REPO / "docs" / "images"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +298,7 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from tibspace.io import write_ome_tiff
-    from tibspace.segmentation import match_labels
+    from tibspace.segment import match_labels
     from tibspace.synthetic import make_tissue
 
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="tibspace-bench-seg-"))

@@ -59,8 +59,8 @@ def child(step, table, n_perms):
     """Run one step in this (fresh) process; print a JSON line."""
     warnings.filterwarnings("ignore")
     import pandas as pd
-    from tibspace import neighbourhood as nb
-    from tibspace import pointpattern as pp
+    from tibspace.stats import neighbourhood as nb
+    from tibspace.stats import pointpattern as pp
     cells = pd.read_parquet(table)
     win = (cells.x_um.min(), cells.y_um.min(), cells.x_um.max(), cells.y_um.max())
     small = cells.iloc[:2000]
@@ -179,7 +179,7 @@ def main(argv=None):
         child(args.child, args.table, args.n_perms)
         return
     import psutil
-    from tibspace.synthetic_tables import make_clustered_cells
+    from tibspace.synthetic import make_clustered_cells
     avail = psutil.virtual_memory().available
     print(f"cores: {psutil.cpu_count()}, available memory: {avail / 2**30:.1f} GB, "
           f"load avg: {', '.join(f'{v:.1f}' for v in psutil.getloadavg())}", flush=True)

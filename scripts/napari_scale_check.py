@@ -64,7 +64,7 @@ def _segments(polys, barrier, segment_um: float = 50.0) -> pd.DataFrame:
 
 def make_result(n_cells: int, px: float, seed: int = 0):
     from tibspace.pipeline import PipelineResult
-    from tibspace.synthetic_tables import make_clustered_cells, nest_polygons
+    from tibspace.synthetic import make_clustered_cells, nest_polygons
 
     cells, nests = make_clustered_cells(n_cells, seed=seed, return_nests=True)
     labels = _labels_from_cells(cells, px)

@@ -42,7 +42,7 @@ def test_analyze_phenoptr_set4_output_contract(real_data, tmp_path, capsys):
 
 
 def test_analyze_cohort_writes_one_folder_per_sample_and_a_summary(real_data, tmp_path):
-    from tibspace.synthetic_tables import make_clustered_cells
+    from tibspace.synthetic import make_clustered_cells
 
     for seed in (1, 2):
         make_clustered_cells(4000, seed=seed).to_csv(tmp_path / f"s{seed}.csv", index=False)
@@ -59,8 +59,8 @@ def test_analyze_cohort_writes_one_folder_per_sample_and_a_summary(real_data, tm
 
 def test_envelopes_can_be_switched_off_for_speed():
     import tibspace
-    from tibspace.panel import Panel
-    from tibspace.synthetic_tables import make_clustered_cells
+    from tibspace.cells import Panel
+    from tibspace.synthetic import make_clustered_cells
 
     cells = make_clustered_cells(5000, seed=3)
     off = tibspace.analyze_table(cells, Panel.from_dict({"parameters": {"n_envelope_sim": 0}}))
@@ -72,8 +72,8 @@ def test_envelopes_can_be_switched_off_for_speed():
 
 def test_no_tumour_cells_says_so_and_still_writes_everything_else(tmp_path):
     import tibspace
-    from tibspace.panel import Panel
-    from tibspace.synthetic_tables import make_clustered_cells
+    from tibspace.cells import Panel
+    from tibspace.synthetic import make_clustered_cells
 
     cells = make_clustered_cells(3000, seed=4)
     cells = cells[cells["phenotype"] != "tumour"].reset_index(drop=True)

@@ -11,11 +11,11 @@ import pytest
 import shapely
 from hypothesis import given, settings, strategies as st
 
-from tibspace import synthetic as syn
-from tibspace.barrier import (_masked_medians, barrier_analysis, can_run_barrier, circular_runs,
-                              circular_shift_test)
+from tibspace.synthetic import tissue as syn
+from tibspace.analyses import barrier_analysis, can_run_barrier, circular_runs, circular_shift_test
+from tibspace.analyses.barrier import _masked_medians
 from tibspace.errors import InputError
-from tibspace.geometry import TumourRegion
+from tibspace.tissue import TumourRegion
 
 
 # ---------------------------------------------------------------------------
@@ -346,7 +346,7 @@ def test_coverage_profile_places_arc_ends_at_half_maximum(n, start, m, k):
     """A uniformly lined arc of m sub-segments (k cells each, types alternating) on a
     ring of n: the half-maximum ends recover it exactly once the run's median window is
     the plateau (m >= 10), and within one sub-segment per end always."""
-    from tibspace.barrier import coverage_profile
+    from tibspace.analyses import coverage_profile
 
     m = min(m, n - 10)  # leave a gap wider than a window
     sub = pd.DataFrame({"nest_id": 1, "ring": 0, "position": np.arange(n), "length_um": 10.0})

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial import Voronoi
 
-from tibspace import _cellarea as ca
-from tibspace import geometry as geo
+from tibspace.tissue import _cellarea as ca
+from tibspace.tissue import geometry as geo
 
 
 def _polys(ptr, vx, vy):

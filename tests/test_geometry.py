@@ -13,12 +13,8 @@ import shapely
 from hypothesis import given, settings, strategies as st
 
 from tibspace.errors import InputError, NoTumourRegionError
-from tibspace.geometry import (
-    COMPARTMENTS, TumourRegion, annotate_cells, assign_compartments, assign_segments,
-    band_areas_um2, mask_to_geometry, nearest_nest_id, nest_band_areas_um2, perimeter_segments,
-    segment_band_areas_um2, signed_distance_um, tissue_region_from_cells, tissue_region_from_mask,
-    tumour_region_from_cells, tumour_region_from_mask)
-from tibspace.synthetic_tables import make_clustered_cells, nest_polygons
+from tibspace.tissue import (COMPARTMENTS, TumourRegion, annotate_cells, assign_compartments, assign_segments, band_areas_um2, mask_to_geometry, nearest_nest_id, nest_band_areas_um2, perimeter_segments, segment_band_areas_um2, signed_distance_um, tissue_region_from_cells, tissue_region_from_mask, tumour_region_from_cells, tumour_region_from_mask)
+from tibspace.synthetic import make_clustered_cells, nest_polygons
 
 SET4 = Path("/work/shared/data/real/phenoptr_lung_vectra")
 
@@ -457,7 +453,7 @@ def test_nest_band_areas_inside_nests_are_each_nests_own_erosion(seed, e):
 def test_band_geometry_without_overlay_union_matches_areas():
     """band_geometry joins the (disjoint) clipped parts without union_all: same
     area as the cumulative band areas, valid output."""
-    from tibspace.geometry import band_geometry
+    from tibspace.tissue import band_geometry
 
     g = random_region(3, n_blobs=6)
     reg = TumourRegion.from_polygons(list(g.geoms))
@@ -473,7 +469,7 @@ def test_band_geometry_without_overlay_union_matches_areas():
 
 
 def test_threaded_intersection_areas_and_area_memo_are_exact():
-    from tibspace import geometry as geo
+    from tibspace.tissue import geometry as geo
 
     rng = np.random.default_rng(0)
     a = shapely.buffer(shapely.points(rng.uniform(0, 100, (5000, 2))), 3.0)

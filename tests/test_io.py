@@ -15,8 +15,7 @@ from hypothesis import given, settings, strategies as st
 from skimage.transform import downscale_local_mean
 
 from tibspace.errors import InputError
-from tibspace.io import (MultiplexImage, check_not_empty, open_image, write_labels_ome_tiff,
-                         write_ome_tiff)
+from tibspace.io import MultiplexImage, check_not_empty, open_image, write_labels_ome_tiff, write_ome_tiff
 
 REAL = Path("/work/shared/data/real")
 DCIS = REAL / "dcis_mibi" / "Point2203_pt1072_31606"

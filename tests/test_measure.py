@@ -10,7 +10,7 @@ from skimage.measure import regionprops_table
 from skimage.segmentation import expand_labels
 
 from tibspace.errors import InputError
-from tibspace.measure import SHAPE_COLUMNS, measure_cells, write_cell_table
+from tibspace.cells import SHAPE_COLUMNS, measure_cells, write_cell_table
 
 
 def _random_labels(rng: np.random.Generator, shape=(90, 110), n=25, grow=5.0,

@@ -13,9 +13,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings, strategies as st
 
 from tibspace.errors import InputError
-from tibspace.neighbourhood import (NeighbourhoodEnrichment, co_occurrence, counts_within, join_count_moments,
-                                    mixing_score, nearest_distance_to_phenotypes, neighbourhood_enrichment,
-                                    spatial_graph)
+from tibspace.stats import (NeighbourhoodEnrichment, co_occurrence, counts_within, join_count_moments, mixing_score, nearest_distance_to_phenotypes, neighbourhood_enrichment, spatial_graph)
 
 REAL = Path("/work/shared/data/real")
 if not REAL.exists():  # CI: shared/ sits beside the clone

@@ -7,9 +7,10 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tibspace._fileio import atomic_path, staging_dir
-from tibspace.outputs import (geojson_features, read_geojson_annotations, to_jsonable, write_anndata,
-                              write_geojson, write_json, write_table)
+from tibspace.io import atomic_path, staging_dir
+from tibspace.jsonable import to_jsonable
+from tibspace.outputs import (geojson_features, read_geojson_annotations, write_anndata, write_geojson,
+                              write_json, write_table)
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tibspace.errors import InputError, PanelError
-from tibspace.panel import (DEFAULT_PARAMETERS, DEFAULT_ROLES, MarkerSpec, MaskSpec, Panel,
-                            TableMapping, load_panel, parse_rule, rule_markers)
+from tibspace.cells import (DEFAULT_PARAMETERS, DEFAULT_ROLES, MarkerSpec, MaskSpec, Panel, TableMapping, load_panel, parse_rule, rule_markers)
 
 FULL = """
 [image]

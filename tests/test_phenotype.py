@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tibspace.errors import InputError, PanelError
-from tibspace.phenotype import assign_phenotypes, auto_gate, compute_gates, gate_cells, positivity
+from tibspace.cells import assign_phenotypes, auto_gate, compute_gates, gate_cells, positivity
 
 
 def _bimodal(rng, n_neg, n_pos, neg=(2.0, 0.35), pos=(4.5, 0.35)):
@@ -59,7 +59,7 @@ def test_first_matching_rule_wins(terms, seed):
 
 
 def test_gate_cells_recovers_planted_phenotypes_and_records_gates():
-    from tibspace.panel import Panel
+    from tibspace.cells import Panel
 
     rng = np.random.default_rng(0)
     n = 3000
@@ -95,7 +95,7 @@ def test_gate_cells_recovers_planted_phenotypes_and_records_gates():
 
 
 def test_missing_intensity_column_names_the_marker():
-    from tibspace.panel import MarkerSpec
+    from tibspace.cells import MarkerSpec
 
     cells = pd.DataFrame({"CD3": [1.0, 2.0]})
     with pytest.raises(InputError, match="'CD8'.*no column"):
@@ -103,7 +103,7 @@ def test_missing_intensity_column_names_the_marker():
 
 
 def test_positivity_is_strictly_above_gate():
-    from tibspace.phenotype import Gate
+    from tibspace.cells import Gate
 
     cells = pd.DataFrame({"CD3": [1.0, 2.0, 3.0]})
     pos = positivity(cells, {"CD3": Gate("CD3", "CD3", "manual", 2.0, 1, 3)})
@@ -111,7 +111,7 @@ def test_positivity_is_strictly_above_gate():
 
 
 def test_blank_marker_channel_gives_no_positive_cells_not_an_error():
-    from tibspace.panel import MarkerSpec
+    from tibspace.cells import MarkerSpec
 
     cells = pd.DataFrame({"MPO": np.zeros(50), "CD3": np.r_[np.ones(25), np.full(25, 100.0)]})
     gates = compute_gates(cells, {"MPO": MarkerSpec("MPO", "otsu", "cell"), "CD3": MarkerSpec("CD3", "otsu", "cell")})

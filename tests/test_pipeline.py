@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 import tibspace
-from tibspace.segmentation import match_labels
+from tibspace.segment import match_labels
 from tibspace.synthetic import make_tissue
 
 

@@ -13,9 +13,7 @@ from shapely import affinity
 from shapely.geometry import Point, Polygon, box
 
 from tibspace.errors import InputError
-from tibspace.pointpattern import (circle_fraction_in_window, cross_k, cross_l, cross_l_all_pairs,
-                                   g_cross, neighbour_pairs, pair_correlation, random_labelling_envelope,
-                                   ripley_k, ripley_l, set_covariance)
+from tibspace.stats import (circle_fraction_in_window, cross_k, cross_l, cross_l_all_pairs, g_cross, neighbour_pairs, pair_correlation, random_labelling_envelope, ripley_k, ripley_l, set_covariance)
 
 RECT = (0.0, 0.0, 100.0, 60.0)
 RADII = np.linspace(1.0, 29.0, 15)
@@ -387,8 +385,7 @@ def test_poisson_in_fragmented_tissue_polygon_l_equals_r():
 def test_envelope_row_kernel_equals_pair_kernel():
     """The two-label row kernel (used for cross_L/cross_K, population="pair", a != b)
     gives the pair-loop kernel's sums (to rounding), whichever label is rarer."""
-    from tibspace.pointpattern import (_as_window, _cell_list, _edge_setup, _labelled_sums, _labelled_sums_rows,
-                                       _pair_weights, _row_counts, _rows_by_label_side)
+    from tibspace.stats.pointpattern import (_as_window, _cell_list, _edge_setup, _labelled_sums, _labelled_sums_rows, _pair_weights, _row_counts, _rows_by_label_side)
 
     rng = np.random.default_rng(5)
     n = 1500
@@ -431,7 +428,7 @@ def test_envelope_fast_path_agrees_with_population_all_on_two_types():
 # --------------------------------------------------------------------------
 def _strtree_candidates_reference(geom, x, y, reach):
     """The former _boundary_candidates: GEOS dwithin via an STRtree of the edges (CSR)."""
-    from tibspace.pointpattern import _polygon_edges
+    from tibspace.stats.pointpattern import _polygon_edges
 
     ex0, ey0, ex1, ey1 = _polygon_edges(geom)
     segs = shapely.linestrings(np.stack([np.stack([ex0, ey0], 1), np.stack([ex1, ey1], 1)], axis=1))
@@ -482,7 +479,7 @@ def _window_points_reach(draw):
 @given(_window_points_reach())
 def test_boundary_candidates_equal_strtree_dwithin(case):
     """The grid-bucketed candidate edges are exactly GEOS's dwithin sets (same CSR)."""
-    from tibspace.pointpattern import _boundary_candidates
+    from tibspace.stats.pointpattern import _boundary_candidates
 
     geom, x, y, reach = case
     if geom.is_empty:
@@ -495,7 +492,7 @@ def test_boundary_candidates_equal_strtree_dwithin(case):
 
 def test_boundary_candidates_exact_ties_follow_geos():
     """Points exactly at distance reach (and a hair either side) get GEOS's answer."""
-    from tibspace.pointpattern import _boundary_candidates
+    from tibspace.stats.pointpattern import _boundary_candidates
 
     geom = box(0, 0, 10, 10).union(box(20, 0, 30, 10))
     x = np.array([5.0, 5.0, 5.0, 15.0, 13.0, np.nextafter(15.0, 0), -5.0, 35.0, 5.0])
@@ -510,7 +507,7 @@ def test_boundary_candidates_exact_ties_follow_geos():
 
 def test_boundary_candidates_tissue_scale():
     """Thousands of edges, many points, a small reach (grid sized by its cell budget)."""
-    from tibspace.pointpattern import _boundary_candidates
+    from tibspace.stats.pointpattern import _boundary_candidates
 
     rng = np.random.default_rng(11)
     geom = Point(0, 0).buffer(3000, 256).difference(Point(500, 200).buffer(800, 128))
@@ -526,7 +523,7 @@ def test_boundary_candidates_tissue_scale():
 @pytest.mark.parametrize("ec", ["isotropic", "translation", "none"])
 def test_edge_setup_subset_equals_setup_of_subset(ec):
     """Rows of the whole set's setup = the setup computed on the subset alone."""
-    from tibspace.pointpattern import _as_window, _compute_edge_setup
+    from tibspace.stats.pointpattern import _as_window, _compute_edge_setup
 
     rng = np.random.default_rng(4)
     W = _as_window(Point(200, 200).buffer(190).difference(box(150, 150, 230, 260)))
@@ -556,7 +553,7 @@ def _two_type_cells(n=4000, seed=8):
 def test_envelope_with_memoised_setup_equals_direct(ec, monkeypatch):
     """After cross_l_all_pairs, the envelope takes its cells' rows of the memoised
     setup of all cells (no new boundary work) and its result is unchanged."""
-    from tibspace import pointpattern as pp
+    from tibspace.stats import pointpattern as pp
 
     cells = _two_type_cells()
     W = Point(300, 300).buffer(290).difference(box(250, 100, 330, 380))
@@ -584,7 +581,7 @@ def test_envelope_with_memoised_setup_equals_direct(ec, monkeypatch):
 
 
 def test_memo_is_bounded_and_checks_the_geometry():
-    from tibspace.pointpattern import _Memo
+    from tibspace.stats.pointpattern import _Memo
 
     memo = _Memo(2)
     g1, g2 = box(0, 0, 1, 1), box(0, 0, 1, 1)
@@ -597,7 +594,7 @@ def test_memo_is_bounded_and_checks_the_geometry():
 
 
 def test_inside_memo_hands_out_copies():
-    from tibspace.pointpattern import _INSIDE_MEMO, _as_window, _inside
+    from tibspace.stats.pointpattern import _INSIDE_MEMO, _as_window, _inside
 
     W = _as_window(Point(0, 0).buffer(10))
     x, y = np.array([0.0, 20.0, 3.0]), np.array([0.0, 0.0, 3.0])
@@ -618,7 +615,7 @@ def test_int8_codes_permute_like_int64_codes():
 
 def _csr_reference(x, y, es, radii, centre_side):
     """Rows from the pair list: neighbour_pairs + _pair_weights, entries of a row in pair order."""
-    from tibspace.pointpattern import _bin_of, _pair_weights
+    from tibspace.stats.pointpattern import _bin_of, _pair_weights
 
     reach = radii[-1]
     pi, pj = neighbour_pairs(x, y, reach)
@@ -642,7 +639,7 @@ def _csr_reference(x, y, es, radii, centre_side):
                                        ("rect", "translation"), ("rect", "none")])
 def test_rows_from_cell_list_equal_rows_from_pair_list(window, ec):
     """The CSR built straight from the cell list is the pair-list CSR, entry for entry."""
-    from tibspace.pointpattern import _as_window, _cell_list, _edge_setup, _row_counts, _rows_by_label_side
+    from tibspace.stats.pointpattern import (_as_window, _cell_list, _edge_setup, _row_counts, _rows_by_label_side)
 
     rng = np.random.default_rng(12)
     W = _as_window(Point(150, 150).buffer(148).difference(box(100, 60, 180, 200)) if window == "poly"
@@ -676,8 +673,8 @@ def _rows_sums_reference(rowptr, other, w, binidx, labels, s, t, nb):
 
 @pytest.mark.parametrize("m", [1, 5, 64, 65, 130])
 def test_lane_sums_bit_identical_to_per_simulation_loop(m):
-    from tibspace.pointpattern import _as_window, _cell_list, _edge_setup, _labelled_sums_rows, _row_counts, \
-        _rows_by_label_side
+    from tibspace.stats.pointpattern import (_as_window, _cell_list, _edge_setup, _labelled_sums_rows, _row_counts,
+                                             _rows_by_label_side)
 
     rng = np.random.default_rng(m)
     x, y = rng.uniform(0, 200, 700), rng.uniform(0, 200, 700)

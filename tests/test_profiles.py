@@ -9,10 +9,9 @@ import shapely
 from hypothesis import given, settings, strategies as st
 
 from tibspace.errors import InputError
-from tibspace.geometry import (TumourRegion, annotate_cells, band_areas_um2,
-                               tumour_region_from_cells, tissue_region_from_cells)
-from tibspace.profiles import DEFAULT_EDGES_UM, band_index, infiltration_profile
-from tibspace.synthetic_tables import make_clustered_cells
+from tibspace.tissue import (TumourRegion, annotate_cells, band_areas_um2, tumour_region_from_cells, tissue_region_from_cells)
+from tibspace.stats import DEFAULT_EDGES_UM, band_index, infiltration_profile
+from tibspace.synthetic import make_clustered_cells
 
 TISSUE = shapely.box(0, 0, 2000, 2000)
 

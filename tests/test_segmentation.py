@@ -15,10 +15,8 @@ from skimage.measure import regionprops_table
 
 from tibspace.errors import InputError
 from tibspace.io import open_image, write_ome_tiff
-from tibspace.measure import measure_cells
-from tibspace.segmentation import (distance_to_background, expand_labels_fast,
-                                   expand_nuclei_to_cells, match_labels, match_points,
-                                   segment_image, segment_nuclei, tile_grid)
+from tibspace.cells import measure_cells
+from tibspace.segment import (distance_to_background, expand_labels_fast, expand_nuclei_to_cells, match_labels, match_points, segment_image, segment_nuclei, tile_grid)
 from tibspace.synthetic import make_tissue
 
 

@@ -15,11 +15,10 @@ from scipy import ndimage as ndi
 from scipy.spatial.distance import cdist
 from skimage.morphology import remove_small_objects
 
-from tibspace import synthetic as syn
+from tibspace.synthetic import tissue as syn
 from tibspace.errors import InputError
-from tibspace.geometry import TumourRegion
-from tibspace.shield import (can_run_shield, contact_pairs_from_labels, nest_shield_fraction, otsu_gate_log1p,
-                             shield_analysis, shield_masks, shield_ring_coverage)
+from tibspace.tissue import TumourRegion
+from tibspace.analyses import (can_run_shield, contact_pairs_from_labels, nest_shield_fraction, otsu_gate_log1p, shield_analysis, shield_masks, shield_ring_coverage)
 
 PX = 0.6
 MASK_SPECS = {"net": {"channels": ["CitH3"], "require": ["MPO"], "gate": "otsu", "min_object_um2": 5.0},

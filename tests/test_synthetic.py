@@ -20,9 +20,9 @@ from scipy import ndimage as ndi
 from skimage import feature, filters, measure, segmentation
 
 from tibspace.errors import InputError
-from tibspace.shield import shield_ring_coverage
-from tibspace.synthetic import (CHANNELS, PHENOTYPES, SAMPLE_PRESET, _covered_intervals,
-                                _polygon_mask, load_truth, make_tissue)
+from tibspace.analyses import shield_ring_coverage
+from tibspace.synthetic import CHANNELS, PHENOTYPES, SAMPLE_PRESET, load_truth, make_tissue
+from tibspace.synthetic.tissue import _covered_intervals, _polygon_mask
 
 PX = 0.5
 
@@ -81,7 +81,7 @@ def test_determinism():
 
 def test_tiling_and_threads_do_not_change_the_image(monkeypatch):
     """Counter-based noise + overlapping tiles: output independent of tile size."""
-    import tibspace.synthetic as synth
+    import tibspace.synthetic.tissue as synth
 
     kw = dict(n_nests=1, nest_radius_um=(50, 60), seed=9)
     a = make_tissue((700, 700), PX, **kw)
@@ -355,7 +355,7 @@ def test_write_and_load_truth(tmp_path, small):
 
 
 def test_panel_toml_rules(small, tmp_path):
-    from tibspace.panel import load_panel
+    from tibspace.cells import load_panel
 
     (tmp_path / "p.toml").write_text(small.panel_toml)
     parsed = load_panel(tmp_path / "p.toml")

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from tibspace.errors import InputError
-from tibspace.tables import read_cell_table, standardise_cell_table
+from tibspace.io import read_cell_table, standardise_cell_table
 
 
 class _Map:  # a [table] mapping as the panel provides it

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import TibspaceError
+from tibspace.errors import TibspaceError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGE = REPO_ROOT / "sample_data" / "hcc_sample.ome.tif"
@@ -20,13 +20,13 @@ SAMPLE_PANEL = REPO_ROOT / "sample_data" / "hcc_sample_panel.toml"
 
 
 def _progress(args):
-    from .progress import tqdm_progress
+    from tibspace.progress import tqdm_progress
 
     return tqdm_progress(disable=getattr(args, "quiet", False))
 
 
 def _print_summary(result, out_dir: Path) -> None:
-    from .report import summary_lines
+    from tibspace.outputs import summary_lines
 
     for line in summary_lines(result):
         print(line)
@@ -53,8 +53,8 @@ def _run_many(inputs, args, one):
     """Run ``one(input, out_dir)`` per input; cohort summary when > 1 input."""
     import pandas as pd
 
-    from .outputs import write_table
-    from .pipeline import _sample_id
+    from tibspace.outputs import write_table
+    from tibspace.pipeline import _sample_id
 
     out = Path(args.out)
     rows = []
@@ -70,7 +70,7 @@ def _run_many(inputs, args, one):
 
 
 def cmd_run(args) -> int:
-    from .pipeline import run_image
+    from tibspace.pipeline import run_image
 
     return _run_many(args.images, args, lambda inp, target: run_image(
         inp, args.panel, out_dir=target, pixel_size_um=args.pixel_size_um, seed=args.seed,
@@ -79,7 +79,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from .pipeline import analyze_table
+    from tibspace.pipeline import analyze_table
 
     return _run_many(args.tables, args, lambda inp, target: analyze_table(
         inp, args.panel, out_dir=target, seed=args.seed, progress=_progress(args)))
@@ -96,7 +96,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .synthetic import make_tissue
+    from tibspace.synthetic import make_tissue
 
     tissue = make_tissue(shape=(args.size, args.size), pixel_size_um=args.pixel_size_um, seed=args.seed,
                          barrier_coverage=args.barrier_coverage, shield_coverage=args.shield_coverage,
@@ -108,7 +108,7 @@ def cmd_synth(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tibspace", description=__doc__.splitlines()[0])
-    from . import __version__
+    from tibspace import __version__
 
     p.add_argument("--version", action="version", version=f"tibspace {__version__}")
     sub = p.add_subparsers(dest="command", required=True)

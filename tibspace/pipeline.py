@@ -19,9 +19,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .errors import InputError, NoTumourRegionError, TibspaceError
-from .progress import report
+from tibspace import __version__
+from tibspace.errors import InputError, NoTumourRegionError, TibspaceError
+from tibspace.progress import report
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -59,7 +59,7 @@ class PipelineResult:
 
 
 def _as_panel(panel):
-    from .panel import Panel, load_panel
+    from tibspace.cells import Panel, load_panel
 
     if isinstance(panel, Panel):
         return panel
@@ -123,8 +123,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
     -------
     PipelineResult
     """
-    from .io import open_image
-    from .segmentation import segment_image
+    from tibspace.io import open_image
+    from tibspace.segment import segment_image
 
     panel = _as_panel(panel)
     params = panel.parameters
@@ -135,7 +135,7 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
 
     with timer("open_image"):
         img = _open_with_panel_pixel_size(image_path, pixel_size_um, panel)
-        from .io import check_not_empty
+        from tibspace.io import check_not_empty
 
         check_not_empty(img)
         channel_index = panel.resolve_channels(img.channel_names, image_path)
@@ -173,7 +173,7 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
 
 def _open_with_panel_pixel_size(path: Path, pixel_size_um, panel):
     """Open an image; pixel size from the argument, else the file, else the panel."""
-    from .io import open_image
+    from tibspace.io import open_image
 
     if pixel_size_um is not None:
         return open_image(path, pixel_size_um=float(pixel_size_um))
@@ -186,7 +186,7 @@ def _open_with_panel_pixel_size(path: Path, pixel_size_um, panel):
 
 
 def _checksum(path: Path) -> str:
-    from .outputs import file_sha256
+    from tibspace.outputs import file_sha256
 
     return file_sha256(path)
 
@@ -208,7 +208,7 @@ def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
     seed : int, optional
         Seed of every random step (default: the panel's ``seed``).
     """
-    from .tables import read_cell_table, standardise_cell_table
+    from tibspace.io import read_cell_table, standardise_cell_table
 
     panel = _as_panel(panel)
     params = panel.parameters
@@ -240,8 +240,8 @@ def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, la
                   progress: ProgressFn | None = None, timings: dict | None = None,
                   gate: bool = True) -> PipelineResult:
     """Phenotypes (optional) → geometry → profiles → statistics → the three analyses."""
-    from . import geometry as geo
-    from .phenotype import gate_cells, phenotype_counts
+    from tibspace import tissue as geo
+    from tibspace.cells import gate_cells, phenotype_counts
 
     panel = _as_panel(panel)
     params = dict(panel.parameters)
@@ -340,7 +340,7 @@ def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, la
                    if name == "exclusion" and len(steps) > 1}
 
         # ---- infiltration profiles
-        from .profiles import infiltration_profile
+        from tibspace.stats import infiltration_profile
 
         edges = np.arange(float(params["profile_min_um"]), float(params["profile_max_um"]) + 1e-9,
                           float(params["profile_step_um"]))
@@ -409,8 +409,8 @@ def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, la
 
 
 def _run_statistics(cells, tissue, params, seed, progress, skipped):
-    from .neighbourhood import neighbourhood_enrichment
-    from .pointpattern import cross_l_all_pairs
+    from tibspace.stats import neighbourhood_enrichment
+    from tibspace.stats import cross_l_all_pairs
 
     stats: dict[str, pd.DataFrame] = {}
     out: dict[str, Any] = {}
@@ -457,7 +457,7 @@ def _key_pairs(cells, params):
 
 def _with_envelopes(cross, cells, radii, window, params, seed, progress):
     """Add random-labelling envelope columns (lo, hi, p_value) to the cross-L table for the key pairs."""
-    from .pointpattern import random_labelling_envelope
+    from tibspace.stats import random_labelling_envelope
 
     cross = cross.copy()
     for col in ("envelope_lo", "envelope_hi", "p_value"):
@@ -485,7 +485,7 @@ def _statistics_and_nearest(cells, tissue, params, seed, skipped, timer):
 
     Runs in a background thread: no progress callbacks from here (the caller
     reports), skips go to the caller's ``skipped``."""
-    from .neighbourhood import nearest_distance_to_phenotypes
+    from tibspace.stats import nearest_distance_to_phenotypes
 
     with timer("statistics"):
         stats, stat_metrics = _run_statistics(cells, tissue, params, seed, None, skipped)
@@ -507,7 +507,7 @@ def _analysis_steps(result, panel, params, defined, image, channel_index, pixel_
         skipped["exclusion"] = f"the panel defines no phenotype for role(s) {miss} (e.g. CD8_T = \"CD3+ & CD8+\")"
     else:
         def run_exclusion(progress=progress):
-            from .exclusion import exclusion_analysis
+            from tibspace.analyses import exclusion_analysis
 
             with timer("exclusion"):
                 ex = exclusion_analysis(
@@ -530,7 +530,7 @@ def _analysis_steps(result, panel, params, defined, image, channel_index, pixel_
                               f"SPP1_macrophage = \"CD68+ & SPP1+\")")
     else:
         def run_barrier():
-            from .barrier import barrier_analysis
+            from tibspace.analyses import barrier_analysis
 
             with timer("barrier"):
                 br = barrier_analysis(
@@ -561,7 +561,7 @@ def _analysis_steps(result, panel, params, defined, image, channel_index, pixel_
                 skipped[f"shield_{name}"] = f"the panel has no [masks] {name} entry for {what}: that part of the shield is not measured"
 
         def run_shield():
-            from .shield import shield_analysis, shield_masks
+            from tibspace.analyses import shield_analysis, shield_masks
 
             with timer("shield"):
                 masks, mask_gates = shield_masks(image, mask_specs, channel_index, pixel_size_um,
@@ -621,8 +621,8 @@ def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | Non
     Files go through a staging folder and are moved into place only when all
     were written, so a failure leaves no partial run behind.
     """
-    from ._fileio import staging_dir
-    from .report import write_report_files
+    from tibspace.io import staging_dir
+    from tibspace.outputs import write_report_files
 
     out_dir = Path(out_dir)
     with staging_dir(out_dir) as stage:

@@ -558,7 +558,7 @@ def positive_cells(cells: pd.DataFrame, column: str, gate: float) -> np.ndarray:
     >>> positive_cells(pd.DataFrame({"CD8": [1.0, 5.0, 9.0]}), "CD8", 5.0).tolist()
     [False, False, True]
     """
-    from tibspace.phenotype import Gate, positivity
+    from tibspace.cells import Gate, positivity
 
     g = Gate(column, column, "manual", float(gate), 0, len(cells))
     return positivity(cells, {column: g})[column].to_numpy(dtype=bool)

@@ -212,7 +212,7 @@ class ResultsWidget(QWidget):
         self._draw()
 
     def _draw(self) -> None:
-        from tibspace.plotting import plot_barrier_coverage, plot_infiltration_profile
+        from tibspace.outputs import plot_barrier_coverage, plot_infiltration_profile
 
         r = self.result
         self.figure.clear()

@@ -71,7 +71,7 @@ def load_panel_with_overrides(panel_path: str | Path, *, parameters: Optional[di
         Malformed panel, or a gate for a marker the panel does not have.
     """
     from tibspace.errors import PanelError
-    from tibspace.panel import load_panel
+    from tibspace.cells import load_panel
 
     panel = load_panel(panel_path)
     changes: dict[str, Any] = {}
@@ -361,7 +361,7 @@ class TibspaceWidget(QWidget):
         if not text:
             return
         try:
-            from tibspace.panel import load_panel
+            from tibspace.cells import load_panel
 
             panel = load_panel(text)
         except TibspaceError as exc:

@@ -21,7 +21,7 @@ from shapely.ops import substring
 from skimage.segmentation import expand_labels
 
 from tibspace.pipeline import PipelineResult
-from tibspace.synthetic_tables import make_clustered_cells, nest_polygons
+from tibspace.synthetic import make_clustered_cells, nest_polygons
 
 
 class Region:

@@ -132,7 +132,7 @@ def test_sample_run_end_to_end(sample_viewer, qtbot, tmp_path, run_cache):
 
 def test_panel_overrides_do_not_touch_the_file(tmp_path):
     from tibspace.errors import PanelError
-    from tibspace.panel import load_panel
+    from tibspace.cells import load_panel
     from tibspace_napari._widget import load_panel_with_overrides
 
     _, panel_path = sample_paths()

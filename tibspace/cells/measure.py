@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from tibspace._fileio import atomic_path
+from tibspace.io import atomic_path
 from tibspace.errors import InputError
 
 __all__ = ["measure_cells", "write_cell_table", "SHAPE_COLUMNS"]

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from .errors import InputError
+from tibspace.errors import InputError
 
 #: Phenotype names used by :func:`make_clustered_cells` (default 8 types).
 DEFAULT_PHENOTYPES = ("tumour", "CD8_T", "other_T", "SPP1_macrophage", "CAF",

@@ -45,9 +45,9 @@ from scipy.spatial import cKDTree
 from shapely.geometry import LineString, MultiLineString, Polygon, mapping, shape as shapely_shape
 from shapely.ops import substring
 
-from .errors import InputError
-from .outputs import qupath_px_to_um, um_to_qupath_px
-from .progress import report
+from tibspace.errors import InputError
+from tibspace.io.qupath import qupath_px_to_um, um_to_qupath_px
+from tibspace.progress import report
 
 __all__ = ["CHANNELS", "PHENOTYPES", "SyntheticTissue", "make_tissue", "load_truth",
            "make_sample"]
@@ -207,8 +207,8 @@ class SyntheticTissue:
 
         Returns the truth folder.
         """
-        from ._fileio import atomic_path
-        from .io import write_ome_tiff
+        from tibspace.io import atomic_path
+        from tibspace.io import write_ome_tiff
 
         out_dir = Path(out_dir)
         tdir = out_dir / truth_dir
@@ -246,7 +246,7 @@ def _json_default(o: Any) -> Any:
 def _write_plain_tiff(path: Path, arr: np.ndarray, pixel_size_um: float) -> None:
     import tifffile
 
-    from ._fileio import atomic_path
+    from tibspace.io import atomic_path
 
     res = 1e4 / pixel_size_um  # pixels per cm
     with atomic_path(path) as tmp:
@@ -337,7 +337,7 @@ def load_truth(path: str | os.PathLike, *, load_image: bool = False) -> Syntheti
     nests = [g for _, g in sorted(nests, key=lambda t: t[0])]
     image, names = None, list(planted["channel_names"])
     if load_image:
-        from .io import open_image
+        from tibspace.io import open_image
 
         root = tdir if list(tdir.glob("*.ome.tif")) else tdir.parent
         files = sorted(root.glob("*.ome.tif"))
@@ -1877,6 +1877,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t.write(a.out)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

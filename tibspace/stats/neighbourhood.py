@@ -18,9 +18,9 @@ import scipy.sparse as sp
 from numba import njit, prange
 from scipy.spatial import cKDTree
 
-from .errors import InputError, positive_um
-from .pointpattern import (_as_xy, _cell_list, _pair_hist, _table_xy_types, neighbour_pairs)
-from .progress import report
+from tibspace.errors import InputError, positive_um
+from tibspace.stats.pointpattern import _as_xy, _cell_list, _pair_hist, _table_xy_types, neighbour_pairs
+from tibspace.progress import report
 
 __all__ = [
     "spatial_graph", "NeighbourhoodEnrichment", "neighbourhood_enrichment", "join_count_moments",

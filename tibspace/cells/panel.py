@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from tibspace.errors import PanelError
+from tibspace.io.channels import normalise_name
 
 __all__ = [
     "DEFAULT_PARAMETERS",
@@ -112,18 +113,6 @@ _SECTIONS = ("image", "channels", "markers", "phenotypes", "roles", "masks", "pa
              "table")
 _GATE_METHODS = ("otsu", "gmm")
 _COMPARTMENTS = ("cell", "nucleus")
-_NAME_STRIP = re.compile(r"[-_ /.]")
-
-
-def normalise_name(name: str) -> str:
-    """Lower-case ``name`` and drop ``- _ space / .`` (channel/marker matching).
-
-    Examples
-    --------
-    >>> normalise_name("NaK-ATPase") == normalise_name("nak_atpase")
-    True
-    """
-    return _NAME_STRIP.sub("", str(name)).lower()
 
 
 # --------------------------------------------------------------------------

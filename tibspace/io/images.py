@@ -39,9 +39,9 @@ import dask.array as da
 import numpy as np
 import tifffile
 
-from tibspace._fileio import atomic_path
+from tibspace.io.files import atomic_path
 from tibspace.errors import InputError, positive_um
-from tibspace.panel import normalise_name as normalise_channel_name
+from tibspace.io.channels import normalise_name as normalise_channel_name
 from tibspace.progress import report
 
 __all__ = [

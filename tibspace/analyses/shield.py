@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from .errors import InputError
-from .progress import report
-from .outputs import to_jsonable as _json
-from .phenotype import phenotype_names as _phenotype_names
+from tibspace.errors import InputError
+from tibspace.progress import report
+from tibspace.jsonable import to_jsonable as _json
+from tibspace.cells import phenotype_names as _phenotype_names
 
 __all__ = ["ShieldResult", "shield_masks", "shield_ring_coverage", "shield_analysis",
            "nest_shield_fraction", "contact_pairs_from_labels", "can_run_shield"]
@@ -139,7 +139,7 @@ def otsu_gate_log1p(values: np.ndarray, *, floor_sd: float = 5.0, method: str = 
     elif method == "otsu":
         t = float(threshold_otsu(lv))
     elif method == "gmm":
-        from .phenotype import auto_gate
+        from tibspace.cells import auto_gate
 
         sub = v if v.size <= 200_000 else np.random.default_rng(seed).choice(v, 200_000, replace=False)
         t = float(np.log1p(auto_gate(sub, "gmm", marker="mask channel", seed=seed)))
@@ -856,7 +856,7 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
     """
     import shapely
 
-    from . import geometry as geo
+    from tibspace import tissue as geo
 
     if not isinstance(cells, pd.DataFrame):
         raise InputError(f"cells must be a pandas DataFrame (got {type(cells).__name__})")
@@ -1046,7 +1046,7 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
     # ---- antagonism: cross-pcf neutrophil -> T under random labelling
     pcf = pd.DataFrame()
     try:
-        from .pointpattern import random_labelling_envelope
+        from tibspace.stats import random_labelling_envelope
 
         pcf = random_labelling_envelope(_relabel(cells, neutrophil_types, t_types), "cross_pcf", "__a__", "__b__",
                                         np.asarray(antagonism_radii_um, float), tissue, n_sim=n_sim, seed=seed,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .outputs import PHENOTYPE_COLOURS, STRUCTURE_COLOURS, phenotype_colour
+from tibspace.outputs.colours import PHENOTYPE_COLOURS, STRUCTURE_COLOURS, phenotype_colour
 
 
 def _rgb(c):

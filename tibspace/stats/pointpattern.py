@@ -49,8 +49,8 @@ import pandas as pd
 from numba import njit, prange
 from scipy.spatial import cKDTree
 
-from .errors import InputError
-from .progress import report
+from tibspace.errors import InputError
+from tibspace.progress import report
 
 __all__ = [
     "ripley_k", "ripley_l", "cross_k", "cross_l", "pair_correlation", "g_cross",

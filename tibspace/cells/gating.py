@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, PanelError
+from tibspace.errors import InputError, PanelError
 
 GATE_METHODS = ("otsu", "gmm")
 
@@ -186,7 +186,7 @@ def assign_phenotypes(pos: pd.DataFrame, rules: Mapping[str, str], default: str 
     >>> assign_phenotypes(pos, {"CD8_T": "CD3+ & CD8+", "other_T": "CD3+ & CD8-"}).tolist()
     ['CD8_T', 'other_T', 'other']
     """
-    from .panel import parse_rule
+    from tibspace.cells.panel import parse_rule
 
     n = len(pos)
     out = np.full(n, default, dtype=object)

@@ -47,8 +47,8 @@ import pandas as pd
 import shapely
 from scipy.spatial import cKDTree
 
-from .errors import InputError, NoTumourRegionError
-from .progress import report
+from tibspace.errors import InputError, NoTumourRegionError
+from tibspace.progress import report
 
 __all__ = [
     "TumourRegion", "tumour_region_from_cells", "tumour_region_from_mask",
@@ -1332,7 +1332,7 @@ def _boundary_cells(lines, envelope, spacing_um, half_width_um, end_offset_um=0.
     (:func:`tibspace._cellarea.voronoi_cells_in_boxes`). Memoised
     (:func:`_partition_memo`); None for an infinite half-width (the caller
     then uses the dissolved GEOS partition)."""
-    from . import _cellarea
+    from tibspace.tissue import _cellarea as _cellarea
 
     if not np.isfinite(half_width_um):
         return None
@@ -1353,7 +1353,7 @@ def _boundary_cells(lines, envelope, spacing_um, half_width_um, end_offset_um=0.
 
 def _cell_set_areas(region, t, e: float, quad_segs: int, parts, cells, n_out):
     """Per-label area of the clipped set {d <= e} (``parts``) in the boundary ``cells`` (memoised)."""
-    from . import _cellarea
+    from tibspace.tissue import _cellarea as _cellarea
 
     def compute():
         ptr, vx, vy, lab, xy = cells

@@ -38,8 +38,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import outputs as out
-from .progress import report
+from tibspace.outputs.anndata import write_anndata
+from tibspace.outputs.geojson import geojson_features, write_geojson
+from tibspace.outputs.metrics import write_json
+from tibspace.outputs.tables import write_table
+from tibspace.progress import report
 
 
 def summary_lines(result) -> list[str]:
@@ -106,56 +109,56 @@ def _fig_png(draw, size=(7, 4.5)) -> bytes:
 
 def write_report_files(result, folder, *, progress=None) -> None:
     """Write every output file of ``result`` into ``folder`` (see module docstring)."""
-    from .plotting import plot_barrier_coverage, plot_infiltration_profile, plot_overview
+    from tibspace.outputs.plotting import plot_barrier_coverage, plot_infiltration_profile, plot_overview
 
     folder = Path(folder)
     steps = 8
     report(progress, "writing outputs", 0, steps)
     px = result.pixel_size_um
-    out.write_table(result.cells, folder / "cells")
+    write_table(result.cells, folder / "cells")
     report(progress, "writing outputs", 1, steps)
     if result.labels is not None:
-        from .io import write_labels_ome_tiff
+        from tibspace.io import write_labels_ome_tiff
 
         write_labels_ome_tiff(folder / "cell_labels.ome.tif", result.labels, px)
     for name, mask in (result.masks or {}).items():
-        from .io import write_labels_ome_tiff
+        from tibspace.io import write_labels_ome_tiff
 
         write_labels_ome_tiff(folder / f"{name}_mask.ome.tif", np.asarray(mask).astype(np.uint8), px)
     report(progress, "writing outputs", 2, steps)
 
     gates = result.metrics.get("gates", {})
     if gates:
-        out.write_table(pd.DataFrame(list(gates.values())), folder / "gates", formats=("csv",))
+        write_table(pd.DataFrame(list(gates.values())), folder / "gates", formats=("csv",))
     frozen = _frozen_panel(result)
     if frozen is not None:
-        from ._fileio import atomic_path
+        from tibspace.io import atomic_path
 
         with atomic_path(folder / "panel_used.toml") as tmp:
             tmp.write_text(frozen.to_toml(), encoding="utf-8")
     if len(result.profiles):
-        out.write_table(result.profiles, folder / "profiles", formats=("csv",))
+        write_table(result.profiles, folder / "profiles", formats=("csv",))
     if len(result.profiles_by_nest):
-        out.write_table(result.profiles_by_nest, folder / "profiles_by_nest", formats=("csv",))
+        write_table(result.profiles_by_nest, folder / "profiles_by_nest", formats=("csv",))
     if len(result.per_nest):
-        out.write_table(result.per_nest, folder / "nests", formats=("csv",))
+        write_table(result.per_nest, folder / "nests", formats=("csv",))
     if result.segments is not None and len(result.segments):
-        out.write_table(result.segments, folder / "segments", formats=("csv",))
+        write_table(result.segments, folder / "segments", formats=("csv",))
     for name, df in (result.stats or {}).items():
-        out.write_table(df, folder / "stats" / name, formats=("csv",))
+        write_table(df, folder / "stats" / name, formats=("csv",))
     for name, res in (result.analyses or {}).items():
         for tname, df in (getattr(res, "tables", lambda: {})() or {}).items():
-            out.write_table(df, folder / "stats" / f"{name}_{tname}", formats=("csv",))
+            write_table(df, folder / "stats" / f"{name}_{tname}", formats=("csv",))
     report(progress, "writing outputs", 3, steps)
 
     # geometries (QuPath-compatible, pixel coordinates when the pixel size is known)
     if result.region is not None:
         pn = result.per_nest.to_dict(orient="records") if len(result.per_nest) else None
-        out.write_geojson(out.geojson_features(result.region.nests, name="tumour_nest", pixel_size_um=px,
+        write_geojson(geojson_features(result.region.nests, name="tumour_nest", pixel_size_um=px,
                                                measurements=pn, ids=[f"nest-{i}" for i in range(1, result.region.n_nests + 1)]),
                           folder / "nests.geojson")
     if result.tissue is not None:
-        out.write_geojson(out.geojson_features([result.tissue], name="tissue", pixel_size_um=px), folder / "tissue.geojson")
+        write_geojson(geojson_features([result.tissue], name="tissue", pixel_size_um=px), folder / "tissue.geojson")
     br = result.analyses.get("barrier")
     if br is not None:
         # one feature per covered run / gap, with its nest and length, as measured
@@ -165,19 +168,19 @@ def write_report_files(result, folder, *, progress=None) -> None:
             sel = runs[runs["covered"] == flag] if len(runs) else runs
             if len(sel):
                 meas = sel[["nest_id", "ring", "start_um", "length_um"]].to_dict(orient="records")
-                feats += out.geojson_features(list(sel["geometry"]), name=key, pixel_size_um=px,
+                feats += geojson_features(list(sel["geometry"]), name=key, pixel_size_um=px,
                                               measurements=meas)
-        out.write_geojson(feats, folder / "barrier_segments.geojson")
+        write_geojson(feats, folder / "barrier_segments.geojson")
     if result.exclusion_zones:
-        out.write_geojson(out.geojson_features(result.exclusion_zones, name="exclusion_zone", pixel_size_um=px),
+        write_geojson(geojson_features(result.exclusion_zones, name="exclusion_zone", pixel_size_um=px),
                           folder / "exclusion_zones.geojson")
     report(progress, "writing outputs", 4, steps)
 
-    out.write_anndata(result.cells, result.channel_columns, folder / "cells.h5ad",
+    write_anndata(result.cells, result.channel_columns, folder / "cells.h5ad",
                       uns={"sample_id": result.sample_id, "pixel_size_um": px})
     report(progress, "writing outputs", 5, steps)
-    out.write_json(result.metrics, folder / "metrics.json")
-    out.write_json({"timings_s": result.timings_s}, folder / "run_log.json")
+    write_json(result.metrics, folder / "metrics.json")
+    write_json({"timings_s": result.timings_s}, folder / "run_log.json")
     report(progress, "writing outputs", 6, steps)
 
     figs = {
@@ -186,7 +189,7 @@ def write_report_files(result, folder, *, progress=None) -> None:
         "barrier_coverage.png": (lambda ax: plot_barrier_coverage(result.per_nest, ax), (7, 4)),
     }
     pngs = {}
-    from ._fileio import atomic_path
+    from tibspace.io import atomic_path
 
     for name, (draw, size) in figs.items():
         pngs[name] = _fig_png(draw, size)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from tibspace.errors import InputError
 
 _XY_CANDIDATES = [
     ("x_um", "y_um", "um"),

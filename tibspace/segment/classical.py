@@ -52,7 +52,7 @@ from scipy import ndimage as ndi
 
 from tibspace.errors import InputError
 from tibspace.io import check_pixel_size_um
-from tibspace.measure import measure_cells
+from tibspace.cells import measure_cells
 from tibspace.progress import report
 
 __all__ = [

@@ -54,11 +54,11 @@ import pandas as pd
 import shapely
 from scipy import ndimage as ndi
 
-from .errors import InputError
-from .progress import report
-from .outputs import to_jsonable as _json
-from .phenotype import as_phenotype_list as _as_types
-from .phenotype import phenotype_names as _phenotype_names
+from tibspace.errors import InputError
+from tibspace.progress import report
+from tibspace.jsonable import to_jsonable as _json
+from tibspace.cells import as_phenotype_list as _as_types
+from tibspace.cells import phenotype_names as _phenotype_names
 
 __all__ = ["ExclusionResult", "exclusion_analysis", "call_immune_phenotype", "t_density_map",
            "can_run_exclusion", "COMPARTMENTS"]
@@ -487,7 +487,7 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
     >>> res.immune_phenotype
     'excluded'
     """
-    from . import geometry as geo
+    from tibspace import tissue as geo
 
     _check_cells(cells)
     t_types = _as_types(t_types, "t_types")

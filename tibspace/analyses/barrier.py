@@ -78,11 +78,11 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from .errors import InputError
-from .progress import report
-from .outputs import to_jsonable as _json
-from .phenotype import as_phenotype_list as _as_types
-from .phenotype import phenotype_names as _phenotype_names
+from tibspace.errors import InputError
+from tibspace.progress import report
+from tibspace.jsonable import to_jsonable as _json
+from tibspace.cells import as_phenotype_list as _as_types
+from tibspace.cells import phenotype_names as _phenotype_names
 
 __all__ = ["BarrierResult", "barrier_analysis", "circular_runs", "circular_shift_test",
            "can_run_barrier", "coverage_profile"]
@@ -522,7 +522,7 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     >>> round(res.barrier_coverage, 1), res.sample["n_gaps"]
     (0.5, 1)
     """
-    from . import geometry as geo
+    from tibspace import tissue as geo
 
     if not isinstance(cells, pd.DataFrame):
         raise InputError(f"cells must be a pandas DataFrame (got {type(cells).__name__})")
@@ -699,7 +699,7 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     try:
         lab = np.where(is_mac, "__mac__", np.where(is_caf, "__caf__", "__other__"))
         tab = pd.DataFrame({"x_um": x, "y_um": y, "phenotype": lab})
-        from .pointpattern import random_labelling_envelope
+        from tibspace.stats import random_labelling_envelope
 
         coloc = random_labelling_envelope(tab, "cross_L", "__mac__", "__caf__", radii, tissue, n_sim=n_sim,
                                           seed=seed, outside="drop")

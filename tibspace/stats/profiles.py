@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .geometry import (TumourRegion, _check_edges, annotate_cells, band_areas_um2,
-                       nest_band_areas_um2, nearest_nest_id)
-from .progress import report
+from tibspace.errors import InputError
+from tibspace.tissue import (TumourRegion, _check_edges, annotate_cells, band_areas_um2, nest_band_areas_um2, nearest_nest_id)
+from tibspace.progress import report
 
 __all__ = ["infiltration_profile", "DEFAULT_EDGES_UM", "band_index"]
 

@@ -1,0 +1,34 @@
+"""Input and output of raw data: lazy multiplex images (OME-TIFF, named TIFF pages, folders), cell tables from other tools, channel-name matching, QuPath's pixel convention, and atomic file writes."""
+
+from tibspace.io.files import atomic_path, staging_dir
+from tibspace.io.channels import normalise_name
+from tibspace.io.qupath import um_to_qupath_px, qupath_px_to_um
+from tibspace.io.images import (
+    MultiplexImage,
+    open_image,
+    check_not_empty,
+    write_ome_tiff,
+    write_labels_ome_tiff,
+    normalise_channel_name,
+    LENGTH_UNITS_UM,
+    check_pixel_size_um,
+)
+from tibspace.io.tables import read_cell_table, standardise_cell_table
+
+__all__ = [
+    "atomic_path",
+    "staging_dir",
+    "normalise_name",
+    "um_to_qupath_px",
+    "qupath_px_to_um",
+    "MultiplexImage",
+    "open_image",
+    "check_not_empty",
+    "write_ome_tiff",
+    "write_labels_ome_tiff",
+    "normalise_channel_name",
+    "LENGTH_UNITS_UM",
+    "check_pixel_size_um",
+    "read_cell_table",
+    "standardise_cell_table",
+]

@@ -1,0 +1,101 @@
+"""QuPath-compatible GeoJSON.
+
+Features follow QuPath's conventions (``properties.objectType``,
+``properties.classification = {name, color}``, ``properties.measurements``;
+coordinates in *pixels* of the image, :mod:`tibspace.io.qupath`) so that
+annotations round-trip through QuPath. Every writer is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import shapely
+from shapely.geometry import mapping, shape
+
+from tibspace.errors import InputError
+from tibspace.io import atomic_path
+from tibspace.io.qupath import qupath_px_to_um, um_to_qupath_px
+from tibspace.jsonable import to_jsonable
+from tibspace.outputs.colours import STRUCTURE_COLOURS
+
+
+def geojson_features(geometries: Iterable, *, name: str, object_type: str = "annotation",
+                     pixel_size_um: float | None = None, colour: tuple[int, int, int] | None = None,
+                     measurements: Sequence[Mapping] | None = None, ids: Sequence | None = None) -> list[dict]:
+    """QuPath-style GeoJSON features from shapely geometries given in µm.
+
+    Coordinates are converted to QuPath pixels when ``pixel_size_um`` is
+    given (:func:`um_to_qupath_px`); otherwise they stay in µm.
+    """
+    geoms = list(geometries)
+    if pixel_size_um:
+        geoms = [um_to_qupath_px(g, pixel_size_um) for g in geoms]
+    feats = []
+    for i, g in enumerate(geoms):
+        if g is None or g.is_empty:
+            continue
+        props = {
+            "objectType": object_type,
+            "classification": {"name": name, "color": list(colour or STRUCTURE_COLOURS.get(name, (200, 200, 200)))},
+            "isLocked": False,
+        }
+        if measurements is not None:
+            props["measurements"] = {k: v for k, v in to_jsonable(dict(measurements[i])).items()
+                                     if isinstance(v, (int, float)) and v is not None}
+        feat = {"type": "Feature", "geometry": mapping(g), "properties": props}
+        if ids is not None:
+            feat["id"] = str(ids[i])
+        feats.append(feat)
+    return feats
+
+
+def write_geojson(features: list[dict], path: str | os.PathLike) -> Path:
+    """Write a FeatureCollection atomically (coordinates rounded to 1e-3)."""
+    fc = {"type": "FeatureCollection", "features": features}
+    path = Path(path)
+    text = json.dumps(_round_coords(fc), separators=(",", ":"), allow_nan=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def _round_coords(obj):
+    if isinstance(obj, dict):
+        return {k: _round_coords(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_round_coords(v) for v in obj]
+    if isinstance(obj, float):
+        return round(obj, 3)
+    return obj
+
+
+def read_geojson_annotations(path: str | os.PathLike, *, pixel_size_um: float | None = None,
+                             classification: str | None = None) -> list[tuple[str | None, shapely.Geometry]]:
+    """Read (classification name, geometry in µm) pairs from a QuPath GeoJSON export.
+
+    Accepts a FeatureCollection, a list of features or a single feature.
+    ``pixel_size_um`` converts QuPath's pixel coordinates to µm.
+    ``classification`` keeps only features of that class (case-insensitive).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a readable GeoJSON file ({exc})") from None
+    feats = data.get("features", [data]) if isinstance(data, dict) else data
+    out = []
+    for f in feats:
+        if not isinstance(f, dict) or "geometry" not in f:
+            continue
+        cls = ((f.get("properties") or {}).get("classification") or {}).get("name")
+        if classification is not None and (cls or "").lower() != classification.lower():
+            continue
+        g = shape(f["geometry"])
+        if pixel_size_um:
+            g = qupath_px_to_um(g, pixel_size_um)
+        out.append((cls, g))
+    return out
