@@ -7,7 +7,7 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tibspace.io import atomic_path, staging_dir
+from tibspace.io import atomic_path, result_set
 from tibspace.jsonable import to_jsonable
 from tibspace.outputs import (geojson_features, read_geojson_annotations, write_anndata, write_geojson,
                               write_json, write_table)
@@ -22,17 +22,19 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_staging_dir_keeps_no_partial_run(tmp_path):
+def test_result_set_keeps_no_partial_run(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
-        with staging_dir(out) as stage:
+        with result_set(out) as stage:
             (stage / "cells.csv").write_text("x")
             raise RuntimeError("fail half-way")
-    assert list(out.iterdir()) == []
-    with staging_dir(out) as stage:
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with result_set(out) as stage:
         (stage / "stats").mkdir()
         (stage / "stats" / "a.csv").write_text("ok")
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["stats", "stats/a.csv"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "stats", "stats/a.csv", "tibspace_manifest.json"]
+    assert list(tmp_path.iterdir()) == [out]  # no staging folder left beside it
 
 
 def test_table_roundtrip_parquet_and_csv(tmp_path):
@@ -112,3 +114,26 @@ def test_dataframe_to_jsonable_matches_value_by_value():
     want = {str(k): [to_jsonable(v) for v in vals] for k, vals in df.to_dict(orient="list").items()}
     assert json.dumps(got, sort_keys=True, allow_nan=False) == json.dumps(want, sort_keys=True, allow_nan=False)
     assert got["nan"].count(None) == int(df["nan"].isna().sum()) and got["inf"][:2] == [None, None]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 50), st.floats(0, 50)), min_size=3, max_size=12),
+       st.floats(0.3, 1.1), st.floats(0, 1e-3))
+def test_written_geojson_geometries_are_valid_after_rounding(tmp_path_factory, pts, px, eps):
+    """Near-degenerate polygons (slivers thinner than the 1e-3 px grid) stay valid once written."""
+    poly = shapely.make_valid(shapely.Polygon(pts + [(pts[0][0] + eps, pts[0][1] + eps)]))
+    path = tmp_path_factory.mktemp("gj") / "x.geojson"
+    write_geojson(geojson_features([poly], name="exclusion_zone", pixel_size_um=px), path)
+    for f in json.loads(path.read_text())["features"]:
+        g = shapely.geometry.shape(f["geometry"])
+        assert g.is_valid, shapely.is_valid_reason(g)
+
+
+def test_qupath_measurements_numeric_text_in_metadata(tmp_path):
+    feats = geojson_features([shapely.box(0, 0, 10, 10)], name="tumour_nest", pixel_size_um=0.5,
+                             measurements=[{"coverage": 0.5, "link_exact": True, "immune_phenotype": "excluded",
+                                            "p": float("nan"), "n": np.int64(3)}])
+    props = feats[0]["properties"]
+    assert props["measurements"] == {"coverage": 0.5, "n": 3}
+    assert props["metadata"] == {"link_exact": "true", "immune_phenotype": "excluded"}
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in props["measurements"].values())

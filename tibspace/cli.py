@@ -53,14 +53,16 @@ def _run_many(inputs, args, one):
     """Run ``one(input, out_dir)`` per input; cohort summary when > 1 input."""
     import pandas as pd
 
+    from tibspace.io import safe_path
     from tibspace.outputs import write_table
-    from tibspace.pipeline import _sample_id
+    from tibspace.pipeline import unique_sample_ids
 
     out = Path(args.out)
     rows = []
-    for inp in inputs:
-        target = out if len(inputs) == 1 else out / _sample_id(Path(inp))
-        result = one(inp, target)
+    ids = unique_sample_ids([Path(i) for i in inputs])
+    for inp, sid in zip(inputs, ids):
+        target = out if len(inputs) == 1 else safe_path(out, sid)
+        result = one(inp, target, sid if len(inputs) > 1 else None)
         _print_summary(result, target)
         rows.append(_cohort_row(result))
     if len(inputs) > 1:
@@ -72,8 +74,8 @@ def _run_many(inputs, args, one):
 def cmd_run(args) -> int:
     from tibspace.pipeline import run_image
 
-    return _run_many(args.images, args, lambda inp, target: run_image(
-        inp, args.panel, out_dir=target, pixel_size_um=args.pixel_size_um, seed=args.seed,
+    return _run_many(args.images, args, lambda inp, target, sid: run_image(
+        inp, args.panel, out_dir=target, pixel_size_um=args.pixel_size_um, seed=args.seed, sample_id=sid,
         scheduler=args.scheduler, progress=_progress(args), tile_size_px=args.tile_size_px,
         n_workers=args.workers))
 
@@ -81,8 +83,8 @@ def cmd_run(args) -> int:
 def cmd_analyze(args) -> int:
     from tibspace.pipeline import analyze_table
 
-    return _run_many(args.tables, args, lambda inp, target: analyze_table(
-        inp, args.panel, out_dir=target, seed=args.seed, progress=_progress(args)))
+    return _run_many(args.tables, args, lambda inp, target, sid: analyze_table(
+        inp, args.panel, out_dir=target, seed=args.seed, progress=_progress(args), sample_id=sid))
 
 
 def cmd_demo(args) -> int:
@@ -106,6 +108,34 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def _ranged(kind, lo, hi, what):
+    """argparse type: a number of ``kind`` in [lo, hi], else one line naming the option and the range."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (lo <= v <= hi) or v != v:
+            raise argparse.ArgumentTypeError(f"expected {what} in [{lo:g}, {hi:g}], got {text}")
+        return v
+    return parse
+
+
+def _scheduler(text):
+    """argparse type: threads / processes / a Dask address (tcp://, tls://, ucx://, inproc://)."""
+    if text in ("threads", "processes") or text.split("://", 1)[0] in ("tcp", "tls", "ucx", "inproc", "ws", "wss") \
+            and "://" in text and text.split("://", 1)[1]:
+        return text
+    raise argparse.ArgumentTypeError(f"expected threads, processes or a Dask scheduler address such as "
+                                     f"tcp://host:8786, got {text!r}")
+
+
+_SEED = _ranged(int, 0, 2**32 - 1, "an integer seed")
+_PIXEL = _ranged(float, 1e-3, 100.0, "µm per pixel")
+_WORKERS = _ranged(int, 1, 1024, "a number of workers")
+_TILE = _ranged(int, 256, 65536, "a tile size in pixels")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tibspace", description=__doc__.splitlines()[0])
     from tibspace import __version__
@@ -115,16 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp, default_out=None):
         sp.add_argument("--out", required=default_out is None, default=default_out, help="output folder")
-        sp.add_argument("--seed", type=int, default=None, help="seed of every random step (default: panel's)")
+        sp.add_argument("--seed", type=_SEED, default=None, help="seed of every random step (default: panel's)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = sub.add_parser("run", help="segment, phenotype and analyse multiplex image(s)")
     r.add_argument("images", nargs="+", help="OME-TIFF / named multi-page TIFF / folder of single-channel TIFFs")
     r.add_argument("--panel", required=True, help="marker panel (TOML)")
-    r.add_argument("--pixel-size-um", type=float, default=None, help="µm per pixel (overrides the file)")
-    r.add_argument("--scheduler", default=None, help="Dask scheduler address, or threads / processes for a local cluster (default: threads)")
-    r.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
-    r.add_argument("--tile-size-px", type=int, default=None, help="segmentation tile size (default 2048)")
+    r.add_argument("--pixel-size-um", type=_PIXEL, default=None, help="µm per pixel (overrides the file)")
+    r.add_argument("--scheduler", type=_scheduler, default=None,
+                   help="Dask scheduler address, or threads / processes for a local cluster (default: threads)")
+    r.add_argument("--workers", type=_WORKERS, default=2, help="local Dask workers (default 2)")
+    r.add_argument("--tile-size-px", type=_TILE, default=None, help="segmentation tile size (default 2048)")
     common(r)
     r.set_defaults(func=cmd_run)
 
@@ -135,10 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_analyze)
 
     d = sub.add_parser("demo", help="run the whole pipeline on the bundled sample data")
-    d.add_argument("--pixel-size-um", type=float, default=None, help=argparse.SUPPRESS)
-    d.add_argument("--scheduler", default=None, help="Dask scheduler address, or threads / processes (default: threads)")
-    d.add_argument("--workers", type=int, default=2)
-    d.add_argument("--tile-size-px", type=int, default=None)
+    d.add_argument("--pixel-size-um", type=_PIXEL, default=None, help=argparse.SUPPRESS)
+    d.add_argument("--scheduler", type=_scheduler, default=None,
+                   help="Dask scheduler address, or threads / processes (default: threads)")
+    d.add_argument("--workers", type=_WORKERS, default=2, help="local Dask workers (default 2)")
+    d.add_argument("--tile-size-px", type=_TILE, default=None, help="segmentation tile size (default 2048)")
     common(d, default_out="tibspace-demo-results")
     d.set_defaults(func=cmd_demo)
 
@@ -161,6 +193,10 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except TibspaceError as exc:
         print(f"tibspace: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # full disk, read-only folder, vanished file: one line, exit 2
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"tibspace: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tibspace: interrupted; no partial output was kept", file=sys.stderr)

@@ -76,6 +76,42 @@ def _sample_id(path: Path) -> str:
     return name
 
 
+def unique_sample_ids(paths: list[Path]) -> list[str]:
+    """File-safe sample ids from input paths, unique within the list.
+
+    The id is the file name without its image/table suffix; where several
+    inputs share it, parent folder names are prepended (``P11/image.ome.tif``
+    and ``P12/image.ome.tif`` → ``P11_image``, ``P12_image``) until the ids
+    differ; remaining ties get ``_2``, ``_3``.
+
+    Examples
+    --------
+    >>> unique_sample_ids([Path("P11/image.ome.tif"), Path("P12/image.ome.tif"), Path("a.tif")])
+    ['P11_image', 'P12_image', 'a']
+    """
+    from tibspace.io import safe_name
+
+    resolved = [Path(os.path.abspath(p)) for p in paths]
+    ids = [safe_name(_sample_id(p)) for p in resolved]
+    depth = [0] * len(ids)
+    for _ in range(64):
+        counts = {i: ids.count(i) for i in ids}
+        clash = [k for k, i in enumerate(ids) if counts[i] > 1]
+        if not clash:
+            break
+        for k in clash:
+            parents = resolved[k].parent.parts[1:]
+            depth[k] += 1
+            if depth[k] <= len(parents):
+                ids[k] = safe_name("_".join(parents[-depth[k]:] + (_sample_id(resolved[k]),)))
+    seen: dict[str, int] = {}
+    out = []
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+        out.append(i if seen[i] == 1 else f"{i}_{seen[i]}")
+    return out
+
+
 class _Timer:
     def __init__(self, timings: dict):
         self.timings = timings
@@ -96,7 +132,7 @@ class _Timer:
 # ---------------------------------------------------------------------------
 def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = None, seed: int | None = None,
               scheduler: str | None = None, progress: ProgressFn | None = None,
-              tile_size_px: int | None = None, n_workers: int = 2) -> PipelineResult:
+              tile_size_px: int | None = None, n_workers: int = 2, sample_id: str | None = None) -> PipelineResult:
     """Run the full pipeline on one multiplex image.
 
     Parameters
@@ -118,6 +154,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         in-process cluster with one thread per worker) / ``"processes"``.
     progress : callable, optional
         ``progress(step, done, total)``; may raise ``Cancelled``.
+    sample_id : str, optional
+        Name of the sample in the outputs (default: the file name without suffix).
 
     Returns
     -------
@@ -165,7 +203,7 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         "path": str(image_path), "sha256": _checksum(image_path), "channels": list(names),
         "shape_yx": list(result.image_shape), "pixel_size_um": float(img.pixel_size_um),
     }
-    result.metrics["sample_id"] = _sample_id(image_path)
+    result.metrics["sample_id"] = sample_id or _sample_id(image_path)
     if out_dir is not None:
         write_outputs(result, out_dir, progress=progress)
     return result
@@ -239,173 +277,214 @@ def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, la
                   channel_index: Mapping[str, int] | None = None, seed: int = 0,
                   progress: ProgressFn | None = None, timings: dict | None = None,
                   gate: bool = True) -> PipelineResult:
-    """Phenotypes (optional) → geometry → profiles → statistics → the three analyses."""
-    from tibspace import tissue as geo
-    from tibspace.cells import gate_cells, phenotype_counts
+    """Phenotypes (optional) → geometry → profiles → statistics → the three analyses.
 
+    Two background threads overlap the main thread: the statistics (they need
+    only the cells and the tissue window) while the tumour region is built, and
+    the exclusion analysis followed by the per-nest profile from the moment the
+    cells are annotated. Each thread gets its own copies of the geometries it
+    reads (:func:`_thread_copy`): GEOS geometries, prepared or not, are never
+    shared between threads. The statistics thread is joined before the barrier
+    and shield analyses so that numba kernels never launch from two threads.
+    """
     panel = _as_panel(panel)
-    params = dict(panel.parameters)
-    timings = {} if timings is None else timings
-    timer = _Timer(timings)
-    skipped: dict[str, str] = {}
-    metrics: dict[str, Any] = {"tibspace_version": __version__, "seed": int(seed)}
-    channel_names = None
-    if image is not None:
-        channel_names = list(image.channel_names)
-    channel_columns = [c for c in (channel_names or []) if c in cells.columns]
+    run = _Run(panel, seed, progress, timings)
+    cells = run.phenotype(cells, image, channel_index, gate)
+    result = PipelineResult(cells=cells, pixel_size_um=pixel_size_um, labels=labels, gates=run.gates_used,
+                            panel=panel, timings_s=run.timings,
+                            channel_columns=[c for c in (list(image.channel_names) if image is not None else [])
+                                             if c in cells.columns])
+    stats_job = run.tissue_and_statistics(result)
+    background = run.tumour_geometry(result, image, channel_index, pixel_size_um)
+    run.collect_statistics(result, stats_job)
+    run.analyses(result, background)
+    return run.finish(result)
+
+
+def _thread_copy(obj):
+    """A private copy of a geometry (or an object holding geometries) for another thread."""
+    import pickle
+
+    return None if obj is None else pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+class _Run:
+    """The steps of :func:`analyze_cells`, sharing the run's parameters, skips and metrics."""
+
+    def __init__(self, panel, seed, progress, timings):
+        self.panel = panel
+        self.params = dict(panel.parameters)
+        self.roles = panel.roles
+        self.seed = int(seed)
+        self.progress = progress
+        self.timings = {} if timings is None else timings
+        self.timer = _Timer(self.timings)
+        self.skipped: dict[str, str] = {}
+        self.metrics: dict[str, Any] = {"tibspace_version": __version__, "seed": int(seed)}
+        self.gates_used: dict[str, float] = {}
+        self.defined: set[str] = set()
 
     # ---- phenotypes
-    gates_used: dict[str, float] = {}
-    if gate:
-        report(progress, "phenotyping", 0, 1)
-        with timer("phenotyping"):
-            channel_of = ({m: channel_names[channel_index[m]] for m in panel.markers}
-                          if channel_index is not None and channel_names is not None else None)
-            gating = gate_cells(cells, panel, channel_of, seed=seed)
-        cells = cells.copy()
-        cells["phenotype"] = gating.phenotype
-        gates_used = {m: g.value for m, g in gating.gates.items()}
-        metrics["gates"] = {m: g.to_dict() for m, g in gating.gates.items()}
-        report(progress, "phenotyping", 1, 1)
-    metrics["phenotype_counts"] = phenotype_counts(cells["phenotype"].to_numpy())
-    metrics["n_cells"] = int(len(cells))
+    def phenotype(self, cells, image, channel_index, gate):
+        from tibspace.cells import gate_cells, phenotype_counts
 
-    roles = panel.roles
-    present = set(metrics["phenotype_counts"])
-    defined = set(panel.phenotypes) | {panel.default_phenotype} | present
+        panel, metrics = self.panel, self.metrics
+        if gate:
+            report(self.progress, "phenotyping", 0, 1)
+            channel_names = list(image.channel_names) if image is not None else None
+            with self.timer("phenotyping"):
+                channel_of = ({m: channel_names[channel_index[m]] for m in panel.markers}
+                              if channel_index is not None and channel_names is not None else None)
+                gating = gate_cells(cells, panel, channel_of, seed=self.seed)
+            cells = cells.copy()
+            cells["phenotype"] = gating.phenotype
+            self.gates_used = {m: g.value for m, g in gating.gates.items()}
+            metrics["gates"] = {m: g.to_dict() for m, g in gating.gates.items()}
+            report(self.progress, "phenotyping", 1, 1)
+        metrics["phenotype_counts"] = phenotype_counts(cells["phenotype"].to_numpy())
+        metrics["n_cells"] = int(len(cells))
+        self.defined = set(panel.phenotypes) | {panel.default_phenotype} | set(metrics["phenotype_counts"])
+        return cells
 
-    result = PipelineResult(cells=cells, pixel_size_um=pixel_size_um, labels=labels, gates=gates_used,
-                            panel=panel, channel_columns=channel_columns, timings_s=timings)
+    # ---- tissue window, and the statistics in a background thread
+    def tissue_and_statistics(self, result):
+        from concurrent.futures import ThreadPoolExecutor
 
-    # ---- geometry
-    report(progress, "tissue geometry", 0, 1)
-    tumour_types = list(roles.get("tumour", []))
-    is_tumour = cells["phenotype"].isin(tumour_types).to_numpy()
-    x = cells["x_um"].to_numpy(dtype=float)
-    y = cells["y_um"].to_numpy(dtype=float)
-    with timer("geometry"):
-        tissue = geo.tissue_region_from_cells(x, y)
-    # The point-pattern / neighbourhood statistics need only the cells and the tissue
-    # window, so they run in a background thread while the tumour region is built
-    # (single-threaded GEOS; 1M cells: ~11 s of statistics hidden behind ~15 s).
-    # Their numba kernels are the only ones running until the thread is joined
-    # below, before the analyses (whose kernels would otherwise launch alongside).
-    from concurrent.futures import ThreadPoolExecutor
+        from tibspace import tissue as geo
 
-    stats_skipped: dict[str, str] = {}
-    stats_pool = ThreadPoolExecutor(1, thread_name_prefix="tibspace-statistics")
-    stats_job = stats_pool.submit(_statistics_and_nearest, cells, tissue, dict(params, _roles=roles), seed,
-                                  stats_skipped, timer)
-    stats_pool.shutdown(wait=False)
-    with timer("geometry"):
-        region = None
-        try:
-            region = geo.tumour_region_from_cells(
-                x[is_tumour], y[is_tumour],
-                tumour_cell_radius_um=float(params["tumour_cell_radius_um"]),
-                closing_um=float(params["closing_um"]), min_hole_um2=float(params["min_hole_um2"]),
-                min_nest_area_um2=float(params["min_nest_area_um2"]))
-        except NoTumourRegionError as exc:
-            skipped["tumour_geometry"] = str(exc)
-    result.tissue = tissue
-    result.region = region
-    metrics["tissue_area_mm2"] = float(tissue.area) / 1e6 if tissue is not None else None
-    if region is not None:
-        with timer("geometry"):
+        report(self.progress, "tissue geometry", 0, 1)
+        cells = result.cells
+        with self.timer("geometry"):
+            result.tissue = geo.tissue_region_from_cells(cells["x_um"].to_numpy(dtype=float),
+                                                         cells["y_um"].to_numpy(dtype=float))
+        self.metrics["tissue_area_mm2"] = float(result.tissue.area) / 1e6 if result.tissue is not None else None
+        self.stats_skipped: dict[str, str] = {}
+        pool = ThreadPoolExecutor(1, thread_name_prefix="tibspace-statistics")
+        job = pool.submit(_statistics_and_nearest, cells, _thread_copy(result.tissue),
+                          dict(self.params, _roles=self.roles), self.seed, self.stats_skipped, self.timer)
+        pool.shutdown(wait=False)
+        return job
+
+    # ---- tumour region, annotation, profiles; exclusion and per-nest profile in the background
+    def tumour_geometry(self, result, image, channel_index, pixel_size_um):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tibspace import tissue as geo
+
+        params, cells = self.params, result.cells
+        is_tumour = cells["phenotype"].isin(list(self.roles.get("tumour", []))).to_numpy()
+        x = cells["x_um"].to_numpy(dtype=float)
+        y = cells["y_um"].to_numpy(dtype=float)
+        with self.timer("geometry"):
+            try:
+                result.region = geo.tumour_region_from_cells(
+                    x[is_tumour], y[is_tumour],
+                    tumour_cell_radius_um=float(params["tumour_cell_radius_um"]),
+                    closing_um=float(params["closing_um"]), min_hole_um2=float(params["min_hole_um2"]),
+                    min_nest_area_um2=float(params["min_nest_area_um2"]))
+            except NoTumourRegionError as exc:
+                self.skipped["tumour_geometry"] = str(exc)
+        region = result.region
+        if region is None:
+            cells = cells.copy()
+            cells["signed_dist_um"] = np.nan
+            cells["compartment"] = "no_tumour_region"
+            cells["nest_id"] = 0
+            result.cells = cells
+            report(self.progress, "tissue geometry", 1, 1)
+            self.steps = []
+            return {}
+        with self.timer("geometry"):
             cells = geo.annotate_cells(cells, region, margin_um=float(params["margin_um"]))
             segs = geo.perimeter_segments(region, segment_um=float(params["segment_um"]))
             cells["segment_id"] = geo.assign_segments(x, y, segs)
         result.segments = segs
-        metrics["tumour_region"] = {
+        self.metrics["tumour_region"] = {
             "n_nests": int(region.n_nests),
             "tumour_area_mm2": float(region.union.area) / 1e6,
             "perimeter_um": float(sum(p.length for p in region.nests)),
             "source": region.source,
         }
-        report(progress, "tissue geometry", 1, 1)
+        report(self.progress, "tissue geometry", 1, 1)
         result.cells = cells
 
-        # The exclusion analysis (numpy, scipy, GEOS: no numba kernels, no shared
-        # mutable state beyond the lock-guarded geometry caches) needs only the
-        # annotated cells, so it starts now in a background thread, beside the
-        # infiltration profile and then the barrier and shield analyses; the
-        # per-nest profile follows it there once the profile's buffers are memoised
-        # (1M cells: the pipeline went 145 -> ~120 s with the background thread after
-        # the profiles, and to ~90 s starting it here). Its progress is reported
-        # from this thread when it is collected.
-        steps = list(_analysis_steps(result, panel, params, defined, image, channel_index,
-                                     pixel_size_um, seed, progress, skipped, timer))
+        # The exclusion analysis (numpy, scipy, GEOS: no numba kernels) needs only
+        # the annotated cells, so it starts now, beside the infiltration profile
+        # and the barrier and shield analyses, on its own copies of the geometries;
+        # the per-nest profile follows it in the same thread.
+        self.steps = list(_analysis_steps(result, self.panel, params, self.defined, image, channel_index,
+                                          pixel_size_um, self.seed, self.progress, self.skipped, self.timer))
         pool = ThreadPoolExecutor(1, thread_name_prefix="tibspace-background")
-        pending = {name: pool.submit(run, None) for name, run in steps
-                   if name == "exclusion" and len(steps) > 1}
+        own_region, own_tissue = _thread_copy(region), _thread_copy(result.tissue)
+        pending = {name: pool.submit(step, None, own_region, own_tissue) for name, step in self.steps
+                   if name == "exclusion" and len(self.steps) > 1}
 
-        # ---- infiltration profiles
         from tibspace.stats import infiltration_profile
 
         edges = np.arange(float(params["profile_min_um"]), float(params["profile_max_um"]) + 1e-9,
                           float(params["profile_step_um"]))
-        with timer("profiles"):
-            result.profiles = infiltration_profile(cells, region, tissue, edges_um=edges)
-        profile_cells = cells
+        with self.timer("profiles"):
+            result.profiles = infiltration_profile(cells, region, result.tissue, edges_um=edges)
 
-        def profiles_by_nest():
-            with timer("profiles_by_nest"):
-                return infiltration_profile(profile_cells, region, tissue, edges_um=edges, by_nest=True)
+        def profiles_by_nest(cells=cells, region=own_region, tissue=own_tissue):
+            with self.timer("profiles_by_nest"):
+                return infiltration_profile(cells, region, tissue, edges_um=edges, by_nest=True)
 
-        by_nest = pool.submit(profiles_by_nest)
+        pending["_profiles_by_nest"] = pool.submit(profiles_by_nest)
         pool.shutdown(wait=False)  # no more work; the thread ends with its tasks
-    else:
-        cells = cells.copy()
-        cells["signed_dist_um"] = np.nan
-        cells["compartment"] = "no_tumour_region"
-        cells["nest_id"] = 0
-        report(progress, "tissue geometry", 1, 1)
-    result.cells = cells
+        return pending
 
-    # ---- point-pattern / neighbourhood statistics (from the background thread)
-    report(progress, "statistics", 0, 1)
-    result.stats, stat_metrics, nearest = stats_job.result()
-    report(progress, "statistics", 1, 1)
-    skipped.update(stats_skipped)
-    metrics["statistics"] = stat_metrics
-    if nearest is not None:
-        cells = cells.copy()
-        for c in nearest.columns:
-            cells[c] = nearest[c].to_numpy()
-    result.cells = cells
+    # ---- statistics from their thread
+    def collect_statistics(self, result, job):
+        report(self.progress, "statistics", 0, 1)
+        result.stats, stat_metrics, nearest = job.result()
+        report(self.progress, "statistics", 1, 1)
+        self.skipped.update(self.stats_skipped)
+        self.metrics["statistics"] = stat_metrics
+        if nearest is not None:
+            cells = result.cells.copy()
+            for c in nearest.columns:
+                cells[c] = nearest[c].to_numpy()
+            result.cells = cells
 
     # ---- the three analyses
-    analyses: dict[str, Any] = {}
-    if region is None:
-        for name in ("barrier", "shield", "exclusion"):
-            skipped[name] = "no tumour region: " + skipped.get("tumour_geometry", "")
-    else:
-        for name, run in steps:
+    def analyses(self, result, pending):
+        analyses: dict[str, Any] = {}
+        if result.region is None:
+            for name in ("barrier", "shield", "exclusion"):
+                self.skipped[name] = "no tumour region: " + self.skipped.get("tumour_geometry", "")
+            result.analyses = analyses
+            return
+        for name, step in self.steps:
             if name in pending:
                 continue
             try:
-                analyses[name] = run()
+                analyses[name] = step()
             except InputError as exc:  # data the analysis cannot use: say why, keep the rest
-                skipped[name] = str(exc)
+                self.skipped[name] = str(exc)
         for name, fut in pending.items():
-            report(progress, name, 0, 1)
+            if name.startswith("_"):
+                continue
+            report(self.progress, name, 0, 1)
             try:
                 analyses[name] = fut.result()
             except InputError as exc:
-                skipped[name] = str(exc)
-            report(progress, name, 1, 1)
-        result.profiles_by_nest = by_nest.result()
+                self.skipped[name] = str(exc)
+            report(self.progress, name, 1, 1)
+        result.profiles_by_nest = pending["_profiles_by_nest"].result()
         # keep the analyses in their fixed order (metrics.json is byte-identical run to run)
-        analyses = {name: analyses[name] for name, _ in steps if name in analyses}
-    result.analyses = analyses
-    result.per_nest = _per_nest_table(result)
-    metrics.update(result.metrics)  # e.g. mask gates recorded by the shield step
-    metrics["analyses"] = {k: v.to_dict() for k, v in analyses.items()}
-    metrics["skipped"] = skipped
-    metrics["parameters"] = params
-    metrics["panel"] = panel.to_dict()
-    result.metrics = metrics
-    return result
+        result.analyses = {name: analyses[name] for name, _ in self.steps if name in analyses}
+
+    def finish(self, result):
+        metrics = self.metrics
+        result.per_nest = _per_nest_table(result)
+        metrics.update(result.metrics)  # e.g. mask gates recorded by the shield step
+        metrics["analyses"] = {k: v.to_dict() for k, v in result.analyses.items()}
+        metrics["skipped"] = self.skipped
+        metrics["parameters"] = self.params
+        metrics["panel"] = self.panel.to_dict()
+        result.metrics = metrics
+        return result
 
 
 def _run_statistics(cells, tissue, params, seed, progress, skipped):
@@ -506,12 +585,14 @@ def _analysis_steps(result, panel, params, defined, image, channel_index, pixel_
     if miss:
         skipped["exclusion"] = f"the panel defines no phenotype for role(s) {miss} (e.g. CD8_T = \"CD3+ & CD8+\")"
     else:
-        def run_exclusion(progress=progress):
+        def run_exclusion(progress=progress, region=None, tissue=None):
             from tibspace.analyses import exclusion_analysis
 
+            region = result.region if region is None else region
+            tissue = result.tissue if tissue is None else tissue
             with timer("exclusion"):
                 ex = exclusion_analysis(
-                    result.cells, result.region, result.tissue, t_types=tuple(roles["effector_t"]),
+                    result.cells, region, tissue, t_types=tuple(roles["effector_t"]),
                     margin_um=float(params["margin_um"]), outside_band_um=float(params["outside_band_um"]),
                     desert_density=float(params["desert_density"]), excluded_ratio=float(params["excluded_ratio"]),
                     bandwidth_um=float(params["exclusion_bandwidth_um"]), grid_um=float(params["exclusion_grid_um"]),
@@ -618,15 +699,31 @@ def _per_nest_table(result: PipelineResult) -> pd.DataFrame:
 def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | None = None) -> list[Path]:
     """Write every output of a run into ``out_dir`` (the CLI's file contract).
 
-    Files go through a staging folder and are moved into place only when all
-    were written, so a failure leaves no partial run behind.
+    The files form one result set (:func:`tibspace.io.result_set`): written
+    into a staging folder and swapped in whole, so ``out_dir`` holds the
+    complete previous result or the complete new one, never a mix; files of
+    the previous tibspace result are replaced, files tibspace did not write
+    are kept.
     """
-    from tibspace.io import staging_dir
+    from tibspace.io import check_free_space, result_set
     from tibspace.outputs import write_report_files
 
     out_dir = Path(out_dir)
-    with staging_dir(out_dir) as stage:
+    check_free_space(out_dir, _output_bytes_estimate(result))
+    with result_set(out_dir) as stage:
         write_report_files(result, stage, progress=progress)
         written = sorted(p.relative_to(stage) for p in stage.rglob("*") if p.is_file())
     result.out_dir = out_dir
     return [out_dir / p for p in written]
+
+
+def _output_bytes_estimate(result: PipelineResult) -> int:
+    """A generous estimate of what :func:`write_outputs` writes (checked against free space)."""
+    cells = result.cells
+    n = len(cells) * max(len(cells.columns), 1)
+    size = 3 * 12 * n  # Parquet + CSV + h5ad, ~12 bytes a value
+    if result.labels is not None:
+        size += 4 * int(np.prod(np.shape(result.labels)))
+    for m in (result.masks or {}).values():
+        size += int(np.prod(np.shape(m)))
+    return int(size * 1.5) + (8 << 20)

@@ -1,6 +1,7 @@
 """Input and output of raw data: lazy multiplex images (OME-TIFF, named TIFF pages, folders), cell tables from other tools, channel-name matching, QuPath's pixel convention, and atomic file writes."""
 
-from tibspace.io.files import atomic_path, staging_dir
+from tibspace.io.files import atomic_path
+from tibspace.io.resultset import MANIFEST, check_free_space, result_set, safe_name, safe_path
 from tibspace.io.channels import normalise_name
 from tibspace.io.qupath import um_to_qupath_px, qupath_px_to_um
 from tibspace.io.images import (
@@ -17,7 +18,11 @@ from tibspace.io.tables import read_cell_table, standardise_cell_table
 
 __all__ = [
     "atomic_path",
-    "staging_dir",
+    "MANIFEST",
+    "result_set",
+    "check_free_space",
+    "safe_name",
+    "safe_path",
     "normalise_name",
     "um_to_qupath_px",
     "qupath_px_to_um",

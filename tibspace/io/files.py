@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -55,28 +54,3 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-
-
-@contextlib.contextmanager
-def staging_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a hidden staging folder inside ``out_dir``; move its files into
-    ``out_dir`` only if the block succeeds.
-
-    A run writes all its outputs into the staging folder; a failure part-way
-    removes the folder, so the output directory never holds a partial run.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".tibspace-staging-", dir=out_dir))
-    try:
-        yield stage
-        for item in sorted(stage.rglob("*")):
-            rel = item.relative_to(stage)
-            target = out_dir / rel
-            if item.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(item, target)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)

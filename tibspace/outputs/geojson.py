@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import shapely
 from shapely.geometry import mapping, shape
 
@@ -23,19 +24,34 @@ from tibspace.jsonable import to_jsonable
 from tibspace.outputs.colours import STRUCTURE_COLOURS
 
 
+GRID = 1e-3  # coordinate grid of the written files (QuPath pixels, or µm without a pixel size)
+
+
 def geojson_features(geometries: Iterable, *, name: str, object_type: str = "annotation",
                      pixel_size_um: float | None = None, colour: tuple[int, int, int] | None = None,
                      measurements: Sequence[Mapping] | None = None, ids: Sequence | None = None) -> list[dict]:
     """QuPath-style GeoJSON features from shapely geometries given in µm.
 
     Coordinates are converted to QuPath pixels when ``pixel_size_um`` is
-    given (:func:`um_to_qupath_px`); otherwise they stay in µm.
+    given (:func:`um_to_qupath_px`; otherwise they stay in µm) and snapped to a
+    grid of :data:`GRID` with GEOS's precision reducer, which keeps every
+    geometry valid (plain rounding of coordinates can make rings cross).
+    Numeric measurements go to ``properties.measurements`` (QuPath reads only
+    numbers there); text and boolean values go to ``properties.metadata`` as
+    strings, where QuPath keeps them.
     """
-    geoms = list(geometries)
-    if pixel_size_um:
-        geoms = [um_to_qupath_px(g, pixel_size_um) for g in geoms]
+    geoms = np.asarray(list(geometries), dtype=object)
+    keep = np.array([g is not None and not g.is_empty for g in geoms], dtype=bool)
+    out = np.full(len(geoms), None, dtype=object)
+    if keep.any():
+        g = geoms[keep]
+        if pixel_size_um:
+            g = np.asarray(um_to_qupath_px(g, pixel_size_um), dtype=object)
+        g = shapely.set_precision(g, GRID)
+        # exact decimal coordinates in the text (the grid values carry float noise)
+        out[keep] = shapely.transform(g, lambda xy: np.round(xy, 3))
     feats = []
-    for i, g in enumerate(geoms):
+    for i, g in enumerate(out):
         if g is None or g.is_empty:
             continue
         props = {
@@ -44,8 +60,10 @@ def geojson_features(geometries: Iterable, *, name: str, object_type: str = "ann
             "isLocked": False,
         }
         if measurements is not None:
-            props["measurements"] = {k: v for k, v in to_jsonable(dict(measurements[i])).items()
-                                     if isinstance(v, (int, float)) and v is not None}
+            numeric, text = _split_measurements(measurements[i])
+            props["measurements"] = numeric
+            if text:
+                props["metadata"] = text
         feat = {"type": "Feature", "geometry": mapping(g), "properties": props}
         if ids is not None:
             feat["id"] = str(ids[i])
@@ -53,24 +71,29 @@ def geojson_features(geometries: Iterable, *, name: str, object_type: str = "ann
     return feats
 
 
+def _split_measurements(values: Mapping) -> tuple[dict, dict]:
+    """(numeric measurements, text metadata) of one feature; NaN and None are dropped."""
+    numeric, text = {}, {}
+    for k, v in to_jsonable(dict(values)).items():
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            text[k] = str(v).lower()
+        elif isinstance(v, (int, float)):
+            numeric[k] = v
+        elif isinstance(v, str):
+            text[k] = v
+    return numeric, text
+
+
 def write_geojson(features: list[dict], path: str | os.PathLike) -> Path:
-    """Write a FeatureCollection atomically (coordinates rounded to 1e-3)."""
+    """Write a FeatureCollection atomically (coordinates as given by :func:`geojson_features`)."""
     fc = {"type": "FeatureCollection", "features": features}
     path = Path(path)
-    text = json.dumps(_round_coords(fc), separators=(",", ":"), allow_nan=False)
+    text = json.dumps(fc, separators=(",", ":"), allow_nan=False)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
-
-
-def _round_coords(obj):
-    if isinstance(obj, dict):
-        return {k: _round_coords(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_round_coords(v) for v in obj]
-    if isinstance(obj, float):
-        return round(obj, 3)
-    return obj
 
 
 def read_geojson_annotations(path: str | os.PathLike, *, pixel_size_um: float | None = None,

@@ -42,6 +42,7 @@ from tibspace.outputs.anndata import write_anndata
 from tibspace.outputs.geojson import geojson_features, write_geojson
 from tibspace.outputs.metrics import write_json
 from tibspace.outputs.tables import write_table
+from tibspace.io import safe_name, safe_path
 from tibspace.progress import report
 
 
@@ -124,7 +125,8 @@ def write_report_files(result, folder, *, progress=None) -> None:
     for name, mask in (result.masks or {}).items():
         from tibspace.io import write_labels_ome_tiff
 
-        write_labels_ome_tiff(folder / f"{name}_mask.ome.tif", np.asarray(mask).astype(np.uint8), px)
+        write_labels_ome_tiff(safe_path(folder, f"{safe_name(name)}_mask.ome.tif"),
+                              np.asarray(mask).astype(np.uint8), px)
     report(progress, "writing outputs", 2, steps)
 
     gates = result.metrics.get("gates", {})
@@ -145,10 +147,10 @@ def write_report_files(result, folder, *, progress=None) -> None:
     if result.segments is not None and len(result.segments):
         write_table(result.segments, folder / "segments", formats=("csv",))
     for name, df in (result.stats or {}).items():
-        write_table(df, folder / "stats" / name, formats=("csv",))
+        write_table(df, safe_path(folder, "stats", safe_name(name)), formats=("csv",))
     for name, res in (result.analyses or {}).items():
         for tname, df in (getattr(res, "tables", lambda: {})() or {}).items():
-            write_table(df, folder / "stats" / f"{name}_{tname}", formats=("csv",))
+            write_table(df, safe_path(folder, "stats", safe_name(f"{name}_{tname}")), formats=("csv",))
     report(progress, "writing outputs", 3, steps)
 
     # geometries (QuPath-compatible, pixel coordinates when the pixel size is known)
