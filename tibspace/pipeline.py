@@ -479,7 +479,7 @@ class _Run:
         metrics = self.metrics
         result.per_nest = _per_nest_table(result)
         metrics.update(result.metrics)  # e.g. mask gates recorded by the shield step
-        metrics["analyses"] = {k: v.to_dict() for k, v in result.analyses.items()}
+        metrics["analyses"] = _with_file_references({k: v.to_dict() for k, v in result.analyses.items()})
         metrics["skipped"] = self.skipped
         metrics["parameters"] = self.params
         metrics["panel"] = self.panel.to_dict()
@@ -667,6 +667,22 @@ def _analysis_steps(result, panel, params, defined, image, channel_index, pixel_
             return sh
 
         yield "shield", run_shield
+
+
+# Tables and geometries that an analysis' dict repeats from another output file:
+# metrics.json names the file instead (it holds numbers; 24 MB → ~kB at 1M cells).
+_IN_OTHER_FILES = {("barrier", "segments"): "segments.csv",
+                   ("exclusion", "zones_wkt"): "exclusion_zones.geojson"}
+
+
+def _with_file_references(analyses: dict) -> dict:
+    for (name, key), file in _IN_OTHER_FILES.items():
+        value = analyses.get(name, {}).get(key)
+        if value is None:
+            continue
+        n = len(next(iter(value.values()), [])) if isinstance(value, dict) else len(value)
+        analyses[name][key] = {"file": file, "n": int(n)}
+    return analyses
 
 
 def _labels_array(labels):

@@ -21,7 +21,7 @@ PHENOTYPE_COLOURS = {
 
 STRUCTURE_COLOURS = {
     "tumour_nest": (46, 160, 67),
-    "barrier_covered": (0, 200, 0),
+    "barrier_covered": (0, 90, 200),  # blue: distinct from the tumour cells' green
     "barrier_gap": (230, 0, 0),
     "exclusion_zone": (255, 215, 0),
     "tissue": (120, 120, 120),

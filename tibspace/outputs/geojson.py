@@ -47,7 +47,7 @@ def geojson_features(geometries: Iterable, *, name: str, object_type: str = "ann
         g = geoms[keep]
         if pixel_size_um:
             g = np.asarray(um_to_qupath_px(g, pixel_size_um), dtype=object)
-        g = shapely.set_precision(g, GRID)
+        g = shapely.set_precision(shapely.make_valid(g), GRID)  # the reducer needs valid input
         # exact decimal coordinates in the text (the grid values carry float noise)
         out[keep] = shapely.transform(g, lambda xy: np.round(xy, 3))
     feats = []

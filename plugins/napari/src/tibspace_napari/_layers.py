@@ -426,7 +426,7 @@ def _path_layer(runs: pd.DataFrame, name: str, rgb: Sequence[int], width_um: flo
 
 def barrier_layers(runs: Optional[pd.DataFrame], *, max_shapes: int = MAX_SHAPES,
                    width_um: float = 6.0) -> list[tuple]:
-    """Paths "barrier covered" (green) and "barrier gaps" (red) along nest boundaries.
+    """Paths "barrier covered" (blue) and "barrier gaps" (red) along nest boundaries.
 
     ``runs`` is the barrier analysis' own run table
     (:attr:`tibspace.barrier.BarrierResult.runs`: ``nest_id``, ``covered``,
