@@ -87,6 +87,31 @@ def cmd_analyze(args) -> int:
         inp, args.panel, out_dir=target, seed=args.seed, progress=_progress(args), sample_id=sid))
 
 
+def cmd_cohort(args) -> int:
+    from tibspace.cohort import run_manifest
+
+    status = run_manifest(args.manifest, args.panel, args.out, scheduler=args.scheduler, n_workers=args.workers,
+                          seed=args.seed, force=args.force, by=args.by)
+    out = Path(args.out).resolve()
+    n_failed = int((status["status"] == "failed").sum())
+    print(f"cohort: {len(status) - n_failed} of {len(status)} samples done; report {out / 'cohort_report.html'}; "
+          f"status {out / 'cohort_status.csv'}")
+    return 1 if n_failed else 0
+
+
+def cmd_compare(args) -> int:
+    from tibspace.cohort import compare_cohort
+
+    groups = [g.strip() for g in args.groups.split(",")] if args.groups else None
+    table = compare_cohort(args.folder, by=args.by, groups=groups, n_boot=args.n_boot, seed=args.seed or 0)
+    tested = table[table["q_value"].notna()]
+    print(f"compared {len(tested)} metrics by {args.by}; q < 0.05: {int((tested['q_value'] < 0.05).sum())}")
+    for _, r in tested.head(10).iterrows():
+        print(f"  {r['metric']}: q = {r['q_value']:.3g} (p = {r['p_value']:.3g})")
+    print(f"table: {Path(args.folder).resolve() / ('compare_' + args.by + '.csv')}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     if not SAMPLE_IMAGE.exists():
         raise TibspaceError(f"bundled sample not found at {SAMPLE_IMAGE}; run from a clone of the tibspace "
@@ -123,10 +148,10 @@ def _ranged(kind, lo, hi, what):
 
 def _scheduler(text):
     """argparse type: threads / processes / a Dask address (tcp://, tls://, ucx://, inproc://)."""
-    if text in ("threads", "processes") or text.split("://", 1)[0] in ("tcp", "tls", "ucx", "inproc", "ws", "wss") \
+    if text in ("threads", "processes", "synchronous") or text.split("://", 1)[0] in ("tcp", "tls", "ucx", "inproc", "ws", "wss") \
             and "://" in text and text.split("://", 1)[1]:
         return text
-    raise argparse.ArgumentTypeError(f"expected threads, processes or a Dask scheduler address such as "
+    raise argparse.ArgumentTypeError(f"expected threads, processes, synchronous or a Dask scheduler address such as "
                                      f"tcp://host:8786, got {text!r}")
 
 
@@ -164,6 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--panel", required=True, help="panel (TOML) with roles and a [table] column mapping")
     common(a)
     a.set_defaults(func=cmd_analyze)
+
+    c = sub.add_parser("cohort", help="run a manifest of samples (CSV) on Dask, with resume and cohort tables")
+    c.add_argument("manifest", help="CSV: sample_id, image or table, optional labels, patient_id, clinical columns")
+    c.add_argument("--panel", required=True, help="marker panel (TOML)")
+    c.add_argument("--scheduler", type=_scheduler, default=None,
+                   help="Dask scheduler address (default: a local cluster of --workers processes)")
+    c.add_argument("--workers", type=_WORKERS, default=None, help="local Dask workers (default: one per core)")
+    c.add_argument("--force", action="store_true", help="run every sample again, even if its result is current")
+    c.add_argument("--by", default=None, help="manifest column to compare groups by (e.g. response)")
+    common(c)
+    c.set_defaults(func=cmd_cohort)
+
+    k = sub.add_parser("compare", help="compare groups of a finished cohort (per patient, BH FDR)")
+    k.add_argument("folder", help="the cohort's output folder")
+    k.add_argument("--by", required=True, help="manifest column with the groups (e.g. response)")
+    k.add_argument("--groups", default=None, help="the two groups in order, e.g. R,NR (default: sorted)")
+    k.add_argument("--n-boot", type=_ranged(int, 100, 100000, "a number of bootstrap draws"), default=2000,
+                   help="bootstrap draws for the effect's confidence interval (default 2000)")
+    k.add_argument("--seed", type=_SEED, default=0, help="seed of the bootstrap (default 0)")
+    k.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="run the whole pipeline on the bundled sample data")
     d.add_argument("--pixel-size-um", type=_PIXEL, default=None, help=argparse.SUPPRESS)

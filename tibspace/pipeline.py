@@ -132,7 +132,8 @@ class _Timer:
 # ---------------------------------------------------------------------------
 def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = None, seed: int | None = None,
               scheduler: str | None = None, progress: ProgressFn | None = None,
-              tile_size_px: int | None = None, n_workers: int = 2, sample_id: str | None = None) -> PipelineResult:
+              tile_size_px: int | None = None, n_workers: int = 2, sample_id: str | None = None,
+              extra_files: Mapping[str, str] | None = None) -> PipelineResult:
     """Run the full pipeline on one multiplex image.
 
     Parameters
@@ -156,6 +157,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         ``progress(step, done, total)``; may raise ``Cancelled``.
     sample_id : str, optional
         Name of the sample in the outputs (default: the file name without suffix).
+    extra_files : dict, optional
+        ``{file name: text}`` written into the same result set (the cohort's run key).
 
     Returns
     -------
@@ -205,7 +208,7 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
     }
     result.metrics["sample_id"] = sample_id or _sample_id(image_path)
     if out_dir is not None:
-        write_outputs(result, out_dir, progress=progress)
+        write_outputs(result, out_dir, progress=progress, extra_files=extra_files)
     return result
 
 
@@ -231,7 +234,8 @@ def _checksum(path: Path) -> str:
 
 # ---------------------------------------------------------------------------
 def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
-                  progress: ProgressFn | None = None, sample_id: str | None = None) -> PipelineResult:
+                  progress: ProgressFn | None = None, sample_id: str | None = None,
+                  extra_files: Mapping[str, str] | None = None) -> PipelineResult:
     """Run geometry, statistics and analyses on an existing cell table.
 
     Parameters
@@ -268,7 +272,7 @@ def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
         result.metrics["input"] = {"path": None, "n_rows": int(len(raw))}
         result.metrics["sample_id"] = sample_id or "sample"
     if out_dir is not None:
-        write_outputs(result, out_dir, progress=progress)
+        write_outputs(result, out_dir, progress=progress, extra_files=extra_files)
     return result
 
 
@@ -712,7 +716,8 @@ def _per_nest_table(result: PipelineResult) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------
-def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | None = None) -> list[Path]:
+def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | None = None,
+                  extra_files: Mapping[str, str] | None = None) -> list[Path]:
     """Write every output of a run into ``out_dir`` (the CLI's file contract).
 
     The files form one result set (:func:`tibspace.io.result_set`): written
@@ -721,13 +726,15 @@ def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | Non
     the previous tibspace result are replaced, files tibspace did not write
     are kept.
     """
-    from tibspace.io import check_free_space, result_set
+    from tibspace.io import check_free_space, result_set, safe_name, safe_path
     from tibspace.outputs import write_report_files
 
     out_dir = Path(out_dir)
     check_free_space(out_dir, _output_bytes_estimate(result))
     with result_set(out_dir) as stage:
         write_report_files(result, stage, progress=progress)
+        for name, text in (extra_files or {}).items():
+            safe_path(stage, safe_name(name)).write_text(text, encoding="utf-8")
         written = sorted(p.relative_to(stage) for p in stage.rglob("*") if p.is_file())
     result.out_dir = out_dir
     return [out_dir / p for p in written]

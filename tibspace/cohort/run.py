@@ -1,0 +1,212 @@
+"""Run a cohort: every sample as a task on a Dask cluster, with resume and isolation.
+
+Each sample runs :func:`tibspace.run_image` or :func:`tibspace.analyze_table`
+in a worker and writes ``DIR/<sample>/`` as one result set (swapped in whole).
+A sample whose result carries the same *run key* — SHA-256 of its input
+files, the panel, the seed and the tibspace version — is not run again unless
+``force``. A failed sample is recorded with its one-line error in
+``DIR/cohort_status.csv`` and the others go on; Dask re-runs a task whose
+worker died (``retries``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from tibspace.cohort.manifest import Sample
+from tibspace.errors import InputError, TibspaceError
+
+RUN_KEY_FILE = "tibspace_run_key.json"
+STATUS_COLUMNS = ["sample_id", "patient_id", "status", "error", "seconds", "result"]
+
+
+@dataclass
+class SampleStatus:
+    sample_id: str
+    patient_id: str
+    status: str          # "done" | "cached" | "failed"
+    error: str = ""
+    seconds: float = 0.0
+    result: str = ""
+
+
+def run_key(sample: Sample, panel_text: str, seed: int | None) -> str:
+    """SHA-256 over what decides a sample's result (inputs, panel, seed, version)."""
+    from tibspace import __version__
+    from tibspace.outputs import file_sha256
+
+    h = hashlib.sha256()
+    for p in (sample.image, sample.table, sample.labels):
+        h.update(b"|" + (file_sha256(p).encode() if p is not None else b"-"))
+    h.update(panel_text.encode())
+    h.update(f"|seed={seed}|tibspace={__version__}".encode())
+    return h.hexdigest()
+
+
+def _finished(out: Path, key: str) -> bool:
+    try:
+        return json.loads((out / RUN_KEY_FILE).read_text())["run_key"] == key
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def run_sample(sample: Sample, panel_text: str, out: str, key: str, seed: int | None,
+               segmentation: str = "worker") -> SampleStatus:
+    """Run one sample into ``out`` (a Dask task; also callable in-process).
+
+    Never raises: any failure becomes a ``failed`` status with one line.
+    ``segmentation="worker"`` lets the image's tiles spread over the cluster
+    (a client from inside the task); ``"local"`` segments in this process.
+    """
+    import tomllib
+
+    from tibspace.cells import Panel
+    from tibspace.pipeline import analyze_table
+
+    t0 = time.perf_counter()
+    status = SampleStatus(sample.sample_id, sample.patient_id, "failed")
+    try:
+        for p in (sample.image, sample.table, sample.labels):
+            if p is not None and not os.path.exists(p):
+                raise InputError(f"{p}: not visible from worker on {os.uname().nodename} "
+                                 "(every worker needs the same file paths)")
+        panel = Panel.from_dict(tomllib.loads(panel_text))
+        if sample.table is not None:
+            analyze_table(sample.table, panel, out_dir=out, seed=seed, sample_id=sample.sample_id,
+                          extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"})
+        else:
+            _run_image_task(sample, panel, out, key, seed, segmentation)
+        status.status, status.result = "done", str(out)
+    except TibspaceError as exc:
+        status.error = str(exc).splitlines()[0]
+    except Exception as exc:  # an isolated sample never stops the cohort
+        status.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    status.seconds = round(time.perf_counter() - t0, 3)
+    return status
+
+
+def _run_image_task(sample, panel, out, key, seed, segmentation):
+    from tibspace.pipeline import run_image
+
+    kwargs = dict(out_dir=out, seed=seed, sample_id=sample.sample_id,
+                  extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"})
+    if sample.labels is not None:
+        kwargs["labels"] = sample.labels
+    if segmentation == "worker":
+        import distributed
+
+        try:
+            with distributed.worker_client(separate_thread=True) as client:
+                return run_image(sample.image, panel, scheduler=client, **kwargs)
+        except ValueError:  # not inside a worker (in-process run)
+            pass
+    return run_image(sample.image, panel, scheduler="synchronous", **kwargs)
+
+
+def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str | Path, *,
+               scheduler: str | None = None, n_workers: int | None = None, seed: int | None = None,
+               force: bool = False, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Run every sample (see module docstring); returns the status table.
+
+    Parameters
+    ----------
+    scheduler : None, "synchronous" or a Dask scheduler address
+        None: a local cluster of ``n_workers`` processes (default: the
+        machine's cores); "synchronous": one sample after another in this
+        process; ``tcp://host:8786``: a running cluster.
+    """
+    from tibspace.cells import load_panel
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    panel_text = load_panel(panel_path).to_toml()
+    say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    todo, statuses = [], []
+    for s in samples:
+        key = run_key(s, panel_text, seed)
+        target = out_dir / s.folder
+        if not force and _finished(target, key):
+            statuses.append(SampleStatus(s.sample_id, s.patient_id, "cached", result=str(target)))
+        else:
+            todo.append((s, key, target))
+    if statuses:
+        say(f"{len(statuses)} of {len(samples)} samples already done with the same inputs, panel and seed "
+            "(--force runs them again)")
+    statuses += _execute(todo, panel_text, seed, scheduler, n_workers, say, len(statuses), len(samples))
+    table = pd.DataFrame([s.__dict__ for s in statuses], columns=STATUS_COLUMNS)
+    order = {s.sample_id: i for i, s in enumerate(samples)}
+    table = table.sort_values("sample_id", key=lambda c: c.map(order)).reset_index(drop=True)
+    from tibspace.outputs import write_table
+
+    write_table(table, out_dir / "cohort_status", formats=("csv",))
+    return table
+
+
+def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total):
+    if not todo:
+        return []
+    t0 = time.perf_counter()
+    done: list[SampleStatus] = []
+
+    def tick(st: SampleStatus):
+        done.append(st)
+        k = n_done + len(done)
+        per = (time.perf_counter() - t0) / len(done)
+        eta = per * (len(todo) - len(done))
+        say(f"sample {k}/{n_total} {st.sample_id}: {st.status}"
+            + (f" ({st.error})" if st.error else "") + f" in {st.seconds:.1f} s; ETA {eta:.0f} s")
+
+    if scheduler == "synchronous":
+        for s, key, target in todo:
+            say(f"sample {n_done + len(done) + 1}/{n_total} {s.sample_id}: running")
+            tick(run_sample(s, panel_text, str(target), key, seed, segmentation="local"))
+        return done
+    client, close = _client(scheduler, n_workers)
+    try:
+        from distributed import as_completed
+
+        futures = [client.submit(run_sample, s, panel_text, str(target), key, seed, key=f"sample-{s.folder}-{key[:12]}",
+                                 retries=2, pure=False) for s, key, target in todo]
+        for fut in as_completed(futures):
+            tick(_result_or_failure(fut, todo[futures.index(fut)][0]))
+    finally:
+        close()
+    return done
+
+
+def _result_or_failure(fut, sample: Sample) -> SampleStatus:
+    try:
+        return fut.result()
+    except Exception as exc:  # the task itself never raises: a worker that died past its retries
+        return SampleStatus(sample.sample_id, sample.patient_id, "failed",
+                            error=f"worker lost: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def _client(scheduler, n_workers):
+    import distributed
+
+    if scheduler not in (None, "processes"):
+        try:
+            client = distributed.Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError(f"--scheduler {scheduler}: cannot connect ({str(exc).splitlines()[0]})") from None
+        return client, client.close
+    n = int(n_workers or os.cpu_count() or 1)
+    cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=40)
+    client = distributed.Client(cluster)
+
+    def close():
+        client.close()
+        cluster.close()
+
+    return client, close
