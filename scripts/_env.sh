@@ -24,8 +24,9 @@ ensure_venv() {  # $1 = core | test
   fi
 }
 
-ensure_gui_system_packages() {  # Xvfb + Mesa for the napari tests (docs: shared napari-headless recipe)
-  if command -v xvfb-run >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libxcb-cursor; then
+ensure_gui_system_packages() {  # Xvfb + Mesa for the napari tests, Chromium for the report screenshot
+  if command -v xvfb-run >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libxcb-cursor \
+      && command -v chromium >/dev/null 2>&1; then
     return 0
   fi
   if [ "$(id -u)" = 0 ]; then
@@ -34,7 +35,7 @@ ensure_gui_system_packages() {  # Xvfb + Mesa for the napari tests (docs: shared
       xvfb xauth libgl1 libegl1 libglx-mesa0 libgl1-mesa-dri \
       libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 \
       libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xfixes0 \
-      libxcb-xkb1 libdbus-1-3 libfontconfig1 fonts-dejavu-core >/dev/null
+      libxcb-xkb1 libdbus-1-3 libfontconfig1 fonts-dejavu-core chromium >/dev/null
   else
     echo "xvfb-run and the Qt/xcb libraries are missing; install them as root (see scripts/_env.sh)" >&2
     exit 1

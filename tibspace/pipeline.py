@@ -52,6 +52,7 @@ class PipelineResult:
     channel_columns: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     out_dir: Path | None = None
+    thumbnail: dict | None = None   # {"rgb": (Y, X, 3) uint8, "um_per_px": float, "channels": {colour: names}}
 
     @property
     def sample_id(self) -> str:
@@ -200,6 +201,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         channel_index=channel_index, seed=seed, progress=progress, timings=timings)
     result.image_path = image_path
     result.nuclei = seg.nuclei
+    with timer("thumbnail"):
+        result.thumbnail = _stain_thumbnail(img, panel, channel_index, nuclear)
     result.image_shape = tuple(int(s) for s in img.shape[-2:])
     result.metrics["segmentation"] = dict(seg.parameters) | {"n_cells": int(len(cells)), "n_tiles": int(seg.n_tiles)}
     result.metrics["input"] = {
@@ -210,6 +213,32 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
     if out_dir is not None:
         write_outputs(result, out_dir, progress=progress, extra_files=extra_files)
     return result
+
+
+def _stain_thumbnail(img, panel, channel_index, nuclear) -> dict:
+    """Overview of the stains: nuclei blue, the tumour rule's markers green, the
+    effector T rule's markers magenta (for the report and AnnData's ``uns["spatial"]``)."""
+    from tibspace.cells import rule_markers
+    from tibspace.io import composite_rgb, thumbnail
+
+    def markers_of(role):
+        names = []
+        for ph in panel.roles.get(role, []):
+            rule = panel.phenotypes.get(ph)
+            names += [m for m in (rule_markers(rule) if rule else []) if m in channel_index]
+        return list(dict.fromkeys(names))
+
+    groups = {"blue": [img.channel_names.index(n) for n in nuclear],
+              "green": [channel_index[m] for m in markers_of("tumour")],
+              "magenta": [channel_index[m] for m in markers_of("effector_t")]}
+    groups = {k: v for k, v in groups.items() if v}
+    order = [i for v in groups.values() for i in v]
+    stack, um = thumbnail(img, order)
+    colours = {"blue": (60, 110, 255), "green": (40, 220, 60), "magenta": (255, 40, 220)}
+    # channels of one colour are summed after the composite scales each to its percentile
+    rgb = composite_rgb(stack, [colours[k] for k, v in groups.items() for _ in v])
+    return {"rgb": rgb, "um_per_px": um,
+            "channels": {k: [img.channel_names[i] for i in v] for k, v in groups.items()}}
 
 
 def _open_with_panel_pixel_size(path: Path, pixel_size_um, panel):

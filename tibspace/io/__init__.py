@@ -15,6 +15,7 @@ from tibspace.io.images import (
     check_pixel_size_um,
 )
 from tibspace.io.tables import read_cell_table, standardise_cell_table
+from tibspace.io.thumbnail import composite_rgb, thumbnail
 
 __all__ = [
     "atomic_path",
@@ -36,4 +37,6 @@ __all__ = [
     "check_pixel_size_um",
     "read_cell_table",
     "standardise_cell_table",
+    "thumbnail",
+    "composite_rgb",
 ]

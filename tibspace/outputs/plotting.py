@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tibspace.outputs.colours import PHENOTYPE_COLOURS, STRUCTURE_COLOURS, phenotype_colour
+from tibspace.outputs.colours import STRUCTURE_COLOURS, phenotype_colour
 
 
 def _rgb(c):
@@ -141,4 +141,104 @@ def plot_overview(result, ax, *, max_points: int = 200_000, seed: int = 0, max_l
     ax.legend(handles=handles, fontsize=7, loc="upper right", markerscale=1.5, frameon=True)
     ax.set_title("Cells, tumour nests (black), barrier covered (blue) / gaps (red), exclusion zones (yellow)",
                  fontsize=9)
+    return ax
+
+
+def _structure_layers(result, ax, *, nest_colour="k"):
+    """Nest outlines, barrier covered/gap runs and exclusion zones as LineCollections."""
+    from matplotlib.collections import LineCollection
+
+    def layer(geoms, **kw):
+        segs = _outline_segments(geoms)
+        if segs:
+            ax.add_collection(LineCollection(segs, **kw))
+
+    if result.region is not None:
+        layer(result.region.nests, colors=nest_colour, linewidths=0.8)
+    barrier = (result.analyses or {}).get("barrier")
+    if barrier is not None:
+        for attr, key in (("covered_geometry", "barrier_covered"), ("gap_geometry", "barrier_gap")):
+            layer([getattr(barrier, attr, None)], colors=[_rgb(STRUCTURE_COLOURS[key])], linewidths=2.0)
+    layer(result.exclusion_zones or [], colors=[_rgb(STRUCTURE_COLOURS["exclusion_zone"])], linewidths=1.2,
+          linestyles="--")
+
+
+def plot_stain_overlay(result, ax):
+    """The stain thumbnail (µm axes) with nests, barrier runs and exclusion zones drawn over it."""
+    th = result.thumbnail
+    if th is None:
+        ax.text(0.5, 0.5, "no image (cell-table run)", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    rgb, um = np.asarray(th["rgb"]), float(th["um_per_px"])
+    h, w = rgb.shape[:2]
+    ax.imshow(rgb, extent=(-um / 2, (w - 0.5) * um, (h - 0.5) * um, -um / 2), interpolation="nearest")
+    _structure_layers(result, ax, nest_colour="white")
+    ax.set_xlim(-um / 2, (w - 0.5) * um)
+    ax.set_ylim((h - 0.5) * um, -um / 2)
+    ax.set_xlabel("x (µm)")
+    ax.set_ylabel("y (µm)")
+    return ax
+
+
+def plot_shields(result, axes):
+    """Two panels: the tumour cells' ring-coverage distribution, and T-contact rates."""
+    sh = (result.analyses or {}).get("shield")
+    ax1, ax2 = axes
+    cells = result.cells
+    if sh is None or "shield_coverage" not in cells:
+        ax1.text(0.5, 0.5, "shield analysis not run", ha="center", va="center", transform=ax1.transAxes)
+        ax2.axis("off")
+        return axes
+    cov = cells["shield_coverage"].to_numpy(dtype=float)
+    cov = cov[np.isfinite(cov)]
+    ax1.hist(cov, bins=np.linspace(0, 1, 21), color=(0.55, 0.35, 0.7))
+    thr = (result.metrics.get("parameters") or {}).get("shield_min_coverage")
+    if thr is not None:
+        ax1.axvline(float(thr), color="k", ls="--", lw=1)
+    ax1.set_xlabel("ring coverage by NET / collagen-I")
+    ax1.set_ylabel("tumour cells")
+    c = ((sh.to_dict().get("sample") or {}).get("contact") or {})
+    rates = [c.get("contact_rate_shielded"), c.get("contact_rate_unshielded")]
+    if all(r is not None for r in rates):
+        ax2.bar(["shielded", "unshielded"], rates, color=[(0.55, 0.35, 0.7), (0.7, 0.7, 0.7)])
+        p = c.get("fisher_p_two_sided")
+        ax2.set_title(f"Fisher p = {p:.3g}" if p is not None else "", fontsize=9)
+    ax2.set_ylabel("tumour cells touching a T cell")
+    return axes
+
+
+def plot_enrichment(table: pd.DataFrame, ax):
+    """Heatmap of neighbourhood-enrichment z-scores (rows: centre type, columns: neighbour type)."""
+    if table is None or not len(table):
+        ax.text(0.5, 0.5, "no statistics", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    z = table.pivot(index="type_a", columns="type_b", values="zscore")
+    vals = np.abs(z.to_numpy(dtype=float))
+    vals = vals[np.isfinite(vals)]
+    # the colour scale follows most pairs, not the one extreme self-pair
+    lim = max(float(np.percentile(vals, 90)), 2.0) if len(vals) else 1.0
+    im = ax.imshow(z.to_numpy(dtype=float), cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(z.columns)), z.columns, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(z.index)), z.index, fontsize=7)
+    ax.figure.colorbar(im, ax=ax, shrink=0.8, label="z-score")
+    return ax
+
+
+def plot_cross_l(table: pd.DataFrame, ax, *, max_pairs: int = 5):
+    """L(r) − r of the key type pairs (the ones with envelopes) with their envelopes."""
+    if table is None or not len(table) or "envelope_lo" not in table:
+        ax.text(0.5, 0.5, "no cross-L envelopes", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    key = table[table["envelope_lo"].notna()]
+    pairs = list(dict.fromkeys(zip(key["type_a"], key["type_b"])))[:max_pairs]
+    value = "value"
+    for a, b in pairs:
+        sub = key[(key["type_a"] == a) & (key["type_b"] == b)].sort_values("r_um")
+        r = sub["r_um"].to_numpy(float)
+        ax.fill_between(r, sub["envelope_lo"] - r, sub["envelope_hi"] - r, color="0.85")
+        ax.plot(r, sub[value] - r, lw=1.5, color=_rgb(phenotype_colour(b)), label=f"{a} → {b}")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xlabel("r (µm)")
+    ax.set_ylabel("L(r) − r (µm)")
+    ax.legend(fontsize=7, frameon=False)
     return ax

@@ -30,8 +30,6 @@ File contract (``tibspace run`` / ``tibspace analyze`` / napari Export):
 
 from __future__ import annotations
 
-import base64
-import html
 import io as _io
 from pathlib import Path
 
@@ -93,15 +91,12 @@ def _frozen_panel(result):
     return None if result.panel is None else result.panel.with_gates(result.gates or {})
 
 
-def _fig_png(draw, size=(7, 4.5)) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+def _fig_png(draw, size=(7, 4.5), target: str = "axes") -> bytes:
+    """PNG bytes of a figure drawn by ``draw(ax)`` (or ``draw(fig)`` with ``target="figure"``)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size, dpi=110)
-    ax = fig.add_subplot(111)
-    draw(ax)
+    draw(fig if target == "figure" else fig.add_subplot(111))
     fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
@@ -110,7 +105,9 @@ def _fig_png(draw, size=(7, 4.5)) -> bytes:
 
 def write_report_files(result, folder, *, progress=None) -> None:
     """Write every output file of ``result`` into ``folder`` (see module docstring)."""
-    from tibspace.outputs.plotting import plot_barrier_coverage, plot_infiltration_profile, plot_overview
+    from tibspace.outputs.plotting import (plot_barrier_coverage, plot_cross_l, plot_enrichment,
+                                           plot_infiltration_profile, plot_overview, plot_shields,
+                                           plot_stain_overlay)
 
     folder = Path(folder)
     steps = 8
@@ -179,16 +176,26 @@ def write_report_files(result, folder, *, progress=None) -> None:
     report(progress, "writing outputs", 4, steps)
 
     write_anndata(result.cells, result.channel_columns, folder / "cells.h5ad",
-                      uns={"sample_id": result.sample_id, "pixel_size_um": px})
+                  uns={"sample_id": result.sample_id, "pixel_size_um": px}, sample_id=result.sample_id,
+                  thumbnail=result.thumbnail, enrichment=(result.stats or {}).get("neighbourhood_enrichment"))
     report(progress, "writing outputs", 5, steps)
     write_json(result.metrics, folder / "metrics.json")
     write_json({"timings_s": result.timings_s}, folder / "run_log.json")
     report(progress, "writing outputs", 6, steps)
 
+    stats = result.stats or {}
     figs = {
         "overview.png": (lambda ax: plot_overview(result, ax), (8, 8)),
         "infiltration_profile.png": (lambda ax: plot_infiltration_profile(result.profiles, ax), (7, 4.5)),
-        "barrier_coverage.png": (lambda ax: plot_barrier_coverage(result.per_nest, ax), (7, 4)),
+        "barrier_coverage.png": (lambda ax: plot_barrier_coverage(result.per_nest, ax), (7, 4.5)),
+    }
+    extra = {
+        "stain": (lambda ax: plot_stain_overlay(result, ax), (8, 8)) if result.thumbnail is not None else None,
+        "shield": (lambda fig: plot_shields(result, fig.subplots(1, 2)), (10, 3.6), "figure")
+        if "shield" in (result.analyses or {}) else None,
+        "enrichment": (lambda ax: plot_enrichment(stats.get("neighbourhood_enrichment"), ax), (6, 5))
+        if "neighbourhood_enrichment" in stats else None,
+        "cross_l": (lambda ax: plot_cross_l(stats.get("cross_L"), ax), (6, 4.5)) if "cross_L" in stats else None,
     }
     pngs = {}
     from tibspace.io import atomic_path
@@ -198,34 +205,15 @@ def write_report_files(result, folder, *, progress=None) -> None:
         with atomic_path(folder / name) as tmp:
             tmp.write_bytes(pngs[name])
     report(progress, "writing outputs", 7, steps)
+    from tibspace.outputs.report_html import render
+
+    figures = {"overview": pngs["overview.png"], "profile": pngs["infiltration_profile.png"],
+               "barrier": pngs["barrier_coverage.png"]}
+    for name, spec in extra.items():
+        if spec is not None:
+            figures[name] = _fig_png(*spec)
     with atomic_path(folder / "report.html") as tmp:
-        tmp.write_text(_html_report(result, pngs), encoding="utf-8")
+        tmp.write_text(render(result, figures), encoding="utf-8")
     report(progress, "writing outputs", 8, steps)
 
 
-def _html_report(result, pngs: dict[str, bytes]) -> str:
-    m = result.metrics
-    esc = html.escape
-    img = lambda name: f'<img src="data:image/png;base64,{base64.b64encode(pngs[name]).decode()}" style="max-width:100%">'
-    table = ""
-    if len(result.per_nest):
-        show = result.per_nest.copy()
-        for c in show.columns:
-            if show[c].dtype == object:
-                show[c] = show[c].astype(str).str.slice(0, 60)
-        table = show.to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0, classes="t")
-    gates = pd.DataFrame(list(m.get("gates", {}).values()))
-    gates_html = gates.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="t") if len(gates) else ""
-    summary = "<br>".join(esc(s) for s in summary_lines(result))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tibspace report: {esc(result.sample_id)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}} .t{{border-collapse:collapse;font-size:12px}}
-.t td,.t th{{padding:2px 6px;border-bottom:1px solid #ddd}} code{{background:#f4f4f4}}</style></head><body>
-<h1>tibspace report: {esc(result.sample_id)}</h1>
-<p><code>{summary}</code></p>
-<h2>Map</h2>{img('overview.png')}
-<h2>Infiltration profile</h2>{img('infiltration_profile.png')}
-<h2>Barrier coverage</h2>{img('barrier_coverage.png')}
-<h2>Per nest</h2>{table}
-<h2>Gates used</h2>{gates_html}
-<p>tibspace {esc(str(m.get('tibspace_version')))}; seed {esc(str(m.get('seed')))}; every parameter is in metrics.json.</p>
-</body></html>"""

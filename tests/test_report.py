@@ -1,0 +1,100 @@
+"""What users see and carry away: the HTML report, AnnData in scverse conventions."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tibspace
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = tibspace.run_image(REPO / "sample_data" / "hcc_sample.ome.tif",
+                                REPO / "sample_data" / "hcc_sample_panel.toml", out_dir=out, seed=0)
+    return result, out
+
+
+def test_report_reads_as_plain_words(demo):
+    result, out = demo
+    html = (out / "report.html").read_text()
+    ex = result.metrics["analyses"]["exclusion"]["sample"]
+    assert f"Immune phenotype: {ex['immune_phenotype']}" in html
+    assert "Tumour immune barrier" in html and "Shields:" in html and "Glossary" in html
+    for figure in ("stain thumbnail", "cell map", "profile", "barrier coverage", "shields", "enrichment", "cross-L"):
+        assert f'alt="{figure}"' in html, figure
+    table = html[html.index("<h2>Per nest</h2>"):html.index("<h2>Glossary</h2>")]
+    assert not re.search(r"\d e[+-]\d|\de\+\d", table)          # no 3.21e+04 in the nest table
+    assert "{'" not in html and '{"' not in table                # no Python/JSON dict dumps
+    assert table.count("<tr>") == result.region.n_nests + 1
+    assert 'href="nests.csv"' in html and "@media print" in html
+
+
+def test_report_says_what_was_not_measured(tmp_path):
+    from tibspace.synthetic import make_clustered_cells
+
+    cells = make_clustered_cells(2000, seed=3)
+    out = tmp_path / "o"
+    tibspace.analyze_table(cells, REPO / "sample_data" / "hcc_sample_panel.toml", out_dir=out)
+    html = (out / "report.html").read_text()
+    assert "Not measured:" in html and "shield" in html.split("Not measured:")[1][:400]
+
+
+def test_anndata_follows_scverse_conventions(demo):
+    import anndata as ad
+
+    result, out = demo
+    a = ad.read_h5ad(out / "cells.h5ad")
+    assert a.obs["shielded"].dtype == bool
+    assert a[a.obs["shielded"]].n_obs == int(result.cells["shielded"].fillna(False).astype(bool).sum())
+    assert "nan" not in list(a.obs["phenotype"].cat.categories)
+    assert set(a.obs["sample_id"]) == {result.sample_id}
+    lib = a.uns["spatial"][result.sample_id]
+    assert lib["images"]["hires"].shape[2] == 3 and lib["scalefactors"]["tissue_hires_scalef"] > 0
+    assert len(a.uns["phenotype_colors"]) == len(a.obs["phenotype"].cat.categories)
+    z = a.uns["phenotype_nhood_enrichment"]["zscore"]
+    assert z.shape == (len(a.obs["phenotype"].cat.categories),) * 2 and np.isfinite(z).any()
+
+
+def test_anndata_plots_in_squidpy_without_arguments(demo):
+    import anndata as ad
+    import matplotlib
+
+    matplotlib.use("Agg")
+    sq = pytest.importorskip("squidpy")
+    _, out = demo
+    a = ad.read_h5ad(out / "cells.h5ad")
+    sq.pl.spatial_scatter(a, color="phenotype")
+    sq.pl.nhood_enrichment(a, cluster_key="phenotype")
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def test_report_screenshot_in_a_headless_browser(demo, tmp_path):
+    """Renders report.html in headless Chromium and keeps the picture in docs/images/."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium (scripts/test.sh installs it as root)")
+    _, out = demo
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1200,2200",
+                    f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
+    shutil.copy(shot, REPO / "docs" / "images" / "report.png")
