@@ -60,13 +60,15 @@ class PipelineResult:
 
 
 def _as_panel(panel):
-    from tibspace.cells import Panel, load_panel
+    """A validated :class:`~tibspace.cells.Panel` (parameters within their plausible ranges)."""
+    from tibspace.cells import Panel, check_parameter_ranges, load_panel
 
-    if isinstance(panel, Panel):
-        return panel
     if panel is None:
         raise InputError("no marker panel given: pass --panel PANEL.toml (see sample_data/hcc_sample_panel.toml)")
-    return load_panel(panel)
+    if not isinstance(panel, Panel):
+        panel = load_panel(panel)
+    check_parameter_ranges(panel.parameters, where=str(getattr(panel, "source", None) or "panel"))
+    return panel
 
 
 def _sample_id(path: Path) -> str:
@@ -292,6 +294,7 @@ def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
     else:
         raw = cells
     std, pixel_size_um, needs_gating = standardise_cell_table(raw, panel, source=source)
+    check_coordinates(std, str(source or "cell table"))
     result = analyze_cells(std, panel, pixel_size_um=pixel_size_um, seed=seed, progress=progress,
                            timings=timings, gate=needs_gating)
     if source is not None:
@@ -332,6 +335,35 @@ def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, la
     run.collect_statistics(result, stats_job)
     run.analyses(result, background)
     return run.finish(result)
+
+
+MAX_EXTENT_UM = 1e6        # 1 m: no slide is larger
+MAX_CELLS_PER_POSITION = 1000
+
+
+def check_coordinates(cells: pd.DataFrame, where: str) -> None:
+    """One-line :class:`InputError` for coordinates no tissue can have.
+
+    Coordinates must be finite, span at most :data:`MAX_EXTENT_UM` and lie
+    within that distance of the origin (a table offset by 10¹² µm is a unit or
+    export error, and would make every grid astronomically large), and no
+    position may hold more than :data:`MAX_CELLS_PER_POSITION` cells (all cells
+    at one point make every neighbour search quadratic).
+    """
+    if not len(cells):
+        return
+    xy = cells[["x_um", "y_um"]].to_numpy(dtype=float)
+    if not np.isfinite(xy).all():
+        raise InputError(f"{where}: {int((~np.isfinite(xy)).any(axis=1).sum())} cells have non-finite coordinates")
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    if (hi - lo).max() > MAX_EXTENT_UM or np.abs(xy).max() > MAX_EXTENT_UM:
+        raise InputError(f"{where}: cell coordinates reach {np.abs(xy).max():.3g} µm (x {lo[0]:.4g}..{hi[0]:.4g}, "
+                         f"y {lo[1]:.4g}..{hi[1]:.4g}); expected µm within {MAX_EXTENT_UM:.0e} µm of the image "
+                         "origin: check the units or subtract the offset")
+    _, counts = np.unique(np.round(xy, 3), axis=0, return_counts=True)
+    if counts.max() > MAX_CELLS_PER_POSITION:
+        raise InputError(f"{where}: {int(counts.max())} cells share one position; expected one position per cell "
+                         "(check the coordinate columns)")
 
 
 def _thread_copy(obj):

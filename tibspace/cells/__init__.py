@@ -29,8 +29,11 @@ from tibspace.cells.panel import (
     rule_markers,
     normalise_name,
 )
+from tibspace.cells.ranges import PARAMETER_RANGES, check_parameter_ranges
 
 __all__ = [
+    "PARAMETER_RANGES",
+    "check_parameter_ranges",
     "GATE_METHODS",
     "Gate",
     "auto_gate",
