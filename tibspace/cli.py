@@ -1,9 +1,9 @@
-"""Command line: ``tibspace run | analyze | demo | synth``.
+"""Command line: tibspace run | analyze | cohort | compare | demo | synth.
 
-A thin shell over :mod:`tibspace.pipeline`. User errors print one line
-(``tibspace: error: ...``) and exit with code 2; no partial output is left.
+A thin shell over tibspace.pipeline. User errors print one line
+("tibspace: error: ...") and exit with code 2; no partial output is left.
 Several inputs make a cohort: one sub-folder per sample plus
-``cohort_summary.csv`` with one row per sample.
+cohort_summary.csv with one row per sample.
 """
 
 from __future__ import annotations
@@ -17,6 +17,38 @@ from tibspace.errors import TibspaceError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGE = REPO_ROOT / "sample_data" / "hcc_sample.ome.tif"
 SAMPLE_PANEL = REPO_ROOT / "sample_data" / "hcc_sample_panel.toml"
+
+DESCRIPTION = """Tumour immune barriers, NET/collagen-I shields and T-cell exclusion from
+multiplex tissue images (OME-TIFF, named TIFFs, folders of single-channel TIFFs)
+or cell tables, in physical units. Errors are one line, exit code 2."""
+
+EXAMPLES = """examples:
+  tibspace demo --out results/demo                      # the bundled synthetic HCC sample
+  tibspace run slide.ome.tif --panel panel.toml --out results/slide
+  tibspace run a.ome.tif b.ome.tif --panel panel.toml --out results/  # one folder per slide
+  tibspace analyze qupath_export.tsv --panel panel.toml --out results/table
+  tibspace cohort manifest.csv --panel panel.toml --out results/cohort --by response
+  tibspace compare results/cohort --by response --groups R,NR
+  tibspace synth --out synthetic/ --size 2048 --barrier-coverage 0.5
+
+Definitions of every number: docs/metrics.md; outputs: README.md."""
+
+
+def _sample_paths() -> tuple[Path, Path]:
+    """The bundled sample: from the repository checkout, else a per-user copy
+    generated once by the deterministic generator (installed wheels)."""
+    if SAMPLE_IMAGE.exists() and SAMPLE_PANEL.exists():
+        return SAMPLE_IMAGE, SAMPLE_PANEL
+    import os
+
+    cache = Path(os.environ.get("TIBSPACE_CACHE", Path.home() / ".cache" / "tibspace")) / "sample_data"
+    image, panel = cache / SAMPLE_IMAGE.name, cache / SAMPLE_PANEL.name
+    if not (image.exists() and panel.exists()):
+        from tibspace.synthetic.tissue import make_sample
+
+        print(f"tibspace demo: generating the bundled sample into {cache} (first run only)", flush=True)
+        make_sample(cache)
+    return image, panel
 
 
 def _progress(args):
@@ -113,19 +145,22 @@ def cmd_compare(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    if not SAMPLE_IMAGE.exists():
-        raise TibspaceError(f"bundled sample not found at {SAMPLE_IMAGE}; run from a clone of the tibspace "
-                            f"repository or regenerate it with: python -m tibspace.synthetic --out sample_data --preset sample")
-    args.images = [str(SAMPLE_IMAGE)]
-    args.panel = str(SAMPLE_PANEL)
-    print(f"tibspace demo: analysing the bundled synthetic HCC sample {SAMPLE_IMAGE.name}")
+    image, panel = _sample_paths()
+    args.images = [str(image)]
+    args.panel = str(panel)
+    print(f"tibspace demo: analysing the bundled synthetic HCC sample {image.name}")
     return cmd_run(args)
 
 
 def cmd_synth(args) -> int:
     from tibspace.synthetic import make_tissue
 
+    # as many nests as the default 5 per 1 mm² field, at least one
+    side_um = args.size * args.pixel_size_um
+    n_nests = args.n_nests or max(1, min(5, int((side_um / 1024.0) ** 2 * 5)))
+    radius = (min(60.0, side_um / 8), max(min(60.0, side_um / 8), min(140.0, side_um / 7)))
     tissue = make_tissue(shape=(args.size, args.size), pixel_size_um=args.pixel_size_um, seed=args.seed,
+                         n_nests=n_nests, nest_radius_um=radius,
                          barrier_coverage=args.barrier_coverage, shield_coverage=args.shield_coverage,
                          immune_phenotype=args.immune_phenotype, progress=_progress(args))
     tissue.write(args.out)
@@ -162,7 +197,8 @@ _TILE = _ranged(int, 256, 65536, "a tile size in pixels")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tibspace", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="tibspace", description=DESCRIPTION, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     from tibspace import __version__
 
     p.add_argument("--version", action="version", version=f"tibspace {__version__}")
@@ -170,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp, default_out=None):
         sp.add_argument("--out", required=default_out is None, default=default_out, help="output folder")
-        sp.add_argument("--seed", type=_SEED, default=None, help="seed of every random step (default: panel's)")
+        sp.add_argument("--seed", type=_SEED, default=None,
+                        help="seed of every random step (default: the panel's seed parameter, 0 if unset)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = sub.add_parser("run", help="segment, phenotype and analyse multiplex image(s)")
@@ -220,11 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("synth", help="generate synthetic HCC tissue with ground truth")
-    s.add_argument("--size", type=int, default=2048, help="image side in pixels")
-    s.add_argument("--pixel-size-um", type=float, default=0.5)
-    s.add_argument("--barrier-coverage", type=float, default=0.6)
-    s.add_argument("--shield-coverage", type=float, default=0.5)
-    s.add_argument("--immune-phenotype", choices=["inflamed", "excluded", "desert"], default="excluded")
+    s.add_argument("--size", type=_ranged(int, 512, 32768, "an image side in pixels"), default=2048,
+                   help="image side in pixels (default 2048)")
+    s.add_argument("--pixel-size-um", type=_PIXEL, default=0.5, help="µm per pixel (default 0.5)")
+    s.add_argument("--barrier-coverage", type=_ranged(float, 0.0, 1.0, "a fraction"), default=0.6,
+                   help="planted fraction of each nest boundary lined by the barrier (default 0.6)")
+    s.add_argument("--shield-coverage", type=_ranged(float, 0.0, 1.0, "a fraction"), default=0.5,
+                   help="planted fraction of tumour cells wrapped by NET/collagen-I (default 0.5)")
+    s.add_argument("--immune-phenotype", choices=["inflamed", "excluded", "desert"], default="excluded",
+                   help="planted T-cell pattern (default excluded)")
+    s.add_argument("--n-nests", type=_ranged(int, 1, 200, "a number of nests"), default=None,
+                   help="tumour nests to plant (default: 5 per mm² of field, fewer on small images)")
     common(s)
     s.set_defaults(func=cmd_synth, seed=0)
     return p
