@@ -33,7 +33,7 @@ def peak_rss_gb() -> float:
 
 
 def full_set(cells, params):
-    from tibspace.tissue import geometry as geo
+    from tibspace import tissue as geo
     from tibspace.stats import neighbourhood_enrichment
     from tibspace.stats import cross_l_all_pairs
     from tibspace.stats import infiltration_profile
