@@ -3,7 +3,8 @@
 from tibspace.outputs.colours import PHENOTYPE_COLOURS, STRUCTURE_COLOURS, phenotype_colour
 from tibspace.outputs.tables import write_table
 from tibspace.outputs.metrics import write_json, file_sha256
-from tibspace.outputs.geojson import geojson_features, write_geojson, read_geojson_annotations
+from tibspace.outputs.geojson import (geojson_features, write_geojson, read_geojson_annotations,
+                                      write_cell_detections)
 from tibspace.outputs.anndata import write_anndata
 from tibspace.outputs.plotting import (
     plot_infiltration_profile,
@@ -22,6 +23,8 @@ __all__ = [
     "geojson_features",
     "write_geojson",
     "read_geojson_annotations",
+    "write_cell_detections",
+    "write_cell_detections",
     "write_anndata",
     "plot_infiltration_profile",
     "plot_barrier_coverage",

@@ -122,3 +122,43 @@ def read_geojson_annotations(path: str | os.PathLike, *, pixel_size_um: float | 
             g = qupath_px_to_um(g, pixel_size_um)
         out.append((cls, g))
     return out
+
+
+def write_cell_detections(cells, path: str | os.PathLike, *, pixel_size_um: float | None,
+                          measurements: Sequence[str] = ("area_um2", "signed_dist_um")) -> Path:
+    """Every cell as a QuPath *detection* (a point at its centroid) classified by phenotype.
+
+    QuPath 0.4+ imports the file with *File › Import objects from file*; the
+    classification carries the phenotype (and its colour), so phenotypes can
+    be reviewed on the image. ``measurements`` that exist and are numeric are
+    attached (``NaN`` left out). Coordinates follow :func:`um_to_qupath_px`.
+    Written as text in one vectorised pass (a million cells in seconds).
+    """
+    from tibspace.outputs.colours import phenotype_colour
+
+    xy = cells[["x_um", "y_um"]].to_numpy(dtype=float)
+    if pixel_size_um:
+        xy = xy / float(pixel_size_um) + 0.5
+    xs, ys = (np.char.mod("%.3f", xy[:, k]) for k in (0, 1))
+    ph = cells["phenotype"].astype(str).to_numpy() if "phenotype" in cells else np.full(len(cells), "cell")
+    names, inverse = np.unique(ph, return_inverse=True)
+    cls = np.array([json.dumps({"name": n, "color": list(phenotype_colour(n))}) for n in names], dtype=object)[inverse]
+    ids = cells["cell_id"].astype(str).to_numpy() if "cell_id" in cells else np.arange(1, len(cells) + 1).astype(str)
+    meas_cols = [c for c in measurements if c in cells and np.issubdtype(cells[c].dtype, np.number)]
+    parts = []
+    for c in meas_cols:
+        v = cells[c].to_numpy(dtype=float)
+        txt = np.char.mod(f'"{c}":%.6g', v).astype(object)
+        txt[~np.isfinite(v)] = ""
+        parts.append(txt)
+    meas = [",".join(p for p in row if p) for row in zip(*parts)] if parts else [""] * len(cells)
+    feats = [f'{{"type":"Feature","id":"cell-{i}","geometry":{{"type":"Point","coordinates":[{x},{y}]}},'
+             f'"properties":{{"objectType":"detection","classification":{c},"measurements":{{{m}}}}}}}'
+             for i, x, y, c, m in zip(ids, xs, ys, cls, meas)]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write('{"type":"FeatureCollection","features":[')
+            fh.write(",".join(feats))
+            fh.write("]}")
+    return path

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from tibspace.outputs.anndata import write_anndata
-from tibspace.outputs.geojson import geojson_features, write_geojson
+from tibspace.outputs.geojson import geojson_features, write_cell_detections, write_geojson
 from tibspace.outputs.metrics import write_json
 from tibspace.outputs.tables import write_table
 from tibspace.io import safe_name, safe_path
@@ -170,6 +170,7 @@ def write_report_files(result, folder, *, progress=None) -> None:
                 feats += geojson_features(list(sel["geometry"]), name=key, pixel_size_um=px,
                                               measurements=meas)
         write_geojson(feats, folder / "barrier_segments.geojson")
+    write_cell_detections(result.cells, folder / "cells.geojson", pixel_size_um=px)
     if result.exclusion_zones:
         write_geojson(geojson_features(result.exclusion_zones, name="exclusion_zone", pixel_size_um=px),
                           folder / "exclusion_zones.geojson")
