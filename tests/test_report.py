@@ -98,3 +98,25 @@ def test_report_screenshot_in_a_headless_browser(demo, tmp_path):
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
     shutil.copy(shot, REPO / "docs" / "images" / "report.png")
+
+
+def test_spatialdata_zarr_reloads_with_every_element(tmp_path):
+    sd = pytest.importorskip("spatialdata")
+    from tibspace.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "o"), "--spatialdata", "--quiet"]) == 0
+    s = sd.read_zarr(tmp_path / "o" / "hcc_sample.zarr")
+    assert set(s.images) == {"stains"} and set(s.labels) == {"cell_labels"}
+    assert set(s.shapes) == {"tumour_nests", "exclusion_zones"}
+    t = s.tables["cells"]
+    assert t.uns["spatialdata_attrs"]["region"] == "cell_labels"
+    labels = np.asarray(s.labels["cell_labels"])
+    assert set(t.obs["instance_id"]) == set(np.unique(labels[labels > 0]))
+    # the nests are in µm, where the cells are
+    import shapely
+
+    nests = shapely.union_all(s.shapes["tumour_nests"].geometry.to_numpy())
+    xy = t.obsm["spatial"]
+    tum = (t.obs["phenotype"] == "tumour").to_numpy()
+    inside = shapely.contains_xy(nests, xy[tum, 0], xy[tum, 1]).mean()
+    assert inside > 0.9

@@ -109,6 +109,7 @@ def cmd_run(args) -> int:
     return _run_many(args.images, args, lambda inp, target, sid: run_image(
         inp, args.panel, out_dir=target, pixel_size_um=args.pixel_size_um, seed=args.seed, sample_id=sid,
         scheduler=args.scheduler, progress=_progress(args), tile_size_px=args.tile_size_px,
+        spatialdata=args.spatialdata,
         n_workers=args.workers))
 
 
@@ -116,14 +117,15 @@ def cmd_analyze(args) -> int:
     from tibspace.pipeline import analyze_table
 
     return _run_many(args.tables, args, lambda inp, target, sid: analyze_table(
-        inp, args.panel, out_dir=target, seed=args.seed, progress=_progress(args), sample_id=sid))
+        inp, args.panel, out_dir=target, seed=args.seed, progress=_progress(args), sample_id=sid,
+        spatialdata=args.spatialdata))
 
 
 def cmd_cohort(args) -> int:
     from tibspace.cohort import run_manifest
 
     status = run_manifest(args.manifest, args.panel, args.out, scheduler=args.scheduler, n_workers=args.workers,
-                          seed=args.seed, force=args.force, by=args.by)
+                          seed=args.seed, force=args.force, by=args.by, spatialdata=args.spatialdata)
     out = Path(args.out).resolve()
     n_failed = int((status["status"] == "failed").sum())
     print(f"cohort: {len(status) - n_failed} of {len(status)} samples done; report {out / 'cohort_report.html'}; "
@@ -209,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=_SEED, default=None,
                         help="seed of every random step (default: the panel's seed parameter, 0 if unset)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        if sp.prog.split()[-1] in ("run", "analyze", "cohort", "demo"):
+            sp.add_argument("--spatialdata", action="store_true",
+                            help="also write <sample_id>.zarr (SpatialData: image, labels, nests, zones, cell table)")
 
     r = sub.add_parser("run", help="segment, phenotype and analyse multiplex image(s)")
     r.add_argument("images", nargs="+", help="OME-TIFF / named multi-page TIFF / folder of single-channel TIFFs")

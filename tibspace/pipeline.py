@@ -136,7 +136,7 @@ class _Timer:
 def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = None, seed: int | None = None,
               scheduler: str | None = None, progress: ProgressFn | None = None,
               tile_size_px: int | None = None, n_workers: int = 2, sample_id: str | None = None,
-              extra_files: Mapping[str, str] | None = None) -> PipelineResult:
+              extra_files: Mapping[str, str] | None = None, spatialdata: bool = False) -> PipelineResult:
     """Run the full pipeline on one multiplex image.
 
     Parameters
@@ -162,6 +162,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         Name of the sample in the outputs (default: the file name without suffix).
     extra_files : dict, optional
         ``{file name: text}`` written into the same result set (the cohort's run key).
+    spatialdata : bool
+        Also write ``<sample_id>.zarr`` (SpatialData) into ``out_dir``.
 
     Returns
     -------
@@ -213,7 +215,7 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
     }
     result.metrics["sample_id"] = sample_id or _sample_id(image_path)
     if out_dir is not None:
-        write_outputs(result, out_dir, progress=progress, extra_files=extra_files)
+        write_outputs(result, out_dir, progress=progress, extra_files=extra_files, spatialdata=spatialdata)
     return result
 
 
@@ -266,7 +268,7 @@ def _checksum(path: Path) -> str:
 # ---------------------------------------------------------------------------
 def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
                   progress: ProgressFn | None = None, sample_id: str | None = None,
-                  extra_files: Mapping[str, str] | None = None) -> PipelineResult:
+                  extra_files: Mapping[str, str] | None = None, spatialdata: bool = False) -> PipelineResult:
     """Run geometry, statistics and analyses on an existing cell table.
 
     Parameters
@@ -304,7 +306,7 @@ def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
         result.metrics["input"] = {"path": None, "n_rows": int(len(raw))}
         result.metrics["sample_id"] = sample_id or "sample"
     if out_dir is not None:
-        write_outputs(result, out_dir, progress=progress, extra_files=extra_files)
+        write_outputs(result, out_dir, progress=progress, extra_files=extra_files, spatialdata=spatialdata)
     return result
 
 
@@ -778,14 +780,15 @@ def _per_nest_table(result: PipelineResult) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------
 def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | None = None,
-                  extra_files: Mapping[str, str] | None = None) -> list[Path]:
+                  extra_files: Mapping[str, str] | None = None, spatialdata: bool = False) -> list[Path]:
     """Write every output of a run into ``out_dir`` (the CLI's file contract).
 
     The files form one result set (:func:`tibspace.io.result_set`): written
     into a staging folder and swapped in whole, so ``out_dir`` holds the
     complete previous result or the complete new one, never a mix; files of
     the previous tibspace result are replaced, files tibspace did not write
-    are kept.
+    are kept. ``spatialdata=True`` adds ``<sample_id>.zarr`` (image, labels,
+    nests, zones and the cell table; :mod:`tibspace.outputs.spatialdata`).
     """
     from tibspace.io import check_free_space, result_set, safe_name, safe_path
     from tibspace.outputs import write_report_files
@@ -794,11 +797,27 @@ def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | Non
     check_free_space(out_dir, _output_bytes_estimate(result))
     with result_set(out_dir) as stage:
         write_report_files(result, stage, progress=progress)
+        if spatialdata:
+            _write_spatialdata(result, stage)
         for name, text in (extra_files or {}).items():
             safe_path(stage, safe_name(name)).write_text(text, encoding="utf-8")
         written = sorted(p.relative_to(stage) for p in stage.rglob("*") if p.is_file())
     result.out_dir = out_dir
     return [out_dir / p for p in written]
+
+
+def _write_spatialdata(result: PipelineResult, folder: Path) -> None:
+    from tibspace.io import open_image, safe_name, safe_path
+    from tibspace.outputs.spatialdata import write_spatialdata
+
+    image = None
+    if result.image_path is not None:
+        image = open_image(result.image_path, pixel_size_um=result.pixel_size_um)
+    try:
+        write_spatialdata(result, safe_path(folder, safe_name(result.sample_id) + ".zarr"), image=image)
+    finally:
+        if image is not None:
+            image.close()
 
 
 def _output_bytes_estimate(result: PipelineResult) -> int:

@@ -39,8 +39,8 @@ class SampleStatus:
     result: str = ""
 
 
-def run_key(sample: Sample, panel_text: str, seed: int | None) -> str:
-    """SHA-256 over what decides a sample's result (inputs, panel, seed, version)."""
+def run_key(sample: Sample, panel_text: str, seed: int | None, options: str = "") -> str:
+    """SHA-256 over what decides a sample's result (inputs, panel, seed, version, output options)."""
     from tibspace import __version__
     from tibspace.outputs import file_sha256
 
@@ -48,7 +48,7 @@ def run_key(sample: Sample, panel_text: str, seed: int | None) -> str:
     for p in (sample.image, sample.table, sample.labels):
         h.update(b"|" + (file_sha256(p).encode() if p is not None else b"-"))
     h.update(panel_text.encode())
-    h.update(f"|seed={seed}|tibspace={__version__}".encode())
+    h.update(f"|seed={seed}|tibspace={__version__}|{options}".encode())
     return h.hexdigest()
 
 
@@ -60,7 +60,7 @@ def _finished(out: Path, key: str) -> bool:
 
 
 def run_sample(sample: Sample, panel_text: str, out: str, key: str, seed: int | None,
-               segmentation: str = "worker") -> SampleStatus:
+               segmentation: str = "worker", spatialdata: bool = False) -> SampleStatus:
     """Run one sample into ``out`` (a Dask task; also callable in-process).
 
     Never raises: any failure becomes a ``failed`` status with one line.
@@ -82,9 +82,9 @@ def run_sample(sample: Sample, panel_text: str, out: str, key: str, seed: int | 
         panel = Panel.from_dict(tomllib.loads(panel_text))
         if sample.table is not None:
             analyze_table(sample.table, panel, out_dir=out, seed=seed, sample_id=sample.sample_id,
-                          extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"})
+                          extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"}, spatialdata=spatialdata)
         else:
-            _run_image_task(sample, panel, out, key, seed, segmentation)
+            _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata)
         status.status, status.result = "done", str(out)
     except TibspaceError as exc:
         status.error = str(exc).splitlines()[0]
@@ -94,10 +94,10 @@ def run_sample(sample: Sample, panel_text: str, out: str, key: str, seed: int | 
     return status
 
 
-def _run_image_task(sample, panel, out, key, seed, segmentation):
+def _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata):
     from tibspace.pipeline import run_image
 
-    kwargs = dict(out_dir=out, seed=seed, sample_id=sample.sample_id,
+    kwargs = dict(out_dir=out, seed=seed, sample_id=sample.sample_id, spatialdata=spatialdata,
                   extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"})
     if sample.labels is not None:
         kwargs["labels"] = sample.labels
@@ -114,7 +114,8 @@ def _run_image_task(sample, panel, out, key, seed, segmentation):
 
 def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str | Path, *,
                scheduler: str | None = None, n_workers: int | None = None, seed: int | None = None,
-               force: bool = False, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+               force: bool = False, progress: Callable[[str], None] | None = None,
+               spatialdata: bool = False) -> pd.DataFrame:
     """Run every sample (see module docstring); returns the status table.
 
     Parameters
@@ -132,7 +133,7 @@ def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str |
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     todo, statuses = [], []
     for s in samples:
-        key = run_key(s, panel_text, seed)
+        key = run_key(s, panel_text, seed, options="spatialdata" if spatialdata else "")
         target = out_dir / s.folder
         if not force and _finished(target, key):
             statuses.append(SampleStatus(s.sample_id, s.patient_id, "cached", result=str(target)))
@@ -141,7 +142,8 @@ def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str |
     if statuses:
         say(f"{len(statuses)} of {len(samples)} samples already done with the same inputs, panel and seed "
             "(--force runs them again)")
-    statuses += _execute(todo, panel_text, seed, scheduler, n_workers, say, len(statuses), len(samples))
+    statuses += _execute(todo, panel_text, seed, scheduler, n_workers, say, len(statuses), len(samples),
+                         spatialdata)
     table = pd.DataFrame([s.__dict__ for s in statuses], columns=STATUS_COLUMNS)
     order = {s.sample_id: i for i, s in enumerate(samples)}
     table = table.sort_values("sample_id", key=lambda c: c.map(order)).reset_index(drop=True)
@@ -151,7 +153,7 @@ def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str |
     return table
 
 
-def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total):
+def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total, spatialdata=False):
     if not todo:
         return []
     t0 = time.perf_counter()
@@ -168,14 +170,15 @@ def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total)
     if scheduler == "synchronous":
         for s, key, target in todo:
             say(f"sample {n_done + len(done) + 1}/{n_total} {s.sample_id}: running")
-            tick(run_sample(s, panel_text, str(target), key, seed, segmentation="local"))
+            tick(run_sample(s, panel_text, str(target), key, seed, segmentation="local", spatialdata=spatialdata))
         return done
     client, close = _client(scheduler, n_workers)
     try:
         from distributed import as_completed
 
-        futures = [client.submit(run_sample, s, panel_text, str(target), key, seed, key=f"sample-{s.folder}-{key[:12]}",
-                                 retries=2, pure=False) for s, key, target in todo]
+        futures = [client.submit(run_sample, s, panel_text, str(target), key, seed, spatialdata=spatialdata,
+                                 key=f"sample-{s.folder}-{key[:12]}", retries=2, pure=False)
+                   for s, key, target in todo]
         for fut in as_completed(futures):
             tick(_result_or_failure(fut, todo[futures.index(fut)][0]))
     finally:
