@@ -180,3 +180,21 @@ def test_dask_cohort_survives_a_killed_worker(tmp_path):
     assert (status["status"] == "done").all(), status
     for s in samples:
         assert (tmp_path / "out" / s.folder / "metrics.json").exists()
+
+
+def test_multi_image_qupath_table_is_split_into_samples(tmp_path, capsys):
+    """A QuPath export covering two images becomes two samples, each with its own call."""
+    from tibspace.cli import main
+    from tibspace.synthetic.cohort import make_sample_table
+
+    a = make_sample_table([0.9, 0.8], seed=1).assign(Image="slide_A.ome.tif")
+    b = make_sample_table([0.0, 0.1], seed=2).assign(Image="slide_B.ome.tif")
+    pd.concat([a, b]).to_csv(tmp_path / "export.csv", index=False)
+    assert main(["analyze", str(tmp_path / "export.csv"), "--panel", str(PANEL), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    summary = pd.read_csv(tmp_path / "o" / "cohort_summary.csv").set_index("sample_id")
+    assert sorted(summary.index) == ["export_slide_A", "export_slide_B"]
+    assert summary.loc["export_slide_A", "n_cells"] == len(a) and summary.loc["export_slide_B", "n_cells"] == len(b)
+    cov = summary["barrier.barrier_coverage"]
+    assert cov["export_slide_A"] > 0.6 > 0.2 > cov["export_slide_B"]
+    assert "barrier.link.p_value" in summary.columns   # nested results are kept, flattened

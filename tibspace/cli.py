@@ -66,59 +66,71 @@ def _print_summary(result, out_dir: Path) -> None:
 
 
 def _cohort_row(result) -> dict:
-    """One flat row of the key per-sample numbers, for cohort_summary.csv."""
-    m = result.metrics
-    row = {"sample_id": result.sample_id, "n_cells": m.get("n_cells"),
-           "tissue_area_mm2": m.get("tissue_area_mm2"),
-           "n_nests": (m.get("tumour_region") or {}).get("n_nests", 0)}
-    for ph, n in (m.get("phenotype_counts") or {}).items():
-        row[f"n_{ph}"] = n
-    for name, res in (m.get("analyses") or {}).items():
-        for k, v in (res.get("sample") or {}).items():
-            if isinstance(v, (int, float, str, bool)) or v is None:
-                row[f"{name}.{k}"] = v
-    row["skipped"] = "; ".join(f"{k}: {v}" for k, v in (m.get("skipped") or {}).items())
-    return row
+    """One flat row of every per-sample number (nested results flattened with dots)."""
+    from tibspace.cohort import sample_row
+
+    return {"sample_id": result.sample_id, **sample_row(result.metrics)}
 
 
-def _run_many(inputs, args, one):
-    """Run ``one(input, out_dir)`` per input; cohort summary when > 1 input."""
+def _run_many(items, args, one):
+    """Run ``one(input, out_dir, sample_id)`` per ``(input, sample_id)``; a cohort summary when > 1."""
     import pandas as pd
 
     from tibspace.io import safe_path
     from tibspace.outputs import write_table
-    from tibspace.pipeline import unique_sample_ids
 
     out = Path(args.out)
     rows = []
-    ids = unique_sample_ids([Path(i) for i in inputs])
-    for inp, sid in zip(inputs, ids):
-        target = out if len(inputs) == 1 else safe_path(out, sid)
-        result = one(inp, target, sid if len(inputs) > 1 else None)
+    for inp, sid in items:
+        target = out if len(items) == 1 else safe_path(out, sid)
+        result = one(inp, target, sid if len(items) > 1 else None)
         _print_summary(result, target)
         rows.append(_cohort_row(result))
-    if len(inputs) > 1:
+    if len(items) > 1:
         write_table(pd.DataFrame(rows), out / "cohort_summary", formats=("csv",))
         print(f"cohort summary: {(out / 'cohort_summary.csv').resolve()}")
     return 0
 
 
+def _path_items(paths):
+    from tibspace.pipeline import unique_sample_ids
+
+    return list(zip(paths, unique_sample_ids([Path(p) for p in paths])))
+
+
+def _table_items(paths):
+    """One item per sample: a table covering several images (QuPath ``Image``,
+    inForm ``Sample Name``, HALO ``Image Location``) is split by image."""
+    from tibspace.io import read_cell_table, safe_name
+    from tibspace.io.multi import split_by_image
+
+    items = []
+    for path, sid in _path_items(paths):
+        parts = split_by_image(read_cell_table(path))
+        if list(parts) == [""]:
+            items.append((path, sid))
+        else:
+            print(f"{path}: {len(parts)} images in one table; analysed as {len(parts)} samples", flush=True)
+            items += [(df, safe_name(f"{sid}_{name}")) for name, df in parts.items()]
+    return items
+
+
 def cmd_run(args) -> int:
     from tibspace.pipeline import run_image
 
-    return _run_many(args.images, args, lambda inp, target, sid: run_image(
+    return _run_many(_path_items(args.images), args, lambda inp, target, sid: run_image(
         inp, args.panel, out_dir=target, pixel_size_um=args.pixel_size_um, seed=args.seed, sample_id=sid,
         scheduler=args.scheduler, progress=_progress(args), tile_size_px=args.tile_size_px,
-        spatialdata=args.spatialdata,
-        n_workers=args.workers))
+        spatialdata=args.spatialdata, n_workers=args.workers))
 
 
 def cmd_analyze(args) -> int:
     from tibspace.pipeline import analyze_table
 
-    return _run_many(args.tables, args, lambda inp, target, sid: analyze_table(
-        inp, args.panel, out_dir=target, seed=args.seed, progress=_progress(args), sample_id=sid,
-        spatialdata=args.spatialdata))
+    items = _table_items(args.tables)
+    return _run_many(items, args, lambda inp, target, sid: analyze_table(
+        inp, args.panel, out_dir=target, seed=args.seed, progress=_progress(args),
+        sample_id=sid, spatialdata=args.spatialdata))
 
 
 def cmd_cohort(args) -> int:
