@@ -208,7 +208,7 @@ def test_to_dict_and_errors():
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 100_000), st.floats(0.7, 13.0))
 def test_scanline_fill_matches_point_in_polygon(seed, step):
-    from tibspace.analyses.exclusion import _rasterize, _scanline_fill
+    from tibspace.analyses.exclusion_map import _rasterize, _scanline_fill
 
     rng = np.random.default_rng(seed)
     blobs = [shapely.Point(rng.uniform(20, 180, 2)).buffer(rng.uniform(5, 60), quad_segs=rng.integers(2, 16))
@@ -231,7 +231,7 @@ def test_scanline_fill_matches_point_in_polygon(seed, step):
 def test_merge_disjoint_sides_equals_union_all():
     """Zones of the two boundary sides merged only where they touch: the same
     polygons (as point sets) as one global union_all."""
-    from tibspace.analyses.exclusion import _merge_disjoint_sides
+    from tibspace.analyses.exclusion_map import _merge_disjoint_sides
 
     rng = np.random.default_rng(3)
     inside = shapely.union_all(shapely.buffer(shapely.points(rng.uniform(0, 500, (40, 2))), 12.0))
