@@ -1,7 +1,6 @@
 """Phenotyping: per-marker gates and boolean phenotype rules.
 
-Gates are data (field notes: scimap #106/#124/#129, SPIAT #32): each gate is
-computed once, recorded with how it was obtained, written out with the
+Gates are data: each gate is computed once, recorded with how it was obtained, written out with the
 results, and can be fed back as a manual value to reproduce a run exactly.
 
 A gate lives on the raw intensity scale of the per-cell mean intensity
@@ -186,7 +185,7 @@ def assign_phenotypes(pos: pd.DataFrame, rules: Mapping[str, str], default: str 
     >>> assign_phenotypes(pos, {"CD8_T": "CD3+ & CD8+", "other_T": "CD3+ & CD8-"}).tolist()
     ['CD8_T', 'other_T', 'other']
     """
-    from tibspace.cells.panel import parse_rule
+    from tibspace.cells.rules import parse_rule
 
     n = len(pos)
     out = np.full(n, default, dtype=object)

@@ -145,13 +145,12 @@ def _channel_sums(lab: np.ndarray, nuc: np.ndarray, has_nuc: bool, chan: np.ndar
 
 
 @numba.njit(cache=True, nogil=True)
-def _convex_areas_px(lab: np.ndarray, n: int) -> np.ndarray:
-    """Convex area (px) of each label 1..n, as skimage's ``area_convex``.
+def _run_end_points(lab: np.ndarray, n: int):
+    """Edge midpoints of the first and last pixel of every row run of each label.
 
-    The hull is taken over the edge midpoints of the first and last pixel of
-    every run of the label in every row (equal to the hull of all its pixels'
-    edge midpoints, which :func:`skimage.morphology.convex_hull_image` uses);
-    the area is the number of pixel centres inside or on the hull.
+    Points are in doubled integer coordinates ``(2r, 2c)``, three per run end
+    (its outer left/right edge and its top/bottom edges); the points of label
+    ``v`` are ``pr[start[v]*3:start[v+1]*3]`` (and ``pc``).
     """
     h, w = lab.shape
     cnt = np.zeros(n + 2, np.int64)
@@ -168,8 +167,6 @@ def _convex_areas_px(lab: np.ndarray, n: int) -> np.ndarray:
     for i in range(1, n + 2):
         start[i] = start[i - 1] + cnt[i - 1]
     fill = start.copy()
-    # Points in doubled integer coordinates (2r, 2c): three edge midpoints per
-    # run end (left/right edge and top/bottom edges).
     total = start[n + 1]
     pr = np.empty(total * 3, np.int64)
     pc = np.empty(total * 3, np.int64)
@@ -178,81 +175,95 @@ def _convex_areas_px(lab: np.ndarray, n: int) -> np.ndarray:
             v = lab[r, c]
             if v == 0:
                 continue
-            if c == 0 or lab[r, c - 1] != v:
+            for side in (-1, 1):
+                end = c == 0 or lab[r, c - 1] != v if side < 0 else c == w - 1 or lab[r, c + 1] != v
+                if not end:
+                    continue
                 k = fill[v] * 3
                 pr[k] = 2 * r
-                pc[k] = 2 * c - 1
+                pc[k] = 2 * c + side
                 pr[k + 1] = 2 * r - 1
                 pc[k + 1] = 2 * c
                 pr[k + 2] = 2 * r + 1
                 pc[k + 2] = 2 * c
                 fill[v] += 1
-            if c == w - 1 or lab[r, c + 1] != v:
-                k = fill[v] * 3
-                pr[k] = 2 * r
-                pc[k] = 2 * c + 1
-                pr[k + 1] = 2 * r - 1
-                pc[k + 1] = 2 * c
-                pr[k + 2] = 2 * r + 1
-                pc[k + 2] = 2 * c
-                fill[v] += 1
+    return pr, pc, start
+
+
+@numba.njit(cache=True, nogil=True)
+def _hull(xs: np.ndarray, ys: np.ndarray):
+    """Andrew's monotone chain over points sorted by (x, y): closed hull ``hx, hy, k``."""
+    m = xs.size
+    hx = np.empty(2 * m + 1, np.int64)
+    hy = np.empty(2 * m + 1, np.int64)
+    k = 0
+    for i in range(m):
+        while k >= 2 and ((hx[k - 1] - hx[k - 2]) * (ys[i] - hy[k - 2])
+                          - (hy[k - 1] - hy[k - 2]) * (xs[i] - hx[k - 2])) <= 0:
+            k -= 1
+        hx[k] = xs[i]
+        hy[k] = ys[i]
+        k += 1
+    lower = k + 1
+    for i in range(m - 2, -1, -1):
+        while k >= lower and ((hx[k - 1] - hx[k - 2]) * (ys[i] - hy[k - 2])
+                              - (hy[k - 1] - hy[k - 2]) * (xs[i] - hx[k - 2])) <= 0:
+            k -= 1
+        hx[k] = xs[i]
+        hy[k] = ys[i]
+        k += 1
+    return hx, hy, k
+
+
+@numba.njit(cache=True, nogil=True)
+def _pixels_in_hull(hx: np.ndarray, hy: np.ndarray, k: int) -> int:
+    """Pixel centres (even doubled coordinates) inside or on the hull, row by
+    row, as skimage's ``grid_points_in_poly`` counts them."""
+    xmin = hx[0]
+    xmax = hx[0]
+    for i in range(k):
+        xmin = min(xmin, hx[i])
+        xmax = max(xmax, hx[i])
+    total_px = 0
+    for r in range((xmin + 1) // 2, xmax // 2 + 1):
+        x = 2 * r
+        lo = 1e18
+        hi = -1e18
+        for i in range(k - 1):
+            x1, y1, x2, y2 = hx[i], hy[i], hx[i + 1], hy[i + 1]
+            if x1 == x2:
+                if x1 == x:
+                    lo = min(lo, min(y1, y2))
+                    hi = max(hi, max(y1, y2))
+            elif min(x1, x2) <= x <= max(x1, x2):
+                y = y1 + (y2 - y1) * (x - x1) / (x2 - x1)
+                lo = min(lo, y)
+                hi = max(hi, y)
+        if hi >= lo:
+            cnt_r = math.floor(hi / 2.0 + 1e-9) - math.ceil(lo / 2.0 - 1e-9) + 1
+            if cnt_r > 0:
+                total_px += cnt_r
+    return total_px
+
+
+@numba.njit(cache=True, nogil=True)
+def _convex_areas_px(lab: np.ndarray, n: int) -> np.ndarray:
+    """Convex area (px) of each label 1..n, as skimage's ``area_convex``.
+
+    The hull of the run-end edge midpoints equals the hull of all the label's
+    pixel edge midpoints (what :func:`skimage.morphology.convex_hull_image`
+    uses); the area is the number of pixel centres inside or on it.
+    """
+    pr, pc, start = _run_end_points(lab, n)
     out = np.zeros(n + 1, np.float64)
-    stride = 2 * w + 8
+    stride = 2 * lab.shape[1] + 8
     for v in range(1, n + 1):
         a, b = start[v] * 3, start[v + 1] * 3
-        m = b - a
-        if m == 0:
+        if b == a:
             continue
-        key = (pr[a:b] + 2) * stride + (pc[a:b] + 2)
-        order = np.argsort(key)
-        xs = pr[a:b][order]
-        ys = pc[a:b][order]
-        # Andrew's monotone chain; hull vertices in hx, hy.
-        hx = np.empty(2 * m + 1, np.int64)
-        hy = np.empty(2 * m + 1, np.int64)
-        k = 0
-        for i in range(m):
-            while k >= 2 and ((hx[k - 1] - hx[k - 2]) * (ys[i] - hy[k - 2])
-                              - (hy[k - 1] - hy[k - 2]) * (xs[i] - hx[k - 2])) <= 0:
-                k -= 1
-            hx[k] = xs[i]
-            hy[k] = ys[i]
-            k += 1
-        lower = k + 1
-        for i in range(m - 2, -1, -1):
-            while k >= lower and ((hx[k - 1] - hx[k - 2]) * (ys[i] - hy[k - 2])
-                                  - (hy[k - 1] - hy[k - 2]) * (xs[i] - hx[k - 2])) <= 0:
-                k -= 1
-            hx[k] = xs[i]
-            hy[k] = ys[i]
-            k += 1
-        # Count pixel centres (even doubled coordinates) inside or on the
-        # hull, row by row, as skimage's grid_points_in_poly does.
-        xmin = hx[0]
-        xmax = hx[0]
-        for i in range(k):
-            xmin = min(xmin, hx[i])
-            xmax = max(xmax, hx[i])
-        total_px = 0
-        for r in range((xmin + 1) // 2, xmax // 2 + 1):
-            x = 2 * r
-            lo = 1e18
-            hi = -1e18
-            for i in range(k - 1):
-                x1, y1, x2, y2 = hx[i], hy[i], hx[i + 1], hy[i + 1]
-                if x1 == x2:
-                    if x1 == x:
-                        lo = min(lo, min(y1, y2))
-                        hi = max(hi, max(y1, y2))
-                elif min(x1, x2) <= x <= max(x1, x2):
-                    y = y1 + (y2 - y1) * (x - x1) / (x2 - x1)
-                    lo = min(lo, y)
-                    hi = max(hi, y)
-            if hi >= lo:
-                cnt_r = math.floor(hi / 2.0 + 1e-9) - math.ceil(lo / 2.0 - 1e-9) + 1
-                if cnt_r > 0:
-                    total_px += cnt_r
-        out[v] = total_px
+        order = np.argsort((pr[a:b] + 2) * stride + (pc[a:b] + 2))
+        hx, hy, k = _hull(pr[a:b][order], pc[a:b][order])
+        out[v] = _pixels_in_hull(hx, hy, k)
     return out
 
 
@@ -305,6 +316,32 @@ def measure_cells(cell_labels: Any, nuclei_labels: Any, intensities: Any,
     >>> df[["cell_id", "x_um", "y_um", "area_um2", "DAPI"]].to_numpy().tolist()
     [[1.0, 1.0, 1.25, 3.0, 22.0], [2.0, 2.75, 1.25, 1.0, 25.5]]
     """
+    lab, nuc, px, names = _checked_inputs(cell_labels, nuclei_labels, intensities,
+                                          channel_names, pixel_size_um)
+    n = int(lab.max()) if lab.size else 0
+    if n > 4 * np.count_nonzero(lab) + 1024:
+        return _measure_sparse_ids(lab, nuc, intensities, names, px, offset_px)
+    lab = np.ascontiguousarray(lab, dtype=np.int64 if lab.dtype.itemsize > 4 else np.int32)
+    ids, cols_out, a = _shape_columns(lab, n, px, offset_px)
+    if nuc is not None:
+        nuc = np.ascontiguousarray(nuc, dtype=lab.dtype)
+        nmax = max(n, int(nuc.max()) if nuc.size else 0)
+        narea = np.bincount(nuc.ravel(), minlength=nmax + 1).astype(np.float64)[ids]
+    else:
+        nmax = n
+        narea = np.full(ids.shape, np.nan)
+    cols_out["nucleus_area_um2"] = narea * px * px
+    cols_out.update(_channel_means(lab, nuc, intensities, names, ids, a, narea, n, nmax))
+    # Channel columns after the shape columns; nucleus columns last.
+    order = list(SHAPE_COLUMNS) + names + [c + "_nucleus" for c in names]
+    if len(set(order)) != len(order):
+        raise InputError(f"channel names {names} clash with each other or with the table's "
+                         f"columns {list(SHAPE_COLUMNS)}; rename the channels")
+    return pd.DataFrame({c: cols_out[c] for c in order})
+
+
+def _checked_inputs(cell_labels, nuclei_labels, intensities, channel_names, pixel_size_um):
+    """Validated ``(labels, nuclei or None, pixel size, channel names)``."""
     lab = _as_labels(cell_labels, "cell_labels")
     px = float(pixel_size_um)
     if not (math.isfinite(px) and px > 0):
@@ -320,26 +357,32 @@ def measure_cells(cell_labels: Any, nuclei_labels: Any, intensities: Any,
         if nuc.shape != lab.shape:
             raise InputError(f"nuclei_labels shape {nuc.shape} differs from cell_labels "
                              f"shape {lab.shape}")
-    n = int(lab.max()) if lab.size else 0
-    if n > 4 * np.count_nonzero(lab) + 1024:
-        # Sparse ids (e.g. a window of a whole-slide label image): measure on
-        # compact ids 1..k so per-id arrays stay small, then map back.
-        idx = np.flatnonzero(lab)
-        uniq, inv = np.unique(lab.ravel()[idx], return_inverse=True)
-        compact = np.zeros(lab.shape, np.int32)
-        compact.ravel()[idx] = inv + 1
-        cnuc = None
-        if nuc is not None:
-            nflat_all = nuc.ravel()
-            nid = np.flatnonzero(nflat_all)
-            pos = np.searchsorted(uniq, nflat_all[nid])
-            ok = (pos < uniq.size) & (uniq[np.minimum(pos, uniq.size - 1)] == nflat_all[nid])
-            cnuc = np.zeros(lab.shape, np.int32)
-            cnuc.ravel()[nid[ok]] = pos[ok] + 1
-        df = measure_cells(compact, cnuc, intensities, names, px, offset_px=offset_px)
-        df["cell_id"] = uniq[df["cell_id"].to_numpy() - 1].astype(np.int64)
-        return df
-    lab = np.ascontiguousarray(lab, dtype=np.int64 if lab.dtype.itemsize > 4 else np.int32)
+    return lab, nuc, px, names
+
+
+def _measure_sparse_ids(lab, nuc, intensities, names, px, offset_px) -> pd.DataFrame:
+    """Sparse ids (e.g. a window of a whole-slide label image): measure on
+    compact ids 1..k so per-id arrays stay small, then map the ids back."""
+    idx = np.flatnonzero(lab)
+    uniq, inv = np.unique(lab.ravel()[idx], return_inverse=True)
+    compact = np.zeros(lab.shape, np.int32)
+    compact.ravel()[idx] = inv + 1
+    cnuc = None
+    if nuc is not None:
+        nflat_all = nuc.ravel()
+        nid = np.flatnonzero(nflat_all)
+        pos = np.searchsorted(uniq, nflat_all[nid])
+        ok = (pos < uniq.size) & (uniq[np.minimum(pos, uniq.size - 1)] == nflat_all[nid])
+        cnuc = np.zeros(lab.shape, np.int32)
+        cnuc.ravel()[nid[ok]] = pos[ok] + 1
+    df = measure_cells(compact, cnuc, intensities, names, px, offset_px=offset_px)
+    df["cell_id"] = uniq[df["cell_id"].to_numpy() - 1].astype(np.int64)
+    return df
+
+
+def _shape_columns(lab: np.ndarray, n: int, px: float, offset_px):
+    """``(ids, columns, pixel counts)``: centroid, area, perimeter, eccentricity,
+    solidity of every label present (µm / µm²)."""
     cnt, cr_all, cc_all, mrr_all, mcc_all, mrc_all = _moments_px(lab, n)
     ids = np.flatnonzero(cnt)
     ids = ids[ids > 0]
@@ -358,25 +401,17 @@ def measure_cells(cell_labels: Any, nuclei_labels: Any, intensities: Any,
     hull = _convex_areas_px(lab, n)[ids]
     with np.errstate(invalid="ignore", divide="ignore"):
         solidity = np.where(hull > 0, np.minimum(a / np.maximum(hull, 1e-12), 1.0), 1.0)
-
     oy, ox = (float(v) for v in offset_px)
-    cols_out: dict[str, np.ndarray] = {
-        "cell_id": ids.astype(np.int64),
-        "x_um": (cc + ox) * px,
-        "y_um": (cr + oy) * px,
-        "area_um2": a * px * px,
-    }
-    if nuc is not None:
-        nuc = np.ascontiguousarray(nuc, dtype=lab.dtype)
-        nmax = max(n, int(nuc.max()) if nuc.size else 0)
-        narea = np.bincount(nuc.ravel(), minlength=nmax + 1).astype(np.float64)[ids]
-    else:
-        nmax = n
-        narea = np.full(ids.shape, np.nan)
-    cols_out["nucleus_area_um2"] = narea * px * px
-    cols_out["perimeter_um"] = perim * px
-    cols_out["eccentricity"] = ecc
-    cols_out["solidity"] = solidity
+    cols = {"cell_id": ids.astype(np.int64), "x_um": (cc + ox) * px, "y_um": (cr + oy) * px,
+            "area_um2": a * px * px, "perimeter_um": perim * px, "eccentricity": ecc,
+            "solidity": solidity}
+    return ids, cols, a
+
+
+def _channel_means(lab, nuc, intensities, names, ids, a, narea, n, nmax) -> dict[str, np.ndarray]:
+    """``<channel>`` (whole-cell mean) and ``<channel>_nucleus`` (nucleus mean,
+    NaN without nucleus pixels), reading one channel at a time."""
+    cols: dict[str, np.ndarray] = {}
     for i, name in enumerate(names):
         chan = np.asarray(intensities[i])
         if chan.shape != lab.shape:
@@ -386,17 +421,12 @@ def measure_cells(cell_labels: Any, nuclei_labels: Any, intensities: Any,
         chan = np.ascontiguousarray(chan)
         cs, ns = _channel_sums(lab, nuc if nuc is not None else lab, nuc is not None, chan,
                                n, nmax)
-        cols_out[name] = cs[ids] / a
+        cols[name] = cs[ids] / a
         with np.errstate(invalid="ignore", divide="ignore"):
-            cols_out[name + "_nucleus"] = (np.where(narea > 0, ns[ids] / np.maximum(narea, 1),
-                                                    np.nan) if nuc is not None
-                                           else np.full(ids.shape, np.nan))
-    # Channel columns after the shape columns; nucleus columns last.
-    order = list(SHAPE_COLUMNS) + names + [c + "_nucleus" for c in names]
-    if len(set(order)) != len(order):
-        raise InputError(f"channel names {names} clash with each other or with the table's "
-                         f"columns {list(SHAPE_COLUMNS)}; rename the channels")
-    return pd.DataFrame({c: cols_out[c] for c in order})
+            cols[name + "_nucleus"] = (np.where(narea > 0, ns[ids] / np.maximum(narea, 1),
+                                                np.nan) if nuc is not None
+                                       else np.full(ids.shape, np.nan))
+    return cols
 
 
 def write_cell_table(df: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, Path]:
