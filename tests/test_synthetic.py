@@ -22,7 +22,8 @@ from skimage import feature, filters, measure, segmentation
 from tibspace.errors import InputError
 from tibspace.analyses import shield_ring_coverage
 from tibspace.synthetic import CHANNELS, PHENOTYPES, SAMPLE_PRESET, load_truth, make_tissue
-from tibspace.synthetic.tissue import _covered_intervals, _polygon_mask
+from tibspace.synthetic.layout import _covered_intervals
+from tibspace.synthetic.stains import _polygon_mask
 
 PX = 0.5
 
@@ -81,7 +82,7 @@ def test_determinism():
 
 def test_tiling_and_threads_do_not_change_the_image(monkeypatch):
     """Counter-based noise + overlapping tiles: output independent of tile size."""
-    import tibspace.synthetic.tissue as synth
+    import tibspace.synthetic.raster as synth
 
     kw = dict(n_nests=1, nest_radius_um=(50, 60), seed=9)
     a = make_tissue((700, 700), PX, **kw)
