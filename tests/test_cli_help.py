@@ -62,3 +62,14 @@ def test_progress_in_a_log_is_one_line_per_step():
 def test_synth_small_images_work(tmp_path, capsys):
     assert cli.main(["synth", "--out", str(tmp_path / "s"), "--size", "512", "--quiet"]) == 0
     assert (tmp_path / "s" / "image.ome.tif").exists()
+
+
+def test_first_run_says_it_compiles(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "kernels_compiled", lambda: False)
+    cli.main(["analyze", str(tmp_path / "missing.csv"), "--panel", str(REPO / "sample_data" / "hcc_sample_panel.toml"),
+              "--out", str(tmp_path / "o"), "--quiet"])
+    assert "compiling numerical kernels (first run only" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "kernels_compiled", lambda: True)
+    cli.main(["analyze", str(tmp_path / "missing.csv"), "--panel", str(REPO / "sample_data" / "hcc_sample_panel.toml"),
+              "--out", str(tmp_path / "o"), "--quiet"])
+    assert "compiling" not in capsys.readouterr().err

@@ -290,8 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def kernels_compiled() -> bool:
+    """Whether numba has cached tibspace's compiled kernels (``__pycache__/*.nbi``) already."""
+    import tibspace
+
+    root = Path(tibspace.__file__).parent
+    return any(root.glob("*/__pycache__/*.nbi")) or any(root.glob("__pycache__/*.nbi"))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "analyze", "cohort", "demo") and not kernels_compiled():
+        print("tibspace: compiling numerical kernels (first run only; about 1-2 minutes, then cached)",
+              file=sys.stderr, flush=True)
     if getattr(args, "seed", None) is None and args.command == "synth":
         args.seed = 0
     try:
