@@ -1,17 +1,18 @@
-"""Nucleus and cell segmentation, classical and tiled over Dask, in bounded memory."""
+"""Nucleus and cell segmentation, classical and tiled over Dask, in bounded memory.
 
-from tibspace.segment.classical import (
-    segment_nuclei,
-    expand_nuclei_to_cells,
-    segment_image,
-    SegmentationResult,
-    match_labels,
-    match_points,
-    tile_grid,
-    smooth_nuclear,
-    distance_to_background,
-    expand_labels_fast,
-)
+Modules: ``nuclei`` (one image: smoothing, foreground, seeds, watershed),
+``expand`` (distance transforms, nuclei grown into cells), ``tiling`` (tile
+grid, tile worker, ownership, stitching), ``scheduler`` (in-process or Dask
+cluster), ``image`` (:func:`segment_image` over a whole file), ``matching``
+(scoring against a reference).
+"""
+
+from tibspace.segment.nuclei import segment_nuclei, smooth_nuclear
+from tibspace.segment.expand import (distance_to_background, expand_labels_fast,
+                                     expand_nuclei_to_cells)
+from tibspace.segment.tiling import tile_grid
+from tibspace.segment.image import SegmentationResult, segment_image
+from tibspace.segment.matching import match_labels, match_points
 
 __all__ = [
     "segment_nuclei",

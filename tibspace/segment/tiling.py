@@ -1,0 +1,307 @@
+"""Tiles of a whole image: the grid, the tile worker, cell ownership, stitching.
+
+A tile is a *core* (the cores partition the image) and a *window* (the core
+grown by the overlap on each side, clipped to the image), both
+``(y0, y1, x0, x1)`` in whole-image pixels. A worker reads only its window
+from the file, segments and measures it, and keeps the cells whose centroid
+(rounded to the nearest pixel) lies in its core, so every cell is owned by
+exactly one tile. Local ids 1..k follow the (row, column) order of the owned
+centroids; :func:`assemble_labels` offsets them to global ids in tile order
+and writes the label images, the earlier tile keeping a contested pixel.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from tibspace.cells import measure_cells
+from tibspace.progress import report
+from tibspace.segment.expand import expand_nuclei_to_cells
+from tibspace.segment.nuclei import segment_nuclei
+from tibspace.segment.scheduler import run_tasks
+
+__all__ = ["tile_grid"]
+
+
+def tile_grid(shape_yx: tuple[int, int], tile_size_px: int,
+              overlap_px: int) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """Cores and windows of a tiling, in row-major tile order.
+
+    Returns a list of ``(core, window)``, each ``(y0, y1, x0, x1)``: cores
+    partition the image; a window is its core grown by ``overlap_px`` on each
+    side, clipped to the image.
+
+    Examples
+    --------
+    >>> tile_grid((100, 150), 100, 10)
+    [((0, 100, 0, 100), (0, 100, 0, 110)), ((0, 100, 100, 150), (0, 100, 90, 150))]
+    """
+    ny, nx = (int(s) for s in shape_yx)
+    t = int(tile_size_px)
+    o = int(overlap_px)
+    out = []
+    for y0 in range(0, ny, t):
+        for x0 in range(0, nx, t):
+            core = (y0, min(y0 + t, ny), x0, min(x0 + t, nx))
+            win = (max(y0 - o, 0), min(y0 + t + o, ny), max(x0 - o, 0), min(x0 + t + o, nx))
+            out.append((core, win))
+    return out
+
+
+class _ChannelReader:
+    """``reader[i]`` reads channel ``i`` of a window from disk (lazy intensities).
+
+    Channels already read for segmentation are taken from ``cache``.
+    """
+
+    def __init__(self, img: Any, channels: Sequence[int], window: tuple[int, int, int, int],
+                 cache: Optional[dict] = None):
+        self._img = img
+        self._ch = list(channels)
+        self._w = window
+        self._cache = cache if cache is not None else {}
+
+    def __len__(self) -> int:
+        return len(self._ch)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        c = self._ch[i]
+        if c in self._cache:
+            return self._cache[c]
+        y0, y1, x0, x1 = self._w
+        return self._img.read_region([c], y0, y1, x0, x1)[0]
+
+
+def _combine(img: Any, channels: Sequence[int], scales: Sequence[float],
+             window: tuple[int, int, int, int], cache: dict) -> np.ndarray:
+    """Sum of ``channel / scale`` over ``channels`` in ``window`` (float32).
+
+    The raw channels are kept in ``cache`` for the measurements.
+    """
+    y0, y1, x0, x1 = window
+    out = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for c, s in zip(channels, scales):
+        raw = cache.get(c)
+        if raw is None:
+            raw = cache[c] = img.read_region([c], y0, y1, x0, x1)[0]
+        out += raw.astype(np.float32) * np.float32(1.0 / s)
+    return out
+
+
+def _open(path: str, pixel_size_um: float) -> Any:
+    from tibspace.io import open_image
+
+    return open_image(path, pixel_size_um=pixel_size_um)
+
+
+def _tile_stats(path: str, pixel_size_um: float, channels: Sequence[int],
+                core: tuple[int, int, int, int], sigma_px: float, stride: int) -> np.ndarray:
+    """Smoothed nuclear-channel values of a tile core, subsampled (``(c, n)``)."""
+    img = _open(path, pixel_size_um)
+    try:
+        y0, y1, x0, x1 = core
+        out = []
+        for c in channels:
+            a = img.read_region([c], y0, y1, x0, x1)[0].astype(np.float32)
+            a = ndi.gaussian_filter(a, sigma_px, mode="nearest", truncate=3.0)
+            out.append(a[stride // 2::stride, stride // 2::stride].ravel())
+        return np.stack(out)
+    finally:
+        img.close()
+
+
+def _channel_sample(path: Path, px: float, channels: Sequence[int], grid: list,
+                    sigma_px: float, d_px: float, client: Any, step: str,
+                    progress: Any) -> tuple[np.ndarray, int]:
+    """Smoothed values of ``channels`` over the whole image, ``(c, n)``.
+
+    Uses the coarsest pyramid level on which a nucleus is still ≥ 4 px wide,
+    read in this process when it has ≤ 16 Mpx; otherwise every tile task
+    returns a strided sample of its core at full resolution.
+    """
+    from tibspace.io import open_image
+
+    img = open_image(path, pixel_size_um=px)
+    try:
+        nx = img.shape[2]
+        best = 0
+        for lvl, arr in enumerate(img.levels):
+            f = nx / float(arr.shape[2])
+            if f <= max(1.0, d_px / 4.0) and f > nx / float(img.levels[best].shape[2]):
+                best = lvl
+        _, ly, lx = (int(v) for v in img.levels[best].shape)
+        if ly * lx <= 16e6:
+            f = nx / float(lx)
+            out = []
+            for c in channels:
+                a = img.read_region([c], 0, ly, 0, lx, level=best)[0].astype(np.float32)
+                sig = sigma_px / f
+                if sig >= 0.3:
+                    a = ndi.gaussian_filter(a, sig, mode="nearest", truncate=3.0)
+                out.append(a.ravel())
+            return np.stack(out), best
+    finally:
+        img.close()
+    ny = img.shape[1]
+    stride = max(1, int(math.ceil(math.sqrt(ny * nx / 16e6))))
+    stats = run_tasks(_tile_stats, [(str(path), px, list(channels), core, sigma_px, stride)
+                                     for core, _ in grid], client, step, progress)
+    return np.concatenate(stats, axis=1), 0
+
+
+def _segment_tile(index: int, path: str, pixel_size_um: float,
+                  core: tuple[int, int, int, int], window: tuple[int, int, int, int],
+                  nuclear: Sequence[int], nuclear_scales: Sequence[float],
+                  membrane: Sequence[int], membrane_scales: Sequence[float],
+                  measure_idx: Sequence[int], measure_names: Sequence[str],
+                  threshold: float, nucleus_diameter_um: float, expansion_um: float,
+                  min_area_um2: Optional[float], out_dir: Optional[str]) -> dict[str, Any]:
+    """Segment, own and measure the cells of one tile (runs in a Dask worker).
+
+    Reads only ``window`` of the file. Returns the measured table of the
+    cells whose centroid lies in ``core`` (local ids 1..k in (row, col) order
+    of their centroids) and their label crops (saved to ``out_dir`` as .npy
+    when given, else returned in the dict).
+    """
+    img = _open(path, pixel_size_um)
+    try:
+        wy0, wy1, wx0, wx1 = window
+        cache: dict = {}
+        nuc_img = _combine(img, nuclear, nuclear_scales, window, cache)
+        nuclei = segment_nuclei(nuc_img, pixel_size_um, nucleus_diameter_um=nucleus_diameter_um,
+                                threshold=threshold, min_area_um2=min_area_um2)
+        del nuc_img
+        mem = (_combine(img, membrane, membrane_scales, window, cache) if len(membrane)
+               else None)
+        cells = expand_nuclei_to_cells(nuclei, pixel_size_um, expansion_um=expansion_um,
+                                       membrane=mem)
+        del mem
+        lut, n_segmented = _owned_ids(cells, core, window)
+        cells = lut[cells]
+        nuclei = lut[nuclei]
+        cache = {c: v for c, v in cache.items() if c in set(measure_idx)}
+        table = measure_cells(cells, nuclei, _ChannelReader(img, measure_idx, window, cache),
+                              list(measure_names), pixel_size_um, offset_px=(wy0, wx0))
+    finally:
+        img.close()
+    res: dict[str, Any] = {"index": index, "table": table, "n_segmented": n_segmented}
+    res.update(_crops(cells, nuclei, window, index, out_dir))
+    return res
+
+
+def _owned_ids(cells: np.ndarray, core: tuple[int, int, int, int],
+               window: tuple[int, int, int, int]) -> tuple[np.ndarray, int]:
+    """Look-up table window id -> owned local id (0 = not owned), and the cell count.
+
+    A cell is owned when its whole-cell centroid, in whole-image pixels and
+    rounded to the nearest pixel, lies in ``core``. Sums of whole-image
+    coordinates are exact in float64, so two tiles that segment a cell
+    identically compute bit-identical centroids.
+    """
+    wy0, _, wx0, _ = window
+    n = int(cells.max())
+    w = cells.shape[1]
+    idx = np.flatnonzero(cells)
+    flat = cells.ravel()[idx]
+    area = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = np.bincount(flat, weights=(idx // w + wy0).astype(np.float64),
+                         minlength=n + 1) / area
+        cx = np.bincount(flat, weights=(idx % w + wx0).astype(np.float64),
+                         minlength=n + 1) / area
+    y0, y1, x0, x1 = core
+    ry, rx = np.floor(cy + 0.5), np.floor(cx + 0.5)
+    own = (area > 0) & (ry >= y0) & (ry < y1) & (rx >= x0) & (rx < x1)
+    own[0] = False
+    owned = np.flatnonzero(own)
+    owned = owned[np.lexsort((cx[owned], cy[owned]))]
+    lut = np.zeros(n + 1, np.int32)
+    lut[owned] = np.arange(1, owned.size + 1, dtype=np.int32)
+    return lut, int((area[1:] > 0).sum())
+
+
+def _crops(cells: np.ndarray, nuclei: np.ndarray, window: tuple[int, int, int, int],
+           index: int, out_dir: Optional[str]) -> dict[str, Any]:
+    """The owned labels cropped to their bounding box (small transfers).
+
+    Returns ``origin`` (whole-image row, column of the crop) and ``cells`` /
+    ``nuclei``: the arrays, or the paths of .npy files in ``out_dir``.
+    """
+    rows = np.flatnonzero(cells.any(axis=1))
+    colsnz = np.flatnonzero(cells.any(axis=0))
+    if rows.size:
+        by0, by1, bx0, bx1 = rows[0], rows[-1] + 1, colsnz[0], colsnz[-1] + 1
+    else:
+        by0 = by1 = bx0 = bx1 = 0
+    crop_c = np.ascontiguousarray(cells[by0:by1, bx0:bx1])
+    crop_n = np.ascontiguousarray(nuclei[by0:by1, bx0:bx1])
+    res: dict[str, Any] = {"origin": (window[0] + int(by0), window[2] + int(bx0))}
+    if out_dir is None:
+        res["cells"], res["nuclei"] = crop_c, crop_n
+        return res
+    pc = os.path.join(out_dir, f"tile{index:06d}_cells.npy")
+    pn = os.path.join(out_dir, f"tile{index:06d}_nuclei.npy")
+    np.save(pc, crop_c)
+    np.save(pn, crop_n)
+    res["cells"], res["nuclei"] = pc, pn
+    return res
+
+
+def new_label_array(shape: tuple[int, int], in_memory: bool, tmp: Optional[str], name: str):
+    """A zero int32 label image: numpy in memory, or a zarr array under ``tmp``."""
+    if in_memory:
+        return np.zeros(shape, np.int32)
+    import zarr
+
+    return zarr.create_array(store=os.path.join(tmp, name + ".zarr"), shape=shape,
+                             chunks=(1024, 1024), dtype="int32", fill_value=0)
+
+
+def assemble_labels(results: list[dict], labels: Any, nuclei: Any,
+                    progress: Any) -> tuple[list, int]:
+    """Write every tile's crops into ``labels`` / ``nuclei`` with global ids.
+
+    Global ids are the local ids offset by the cells of the earlier tiles;
+    each table's ``cell_id`` is offset likewise. A pixel claimed by two tiles'
+    cells stays with the earlier tile. Returns the tables in tile order and
+    the number of contested cell pixels. Crop files are removed once read.
+    """
+    counts = [len(r["table"]) for r in results]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    conflicts = 0
+    tables = []
+    for k, r in enumerate(results):
+        off = int(offsets[k])
+        tab = r["table"]
+        tab["cell_id"] = tab["cell_id"].to_numpy() + off
+        tables.append(tab)
+        crop_c = np.load(r["cells"]) if isinstance(r["cells"], str) else r["cells"]
+        crop_n = np.load(r["nuclei"]) if isinstance(r["nuclei"], str) else r["nuclei"]
+        if crop_c.size:
+            oy, ox = r["origin"]
+            sl = (slice(oy, oy + crop_c.shape[0]), slice(ox, ox + crop_c.shape[1]))
+            conflicts += _paste(labels, sl, crop_c, off)
+            _paste(nuclei, sl, crop_n, off)
+        if isinstance(r["cells"], str):
+            os.remove(r["cells"])
+            os.remove(r["nuclei"])
+        r["cells"] = r["nuclei"] = None
+        report(progress, "assemble labels", k + 1, len(results))
+    return tables, conflicts
+
+
+def _paste(target: Any, sl: tuple[slice, slice], crop: np.ndarray, off: int) -> int:
+    """Put ``crop + off`` into the free pixels of ``target[sl]``; return the clashes."""
+    cur = np.asarray(target[sl])
+    new = crop > 0
+    clash = new & (cur > 0)
+    put = new & ~clash
+    cur[put] = crop[put] + off
+    target[sl] = cur
+    return int(clash.sum())
