@@ -59,8 +59,8 @@ def child(step, table, n_perms):
     """Run one step in this (fresh) process; print a JSON line."""
     warnings.filterwarnings("ignore")
     import pandas as pd
-    from tibspace.stats import neighbourhood as nb
-    from tibspace.stats import pointpattern as pp
+    from tibspace import stats as nb
+    from tibspace import stats as pp
     cells = pd.read_parquet(table)
     win = (cells.x_um.min(), cells.y_um.min(), cells.x_um.max(), cells.y_um.max())
     small = cells.iloc[:2000]

@@ -385,7 +385,10 @@ def test_poisson_in_fragmented_tissue_polygon_l_equals_r():
 def test_envelope_row_kernel_equals_pair_kernel():
     """The two-label row kernel (used for cross_L/cross_K, population="pair", a != b)
     gives the pair-loop kernel's sums (to rounding), whichever label is rarer."""
-    from tibspace.stats.pointpattern import (_as_window, _cell_list, _edge_setup, _labelled_sums, _labelled_sums_rows, _pair_weights, _row_counts, _rows_by_label_side)
+    from tibspace.stats._kernels import _cell_list, _pair_weights
+    from tibspace.stats.edge_correction import _edge_setup
+    from tibspace.stats.envelopes import _labelled_sums, _labelled_sums_rows, _row_counts, _rows_by_label_side
+    from tibspace.stats.windows import _as_window
 
     rng = np.random.default_rng(5)
     n = 1500
@@ -428,7 +431,7 @@ def test_envelope_fast_path_agrees_with_population_all_on_two_types():
 # --------------------------------------------------------------------------
 def _strtree_candidates_reference(geom, x, y, reach):
     """The former _boundary_candidates: GEOS dwithin via an STRtree of the edges (CSR)."""
-    from tibspace.stats.pointpattern import _polygon_edges
+    from tibspace.stats.windows import _polygon_edges
 
     ex0, ey0, ex1, ey1 = _polygon_edges(geom)
     segs = shapely.linestrings(np.stack([np.stack([ex0, ey0], 1), np.stack([ex1, ey1], 1)], axis=1))
@@ -479,7 +482,7 @@ def _window_points_reach(draw):
 @given(_window_points_reach())
 def test_boundary_candidates_equal_strtree_dwithin(case):
     """The grid-bucketed candidate edges are exactly GEOS's dwithin sets (same CSR)."""
-    from tibspace.stats.pointpattern import _boundary_candidates
+    from tibspace.stats.windows import _boundary_candidates
 
     geom, x, y, reach = case
     if geom.is_empty:
@@ -492,7 +495,7 @@ def test_boundary_candidates_equal_strtree_dwithin(case):
 
 def test_boundary_candidates_exact_ties_follow_geos():
     """Points exactly at distance reach (and a hair either side) get GEOS's answer."""
-    from tibspace.stats.pointpattern import _boundary_candidates
+    from tibspace.stats.windows import _boundary_candidates
 
     geom = box(0, 0, 10, 10).union(box(20, 0, 30, 10))
     x = np.array([5.0, 5.0, 5.0, 15.0, 13.0, np.nextafter(15.0, 0), -5.0, 35.0, 5.0])
@@ -507,7 +510,7 @@ def test_boundary_candidates_exact_ties_follow_geos():
 
 def test_boundary_candidates_tissue_scale():
     """Thousands of edges, many points, a small reach (grid sized by its cell budget)."""
-    from tibspace.stats.pointpattern import _boundary_candidates
+    from tibspace.stats.windows import _boundary_candidates
 
     rng = np.random.default_rng(11)
     geom = Point(0, 0).buffer(3000, 256).difference(Point(500, 200).buffer(800, 128))
@@ -523,7 +526,8 @@ def test_boundary_candidates_tissue_scale():
 @pytest.mark.parametrize("ec", ["isotropic", "translation", "none"])
 def test_edge_setup_subset_equals_setup_of_subset(ec):
     """Rows of the whole set's setup = the setup computed on the subset alone."""
-    from tibspace.stats.pointpattern import _as_window, _compute_edge_setup
+    from tibspace.stats.edge_correction import _compute_edge_setup
+    from tibspace.stats.windows import _as_window
 
     rng = np.random.default_rng(4)
     W = _as_window(Point(200, 200).buffer(190).difference(box(150, 150, 230, 260)))
@@ -553,18 +557,19 @@ def _two_type_cells(n=4000, seed=8):
 def test_envelope_with_memoised_setup_equals_direct(ec, monkeypatch):
     """After cross_l_all_pairs, the envelope takes its cells' rows of the memoised
     setup of all cells (no new boundary work) and its result is unchanged."""
-    from tibspace.stats import pointpattern as pp
+    from tibspace.stats import edge_correction as pp
+    from tibspace.stats import windows as win_mod
 
     cells = _two_type_cells()
     W = Point(300, 300).buffer(290).difference(box(250, 100, 330, 380))
     radii = np.arange(5.0, 41.0, 5.0)
     kw = dict(n_sim=19, seed=3, edge_correction=ec, outside="drop")
     pp._SETUP_MEMO.clear()
-    pp._INSIDE_MEMO.clear()
+    win_mod._INSIDE_MEMO.clear()
     direct = {pop: random_labelling_envelope(cells, "cross_L", "A", "B", radii, W, population=pop, **kw)
               for pop in ("pair", "all")}
     pp._SETUP_MEMO.clear()
-    pp._INSIDE_MEMO.clear()
+    win_mod._INSIDE_MEMO.clear()
     cross_l_all_pairs(cells, radii, W, edge_correction=ec, outside="drop")
     calls = []
     real = pp._compute_edge_setup
@@ -581,7 +586,7 @@ def test_envelope_with_memoised_setup_equals_direct(ec, monkeypatch):
 
 
 def test_memo_is_bounded_and_checks_the_geometry():
-    from tibspace.stats.pointpattern import _Memo
+    from tibspace.stats.windows import _Memo
 
     memo = _Memo(2)
     g1, g2 = box(0, 0, 1, 1), box(0, 0, 1, 1)
@@ -594,7 +599,7 @@ def test_memo_is_bounded_and_checks_the_geometry():
 
 
 def test_inside_memo_hands_out_copies():
-    from tibspace.stats.pointpattern import _INSIDE_MEMO, _as_window, _inside
+    from tibspace.stats.windows import _INSIDE_MEMO, _as_window, _inside
 
     W = _as_window(Point(0, 0).buffer(10))
     x, y = np.array([0.0, 20.0, 3.0]), np.array([0.0, 0.0, 3.0])
@@ -615,7 +620,7 @@ def test_int8_codes_permute_like_int64_codes():
 
 def _csr_reference(x, y, es, radii, centre_side):
     """Rows from the pair list: neighbour_pairs + _pair_weights, entries of a row in pair order."""
-    from tibspace.stats.pointpattern import _bin_of, _pair_weights
+    from tibspace.stats._kernels import _bin_of, _pair_weights
 
     reach = radii[-1]
     pi, pj = neighbour_pairs(x, y, reach)
@@ -639,7 +644,10 @@ def _csr_reference(x, y, es, radii, centre_side):
                                        ("rect", "translation"), ("rect", "none")])
 def test_rows_from_cell_list_equal_rows_from_pair_list(window, ec):
     """The CSR built straight from the cell list is the pair-list CSR, entry for entry."""
-    from tibspace.stats.pointpattern import (_as_window, _cell_list, _edge_setup, _row_counts, _rows_by_label_side)
+    from tibspace.stats._kernels import _cell_list
+    from tibspace.stats.edge_correction import _edge_setup
+    from tibspace.stats.envelopes import _row_counts, _rows_by_label_side
+    from tibspace.stats.windows import _as_window
 
     rng = np.random.default_rng(12)
     W = _as_window(Point(150, 150).buffer(148).difference(box(100, 60, 180, 200)) if window == "poly"
@@ -673,8 +681,10 @@ def _rows_sums_reference(rowptr, other, w, binidx, labels, s, t, nb):
 
 @pytest.mark.parametrize("m", [1, 5, 64, 65, 130])
 def test_lane_sums_bit_identical_to_per_simulation_loop(m):
-    from tibspace.stats.pointpattern import (_as_window, _cell_list, _edge_setup, _labelled_sums_rows, _row_counts,
-                                             _rows_by_label_side)
+    from tibspace.stats._kernels import _cell_list
+    from tibspace.stats.edge_correction import _edge_setup
+    from tibspace.stats.envelopes import _labelled_sums_rows, _row_counts, _rows_by_label_side
+    from tibspace.stats.windows import _as_window
 
     rng = np.random.default_rng(m)
     x, y = rng.uniform(0, 200, 700), rng.uniform(0, 200, 700)

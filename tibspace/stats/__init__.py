@@ -2,15 +2,13 @@
 
 from tibspace.stats.neighbourhood import (
     spatial_graph,
-    NeighbourhoodEnrichment,
-    neighbourhood_enrichment,
-    join_count_moments,
     mixing_score,
     counts_within,
     nearest_distance_to_phenotypes,
     co_occurrence,
 )
-from tibspace.stats.pointpattern import (
+from tibspace.stats.enrichment import NeighbourhoodEnrichment, neighbourhood_enrichment, join_count_moments
+from tibspace.stats.estimators import (
     ripley_k,
     ripley_l,
     cross_k,
@@ -18,11 +16,10 @@ from tibspace.stats.pointpattern import (
     pair_correlation,
     g_cross,
     cross_l_all_pairs,
-    random_labelling_envelope,
-    set_covariance,
-    circle_fraction_in_window,
-    neighbour_pairs,
 )
+from tibspace.stats.envelopes import random_labelling_envelope
+from tibspace.stats.windows import set_covariance, circle_fraction_in_window
+from tibspace.stats._kernels import neighbour_pairs
 from tibspace.stats.profiles import infiltration_profile, DEFAULT_EDGES_UM, band_index
 
 __all__ = [

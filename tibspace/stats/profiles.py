@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tibspace.errors import InputError
-from tibspace.tissue import (TumourRegion, _check_edges, annotate_cells, band_areas_um2, nest_band_areas_um2, nearest_nest_id)
+from tibspace.tissue import (TumourRegion, _check_edges, annotate_cells, band_areas_um2, nest_band_areas_um2)
 from tibspace.progress import report
 
 __all__ = ["infiltration_profile", "DEFAULT_EDGES_UM", "band_index"]
@@ -100,37 +100,14 @@ def infiltration_profile(cells: pd.DataFrame, region: TumourRegion, tissue, *, e
     if phenotypes is None:
         phenotypes = sorted(pd.unique(ph))
     phenotypes = [str(p) for p in phenotypes]
-    nb, npn = e.size - 1, len(phenotypes)
     bi = band_index(d, e)
     pcode = pd.Categorical(ph, categories=phenotypes).codes
     ok = (bi >= 0) & (pcode >= 0)
-
-    lo, hi = e[:-1], e[1:]
-    with np.errstate(invalid="ignore"):
-        mid = np.where(np.isfinite(lo) & np.isfinite(hi), (lo + hi) / 2, np.nan)
     report(progress, "infiltration profile", 0, 2)
     if not by_nest:
-        counts = np.bincount(bi[ok] * npn + pcode[ok], minlength=nb * npn).reshape(nb, npn)
-        areas = band_areas_um2(region, tissue, e)
-        out = pd.DataFrame({
-            "band_lo_um": np.repeat(lo, npn), "band_hi_um": np.repeat(hi, npn),
-            "band_mid_um": np.repeat(mid, npn), "phenotype": np.tile(phenotypes, nb),
-            "count": counts.ravel().astype(np.int64), "area_um2": np.repeat(areas, npn)})
+        out = _global_profile(bi, pcode, ok, phenotypes, region, tissue, e)
     else:
-        if not isinstance(region, TumourRegion):
-            raise InputError("infiltration_profile(by_nest=True): region must be a TumourRegion")
-        nn = region.n_nests
-        nid = cells["nest_id"].to_numpy(dtype=np.int64)
-        ok &= (nid >= 1) & (nid <= nn)
-        flat = ((nid[ok] - 1) * nb + bi[ok]) * npn + pcode[ok]
-        counts = np.bincount(flat, minlength=nn * nb * npn).reshape(nn, nb, npn)
-        areas = nest_band_areas_um2(region, tissue, e, spacing_um=spacing_um)   # (nn, nb)
-        out = pd.DataFrame({
-            "nest_id": np.repeat(region.nest_ids(), nb * npn),
-            "band_lo_um": np.tile(np.repeat(lo, npn), nn), "band_hi_um": np.tile(np.repeat(hi, npn), nn),
-            "band_mid_um": np.tile(np.repeat(mid, npn), nn),
-            "phenotype": np.tile(phenotypes, nn * nb),
-            "count": counts.ravel().astype(np.int64), "area_um2": np.repeat(areas.ravel(), npn)})
+        out = _nest_profile(cells, bi, pcode, ok, phenotypes, region, tissue, e, spacing_um)
     report(progress, "infiltration profile", 2, 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         out["density_per_mm2"] = np.where(out["area_um2"] > 0,
@@ -138,3 +115,37 @@ def infiltration_profile(cells: pd.DataFrame, region: TumourRegion, tissue, *, e
     if sample_id is not None:
         out.insert(0, "sample_id", sample_id)
     return out
+
+
+def _band_columns(e, npn, repeat=1):
+    """band_lo_um, band_hi_um, band_mid_um of every (band, phenotype) row, ``repeat`` times."""
+    lo, hi = e[:-1], e[1:]
+    with np.errstate(invalid="ignore"):
+        mid = np.where(np.isfinite(lo) & np.isfinite(hi), (lo + hi) / 2, np.nan)
+    return {"band_lo_um": np.tile(np.repeat(lo, npn), repeat), "band_hi_um": np.tile(np.repeat(hi, npn), repeat),
+            "band_mid_um": np.tile(np.repeat(mid, npn), repeat)}
+
+
+def _global_profile(bi, pcode, ok, phenotypes, region, tissue, e) -> pd.DataFrame:
+    """Counts and tissue areas per (band, phenotype) over the whole region."""
+    nb, npn = e.size - 1, len(phenotypes)
+    counts = np.bincount(bi[ok] * npn + pcode[ok], minlength=nb * npn).reshape(nb, npn)
+    areas = band_areas_um2(region, tissue, e)
+    return pd.DataFrame({**_band_columns(e, npn), "phenotype": np.tile(phenotypes, nb),
+                         "count": counts.ravel().astype(np.int64), "area_um2": np.repeat(areas, npn)})
+
+
+def _nest_profile(cells, bi, pcode, ok, phenotypes, region, tissue, e, spacing_um) -> pd.DataFrame:
+    """Counts and tissue areas per (nest, band, phenotype); a cell belongs to its nearest nest."""
+    if not isinstance(region, TumourRegion):
+        raise InputError("infiltration_profile(by_nest=True): region must be a TumourRegion")
+    nb, npn = e.size - 1, len(phenotypes)
+    nn = region.n_nests
+    nid = cells["nest_id"].to_numpy(dtype=np.int64)
+    ok = ok & (nid >= 1) & (nid <= nn)
+    flat = ((nid[ok] - 1) * nb + bi[ok]) * npn + pcode[ok]
+    counts = np.bincount(flat, minlength=nn * nb * npn).reshape(nn, nb, npn)
+    areas = nest_band_areas_um2(region, tissue, e, spacing_um=spacing_um)   # (nn, nb)
+    return pd.DataFrame({"nest_id": np.repeat(region.nest_ids(), nb * npn), **_band_columns(e, npn, nn),
+                         "phenotype": np.tile(phenotypes, nn * nb),
+                         "count": counts.ravel().astype(np.int64), "area_um2": np.repeat(areas.ravel(), npn)})
