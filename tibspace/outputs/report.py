@@ -105,91 +105,112 @@ def _fig_png(draw, size=(7, 4.5), target: str = "axes") -> bytes:
 
 def write_report_files(result, folder, *, progress=None) -> None:
     """Write every output file of ``result`` into ``folder`` (see module docstring)."""
-    from tibspace.outputs.plotting import (plot_barrier_coverage, plot_cross_l, plot_enrichment,
-                                           plot_infiltration_profile, plot_overview, plot_shields,
-                                           plot_stain_overlay)
-
     folder = Path(folder)
-    steps = 8
-    report(progress, "writing outputs", 0, steps)
-    px = result.pixel_size_um
-    write_table(result.cells, folder / "cells")
-    report(progress, "writing outputs", 1, steps)
-    if result.labels is not None:
-        from tibspace.io import write_labels_ome_tiff
+    steps = [_write_cells, _write_images, _write_tables, _write_geometries, _write_anndata, _write_metrics,
+             _write_figures, _write_report]
+    report(progress, "writing outputs", 0, len(steps))
+    figures: dict[str, bytes] = {}
+    for k, step in enumerate(steps, start=1):
+        step(result, folder, figures)
+        report(progress, "writing outputs", k, len(steps))
 
+
+def _write_cells(result, folder, figures):
+    write_table(result.cells, folder / "cells")
+
+
+def _write_images(result, folder, figures):
+    from tibspace.io import write_labels_ome_tiff
+
+    px = result.pixel_size_um
+    if result.labels is not None:
         write_labels_ome_tiff(folder / "cell_labels.ome.tif", result.labels, px)
     for name, mask in (result.masks or {}).items():
-        from tibspace.io import write_labels_ome_tiff
-
         write_labels_ome_tiff(safe_path(folder, f"{safe_name(name)}_mask.ome.tif"),
                               np.asarray(mask).astype(np.uint8), px)
-    report(progress, "writing outputs", 2, steps)
+
+
+def _write_tables(result, folder, figures):
+    from tibspace.io import atomic_path
 
     gates = result.metrics.get("gates", {})
     if gates:
         write_table(pd.DataFrame(list(gates.values())), folder / "gates", formats=("csv",))
     frozen = _frozen_panel(result)
     if frozen is not None:
-        from tibspace.io import atomic_path
-
         with atomic_path(folder / "panel_used.toml") as tmp:
             tmp.write_text(frozen.to_toml(), encoding="utf-8")
-    if len(result.profiles):
-        write_table(result.profiles, folder / "profiles", formats=("csv",))
-    if len(result.profiles_by_nest):
-        write_table(result.profiles_by_nest, folder / "profiles_by_nest", formats=("csv",))
-    if len(result.per_nest):
-        write_table(result.per_nest, folder / "nests", formats=("csv",))
-    if result.segments is not None and len(result.segments):
-        write_table(result.segments, folder / "segments", formats=("csv",))
+    for name, df in (("profiles", result.profiles), ("profiles_by_nest", result.profiles_by_nest),
+                     ("nests", result.per_nest), ("segments", result.segments)):
+        if df is not None and len(df):
+            write_table(df, folder / name, formats=("csv",))
     for name, df in (result.stats or {}).items():
         write_table(df, safe_path(folder, "stats", safe_name(name)), formats=("csv",))
     for name, res in (result.analyses or {}).items():
         for tname, df in (getattr(res, "tables", lambda: {})() or {}).items():
             write_table(df, safe_path(folder, "stats", safe_name(f"{name}_{tname}")), formats=("csv",))
-    report(progress, "writing outputs", 3, steps)
 
-    # geometries (QuPath-compatible, pixel coordinates when the pixel size is known)
+
+def _write_geometries(result, folder, figures):
+    """QuPath-compatible GeoJSON (pixel coordinates when the pixel size is known)."""
+    px = result.pixel_size_um
     if result.region is not None:
         pn = result.per_nest.to_dict(orient="records") if len(result.per_nest) else None
+        ids = [f"nest-{i}" for i in range(1, result.region.n_nests + 1)]
         write_geojson(geojson_features(result.region.nests, name="tumour_nest", pixel_size_um=px,
-                                               measurements=pn, ids=[f"nest-{i}" for i in range(1, result.region.n_nests + 1)]),
-                          folder / "nests.geojson")
+                                       measurements=pn, ids=ids), folder / "nests.geojson")
     if result.tissue is not None:
         write_geojson(geojson_features([result.tissue], name="tissue", pixel_size_um=px), folder / "tissue.geojson")
-    br = result.analyses.get("barrier")
-    if br is not None:
-        # one feature per covered run / gap, with its nest and length, as measured
-        feats = []
-        runs = br.runs
+    br = (result.analyses or {}).get("barrier")
+    if br is not None:  # one feature per covered run / gap, with its nest and length, as measured
+        feats, runs = [], br.runs
         for flag, key in ((True, "barrier_covered"), (False, "barrier_gap")):
             sel = runs[runs["covered"] == flag] if len(runs) else runs
             if len(sel):
                 meas = sel[["nest_id", "ring", "start_um", "length_um"]].to_dict(orient="records")
-                feats += geojson_features(list(sel["geometry"]), name=key, pixel_size_um=px,
-                                              measurements=meas)
+                feats += geojson_features(list(sel["geometry"]), name=key, pixel_size_um=px, measurements=meas)
         write_geojson(feats, folder / "barrier_segments.geojson")
     write_cell_detections(result.cells, folder / "cells.geojson", pixel_size_um=px)
     if result.exclusion_zones:
         write_geojson(geojson_features(result.exclusion_zones, name="exclusion_zone", pixel_size_um=px),
-                          folder / "exclusion_zones.geojson")
-    report(progress, "writing outputs", 4, steps)
+                      folder / "exclusion_zones.geojson")
 
+
+def _write_anndata(result, folder, figures):
     write_anndata(result.cells, result.channel_columns, folder / "cells.h5ad",
-                  uns={"sample_id": result.sample_id, "pixel_size_um": px}, sample_id=result.sample_id,
-                  thumbnail=result.thumbnail, enrichment=(result.stats or {}).get("neighbourhood_enrichment"))
-    report(progress, "writing outputs", 5, steps)
+                  uns={"sample_id": result.sample_id, "pixel_size_um": result.pixel_size_um},
+                  sample_id=result.sample_id, thumbnail=result.thumbnail,
+                  enrichment=(result.stats or {}).get("neighbourhood_enrichment"))
+
+
+def _write_metrics(result, folder, figures):
     write_json(result.metrics, folder / "metrics.json")
     write_json({"timings_s": result.timings_s}, folder / "run_log.json")
-    report(progress, "writing outputs", 6, steps)
+
+
+def _write_figures(result, folder, figures):
+    """The three stand-alone PNGs (also shown in the report)."""
+    from tibspace.io import atomic_path
+    from tibspace.outputs.plotting import plot_barrier_coverage, plot_infiltration_profile, plot_overview
+
+    pngs = {
+        ("overview", "overview.png"): (lambda ax: plot_overview(result, ax), (8, 8)),
+        ("profile", "infiltration_profile.png"): (lambda ax: plot_infiltration_profile(result.profiles, ax),
+                                                  (7, 4.5)),
+        ("barrier", "barrier_coverage.png"): (lambda ax: plot_barrier_coverage(result.per_nest, ax), (7, 4.5)),
+    }
+    for (key, name), (draw, size) in pngs.items():
+        figures[key] = _fig_png(draw, size)
+        with atomic_path(folder / name) as tmp:
+            tmp.write_bytes(figures[key])
+
+
+def _write_report(result, folder, figures):
+    from tibspace.io import atomic_path
+    from tibspace.outputs.plotting import plot_cross_l, plot_enrichment, plot_shields, plot_stain_overlay
+    from tibspace.outputs.report_html import render
 
     stats = result.stats or {}
-    figs = {
-        "overview.png": (lambda ax: plot_overview(result, ax), (8, 8)),
-        "infiltration_profile.png": (lambda ax: plot_infiltration_profile(result.profiles, ax), (7, 4.5)),
-        "barrier_coverage.png": (lambda ax: plot_barrier_coverage(result.per_nest, ax), (7, 4.5)),
-    }
     extra = {
         "stain": (lambda ax: plot_stain_overlay(result, ax), (8, 8)) if result.thumbnail is not None else None,
         "shield": (lambda fig: plot_shields(result, fig.subplots(1, 2)), (10, 3.6), "figure")
@@ -198,23 +219,9 @@ def write_report_files(result, folder, *, progress=None) -> None:
         if "neighbourhood_enrichment" in stats else None,
         "cross_l": (lambda ax: plot_cross_l(stats.get("cross_L"), ax), (6, 4.5)) if "cross_L" in stats else None,
     }
-    pngs = {}
-    from tibspace.io import atomic_path
-
-    for name, (draw, size) in figs.items():
-        pngs[name] = _fig_png(draw, size)
-        with atomic_path(folder / name) as tmp:
-            tmp.write_bytes(pngs[name])
-    report(progress, "writing outputs", 7, steps)
-    from tibspace.outputs.report_html import render
-
-    figures = {"overview": pngs["overview.png"], "profile": pngs["infiltration_profile.png"],
-               "barrier": pngs["barrier_coverage.png"]}
+    shown = dict(figures)
     for name, spec in extra.items():
         if spec is not None:
-            figures[name] = _fig_png(*spec)
+            shown[name] = _fig_png(*spec)
     with atomic_path(folder / "report.html") as tmp:
-        tmp.write_text(render(result, figures), encoding="utf-8")
-    report(progress, "writing outputs", 8, steps)
-
-
+        tmp.write_text(render(result, shown), encoding="utf-8")
