@@ -24,8 +24,10 @@ from tibspace.stats._inputs import _as_xy
 
 _MAX_ISO_WEIGHT = 100.0
 
+
 def _n_chunks():
     return max(1, min(256, 8 * numba.get_num_threads()))
+
 
 @dataclass
 class _Grid:
@@ -74,6 +76,7 @@ def _counting_sort_cells(x, y, x0, y0, inv_cell, nx, ny):
         order[pos[k]] = i
         pos[k] += 1
     return order, start
+
 
 @njit(cache=True, fastmath=False)
 def _circle_frac_rect(x, y, r, xmin, ymin, xmax, ymax):
@@ -269,6 +272,7 @@ def _pair_hist(xs, ys, codes, bnd, tidx, start, nx, ny, n_types, edges2, reach2,
                                     hist[cj, ci, k] += wji
     return out.sum(axis=0)
 
+
 @njit(cache=True, inline="always")
 def _bin_guessed(d, d2, edges2, r0, inv_step, uniform):
     """``_bin_of(d2, edges2)`` without a binary search's unpredictable branches
@@ -296,6 +300,7 @@ def _radii_spacing(radii):
     step = (radii[-1] - radii[0]) / (nb - 1)
     uniform = bool(step > 0 and np.all(np.abs(np.diff(radii) - step) <= 1e-9 * step))
     return uniform, float(radii[0]), (1.0 / step if step > 0 else 0.0)
+
 
 @njit(parallel=True, cache=True)
 def _count_pairs_rows(xs, ys, start, nx, ny, reach2):
