@@ -14,6 +14,7 @@ import pandas as pd
 
 from tibspace.errors import InputError
 
+
 def _xy_digest(x, y):
     """Content hash (SHA-256) of float64 coordinate arrays."""
     h = hashlib.sha256(np.int64(x.size).tobytes())
@@ -33,6 +34,7 @@ def _as_xy(x, y, name="points"):
         bad = int(np.sum(~(np.isfinite(x) & np.isfinite(y))))
         raise InputError(f"{name}: {bad} coordinates are NaN/inf; drop or fix those cells first")
     return x, y
+
 
 def _table_xy_types(cells, phenotype_col, types):
     if not isinstance(cells, pd.DataFrame):

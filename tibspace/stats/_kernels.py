@@ -24,8 +24,10 @@ from tibspace.stats._inputs import _as_xy
 
 _MAX_ISO_WEIGHT = 100.0
 
+
 def _n_chunks():
     return max(1, min(256, 8 * numba.get_num_threads()))
+
 
 @dataclass
 class _Grid:
@@ -74,6 +76,7 @@ def _counting_sort_cells(x, y, x0, y0, inv_cell, nx, ny):
         order[pos[k]] = i
         pos[k] += 1
     return order, start
+
 
 @njit(cache=True, fastmath=False)
 def _circle_frac_rect(x, y, r, xmin, ymin, xmax, ymax):
@@ -269,6 +272,7 @@ def _pair_hist(xs, ys, codes, bnd, tidx, start, nx, ny, n_types, edges2, reach2,
                                     hist[cj, ci, k] += wji
     return out.sum(axis=0)
 
+
 @njit(cache=True, inline="always")
 def _bin_guessed(d, d2, edges2, r0, inv_step, uniform):
     """``_bin_of(d2, edges2)`` without a binary search's unpredictable branches
@@ -297,11 +301,16 @@ def _radii_spacing(radii):
     uniform = bool(step > 0 and np.all(np.abs(np.diff(radii) - step) <= 1e-9 * step))
     return uniform, float(radii[0]), (1.0 / step if step > 0 else 0.0)
 
+
 @njit(parallel=True, cache=True)
-def _count_pairs_rows(xs, ys, start, nx, ny, reach2):
+def _pairs_rows(xs, ys, start, nx, ny, reach2, offs, pi, pj, fill):
+    """Pairs within sqrt(reach2) per grid row, each unordered pair once (half
+    stencil). ``fill=False``: returns the number of pairs of every row;
+    ``fill=True``: writes row cy's pairs (sorted positions) to
+    ``pi, pj[offs[cy]:]`` in the order the count visited them."""
     cnt = np.zeros(ny, dtype=np.int64)
     for cy in prange(ny):
-        c = 0
+        c = offs[cy] if fill else 0
         for cx in range(nx):
             cell = cy * nx + cx
             for i in range(start[cell], start[cell + 1]):
@@ -317,33 +326,18 @@ def _count_pairs_rows(xs, ys, start, nx, ny, reach2):
                         dx = xs[j] - xs[i]
                         dy = ys[j] - ys[i]
                         if dx * dx + dy * dy <= reach2:
+                            if fill:
+                                pi[c] = i
+                                pj[c] = j
                             c += 1
         cnt[cy] = c
     return cnt
 
 
-@njit(parallel=True, cache=True)
-def _fill_pairs_rows(xs, ys, start, nx, ny, reach2, offs, pi, pj):
-    for cy in prange(ny):
-        c = offs[cy]
-        for cx in range(nx):
-            cell = cy * nx + cx
-            for i in range(start[cell], start[cell + 1]):
-                for nb_k in range(5):
-                    ox, oy = _half_stencil(nb_k)
-                    qx = cx + ox
-                    qy = cy + oy
-                    if qx < 0 or qx >= nx or qy >= ny:
-                        continue
-                    q = qy * nx + qx
-                    j0 = i + 1 if nb_k == 0 else start[q]
-                    for j in range(j0, start[q + 1]):
-                        dx = xs[j] - xs[i]
-                        dy = ys[j] - ys[i]
-                        if dx * dx + dy * dy <= reach2:
-                            pi[c] = i
-                            pj[c] = j
-                            c += 1
+def _count_pairs_rows(xs, ys, start, nx, ny, reach2):
+    """Number of pairs within sqrt(reach2) per grid row (see :func:`_pairs_rows`)."""
+    none = np.zeros(0, dtype=np.int64)
+    return _pairs_rows(xs, ys, start, nx, ny, reach2, np.zeros(ny, dtype=np.int64), none, none, False)
 
 
 def neighbour_pairs(x_um, y_um, reach_um):
@@ -374,7 +368,7 @@ def _grid_pairs(grid: _Grid, r2, cnt):
     np.cumsum(cnt, out=offs[1:])
     pi = np.empty(offs[-1], dtype=np.int64)
     pj = np.empty(offs[-1], dtype=np.int64)
-    _fill_pairs_rows(grid.xs, grid.ys, grid.start, grid.nx, grid.ny, r2, offs, pi, pj)
+    _pairs_rows(grid.xs, grid.ys, grid.start, grid.nx, grid.ny, r2, offs, pi, pj, True)
     return grid.order[pi], grid.order[pj]
 
 

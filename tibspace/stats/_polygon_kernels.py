@@ -350,6 +350,7 @@ def _replace_rows(ptr, items, rows, rptr, ritems):
             out[new_ptr[p]:new_ptr[p + 1]] = items[ptr[p]:ptr[p + 1]]
     return new_ptr, out
 
+
 @njit(cache=True)
 def _scanline_fill(x0, y0, x1, y1, H, W):
     """Even-odd raster of polygon edges (pixel units): pixel (r, c) is inside

@@ -34,7 +34,7 @@ from tibspace.progress import report
 from tibspace.stats._inputs import _xy_digest
 from tibspace.stats._kernels import _Grid, _cell_list, _n_chunks, _pair_hist
 from tibspace.stats._polygon_kernels import _iso_tables, _min_seg_dist
-from tibspace.stats.windows import _Memo, _Window, _boundary_candidates, set_covariance
+from tibspace.stats.windows import _Memo, _Window, _boundary_candidates, _frozen, _set_covariance
 
 _EDGE_MODES = {"none": 0, "isotropic": 1, "translation": 2}
 _ISO_TABLE_SIZE = 128
@@ -43,9 +43,13 @@ _ISO_TABLE_SIZE = 128
 _SETUP_MEMO = _Memo(2)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _EdgeSetup:
-    """Per-point edge-correction data for the numba kernels (one point set)."""
+    """Per-point edge-correction data for the numba kernels (one point set).
+
+    Immutable (numbers and read-only arrays, no shapely object), so one setup
+    can be shared between calls and threads through :data:`_SETUP_MEMO`.
+    """
     mode: int
     rect: np.ndarray
     bnd: np.ndarray            # distance to the window boundary (isotropic), else inf
@@ -56,6 +60,10 @@ class _EdgeSetup:
     cov_step: float
     cov_P: float
     cov0: float
+
+    def __post_init__(self):
+        for v in (self.rect, self.bnd, self.tidx, self.iso_tab, self.cov):
+            _frozen(v)
 
     def kernel_args(self, order=None):
         """(bnd, tidx) in the given point order, then the window arguments."""
@@ -70,8 +78,9 @@ class _EdgeSetup:
         return replace(self, bnd=self.bnd[mask], tidx=self.tidx[mask])
 
 
-def _setup_key(x, y, edge_correction, reach):
-    return _xy_digest(x, y), edge_correction, float(reach)
+def _setup_key(x, y, win: _Window, edge_correction, reach):
+    """Content key: the points, the window, the correction and the reach."""
+    return _xy_digest(x, y), win.key, edge_correction, float(reach)
 
 
 def _edge_setup(x, y, win: _Window, edge_correction, reach) -> _EdgeSetup:
@@ -81,11 +90,11 @@ def _edge_setup(x, y, win: _Window, edge_correction, reach) -> _EdgeSetup:
         raise InputError(f"edge_correction={edge_correction!r}: expected one of {sorted(_EDGE_MODES)}")
     if win.kind == "rect":
         return _compute_edge_setup(x, y, win, edge_correction, reach)
-    key = _setup_key(x, y, edge_correction, reach)
-    es = _SETUP_MEMO.get(key, win.geom)
+    key = _setup_key(x, y, win, edge_correction, reach)
+    es = _SETUP_MEMO.get(key)
     if es is None:
         es = _compute_edge_setup(x, y, win, edge_correction, reach)
-        _SETUP_MEMO.put(key, win.geom, es)
+        _SETUP_MEMO.put(key, es)
     return es
 
 
@@ -93,7 +102,7 @@ def _memoised_edge_setup(x, y, win: _Window, edge_correction, reach) -> Optional
     """The memoised setup of (x, y) if there is one (never computes)."""
     if win.kind == "rect" or edge_correction not in _EDGE_MODES:
         return None
-    return _SETUP_MEMO.get(_setup_key(x, y, edge_correction, reach), win.geom)
+    return _SETUP_MEMO.get(_setup_key(x, y, win, edge_correction, reach))
 
 
 def _compute_edge_setup(x, y, win: _Window, edge_correction, reach) -> _EdgeSetup:
@@ -114,7 +123,7 @@ def _compute_edge_setup(x, y, win: _Window, edge_correction, reach) -> _EdgeSetu
         bnd, tidx, iso_tab = _iso_polygon_setup(x, y, win.geom, reach, tidx, iso_tab)
     elif mode == 2:
         mode = 4
-        cov, cov_step, P = set_covariance(win.geom, reach)
+        cov, cov_step, P = _set_covariance(win, reach)
         cov_P, cov0 = float(P), float(cov[P, P])
     return _EdgeSetup(mode, rect, bnd, tidx, iso_tab, float(reach), cov, float(cov_step), cov_P, cov0)
 

@@ -26,6 +26,7 @@ from tibspace.stats.neighbourhood import spatial_graph
 
 __all__ = ["NeighbourhoodEnrichment", "neighbourhood_enrichment", "join_count_moments"]
 
+
 @dataclass
 class NeighbourhoodEnrichment:
     """Type–type neighbour counts and their permutation null.

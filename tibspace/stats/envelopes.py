@@ -36,6 +36,7 @@ from tibspace.stats.windows import _as_radii, _as_window, _check_inside
 
 __all__ = ["random_labelling_envelope"]
 
+
 @njit(parallel=True, cache=True)
 def _labelled_sums(pi, pj, dd, wij, wji, labels, a, b, edges2, radii, kernel_h):
     """For each simulation row of ``labels``: sum over ordered pairs with
@@ -151,6 +152,7 @@ def _labelled_sums_rows(csr, labels, s, t, nb, only_s_t=False):
     gstart = _lane_groups(labels.shape[0], labels.shape[1])
     sbits, tbits = _label_bits(labels, s, t, gstart, bool(only_s_t))
     return _labelled_sums_lanes(rowptr, other, w, binidx, sbits, tbits, gstart, nb)
+
 
 @njit(parallel=True, cache=True)
 def _row_bounds(xs, ys, order, start, nx, ny, reach2, n_chunks):

@@ -35,6 +35,7 @@ from tibspace.stats.windows import _as_radii, _as_window, _check_inside
 
 __all__ = ["ripley_k", "ripley_l", "cross_k", "cross_l", "pair_correlation", "g_cross", "cross_l_all_pairs"]
 
+
 def _k_from_hist(hist_ab, area, n_a, n_b, same, intensity):
     if intensity not in ("unbiased", "naive"):
         raise InputError(f"intensity={intensity!r}: expected 'unbiased' (n(n-1)) or 'naive' (n²)")
@@ -236,6 +237,7 @@ def g_cross(xa, ya, xb, yb, radii_um, *, window=None, outside="error") -> np.nda
         m = bd >= r
         out[k] = np.mean(d[m] <= r) if m.any() else np.nan
     return out
+
 
 def cross_l_all_pairs(cells, radii_um, window, *, phenotype_col="phenotype", types=None,
                       edge_correction="isotropic", progress=None, statistic="cross_L",

@@ -6,10 +6,18 @@ A window is ``(xmin, ymin, xmax, ymax)`` in µm or a shapely ``Polygon`` /
 quantities the edge corrections need: the boundary edges near each point
 (exactly GEOS's ``dwithin`` sets), the exact fraction of a circle inside the
 window, and the set covariance ``γ(v) = |W ∩ (W + v)|``.
+
+Thread safety: every call works on its own copy of the caller's polygon
+(:func:`_own_copy`, bit-identical) and prepares only that copy; the memos
+(:class:`_Memo`) are keyed by content hashes and hold read-only numpy results,
+never a shapely object. The caller's geometry is read once (its WKB) and
+never prepared, so statistics may run in any thread while other threads use
+the same polygon.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections import OrderedDict
@@ -24,12 +32,14 @@ from tibspace.stats._kernels import _circle_frac_rect
 from tibspace.stats._polygon_kernels import (_bucket_candidates, _circle_frac_poly, _edge_buckets, _replace_rows,
                                              _scanline_fill)
 
-@dataclass
+
+@dataclass(frozen=True)
 class _Window:
     kind: str                      # "rect" or "poly"
     bounds: tuple                  # xmin, ymin, xmax, ymax
     area: float
-    geom: object = None            # shapely geometry for "poly"
+    geom: object = None            # "poly": this call's own prepared copy of the caller's polygon
+    key: bytes = b""               # content hash of the window, for memo keys
 
     @property
     def half_min_side(self) -> float:
@@ -38,28 +48,53 @@ class _Window:
 
 
 def _as_window(window) -> _Window:
+    """The validated window of one call.
+
+    A polygon is copied (through its WKB, which keeps every coordinate bit for
+    bit) and only the copy is prepared: the caller's geometry is never
+    prepared or otherwise modified, and the copy belongs to this call, so no
+    GEOS object is shared with other threads (GEOS prepared geometries are
+    not thread-safe).
+    """
     if window is None:
         raise InputError("window is missing: pass (xmin, ymin, xmax, ymax) in µm or a shapely Polygon")
     try:
-        import shapely
         from shapely.geometry.base import BaseGeometry
     except ImportError:  # pragma: no cover
         BaseGeometry = ()
     if isinstance(window, BaseGeometry):
-        if window.is_empty or window.geom_type not in ("Polygon", "MultiPolygon"):
-            raise InputError(f"window is a {window.geom_type}{' (empty)' if window.is_empty else ''}; "
-                             "expected a non-empty shapely Polygon or MultiPolygon in µm")
-        if not window.is_valid:
-            raise InputError("window polygon is not valid (self-intersecting?); fix it with shapely.make_valid or buffer(0)")
-        shapely.prepare(window)
-        return _Window("poly", tuple(float(v) for v in window.bounds), float(window.area), window)
+        return _polygon_window(window)
     try:
         b = tuple(float(v) for v in window)
     except (TypeError, ValueError):
         raise InputError(f"window {window!r} is neither (xmin, ymin, xmax, ymax) nor a shapely Polygon") from None
     if len(b) != 4 or not all(np.isfinite(b)) or b[2] <= b[0] or b[3] <= b[1]:
         raise InputError(f"window {window!r}: expected finite (xmin, ymin, xmax, ymax) with xmax > xmin and ymax > ymin (µm)")
-    return _Window("rect", b, (b[2] - b[0]) * (b[3] - b[1]))
+    return _Window("rect", b, (b[2] - b[0]) * (b[3] - b[1]), None, b"rect" + np.array(b).tobytes())
+
+
+def _own_copy(geom):
+    """A new geometry equal to ``geom`` bit for bit (through its WKB), and the WKB.
+
+    Reading the WKB is the only use of ``geom``: the copy may be prepared and
+    used freely by the calling thread."""
+    import shapely
+    wkb = shapely.to_wkb(geom)
+    return shapely.from_wkb(wkb), wkb
+
+
+def _polygon_window(window) -> _Window:
+    import shapely
+    geom, wkb = _own_copy(window)
+    if geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+        raise InputError(f"window is a {geom.geom_type}{' (empty)' if geom.is_empty else ''}; "
+                         "expected a non-empty shapely Polygon or MultiPolygon in µm")
+    if not geom.is_valid:
+        raise InputError("window polygon is not valid (self-intersecting?); fix it with shapely.make_valid or buffer(0)")
+    shapely.prepare(geom)
+    key = b"poly" + hashlib.sha256(wkb).digest()
+    return _Window("poly", tuple(float(v) for v in geom.bounds), float(geom.area), geom, key)
+
 
 def _as_radii(radii_um, win: Optional[_Window], name="radii_um", check_max=True):
     r = np.atleast_1d(np.asarray(radii_um, dtype=np.float64)).ravel()
@@ -74,13 +109,15 @@ def _as_radii(radii_um, win: Optional[_Window], name="radii_um", check_max=True)
                          f"({win.half_min_side:g} µm); use smaller radii or a larger window")
     return r
 
-class _Memo:
-    """Small thread-safe LRU of results derived from a point set and a polygon window.
 
-    Keys hold the window's ``id``; the entry keeps the geometry itself and is
-    only returned for that very object (no id reuse after garbage collection;
-    shapely geometries are immutable). Values are shared: callers must not
-    modify them in place.
+class _Memo:
+    """Small thread-safe LRU of numpy results keyed by content.
+
+    Keys are content hashes (of the coordinates, the window and the
+    parameters), so equal inputs hit from any thread and any copy of the
+    window. Values hold numpy arrays and numbers only, never a shapely object,
+    and their arrays are made read-only when stored (:func:`_frozen`): what
+    one thread reads, no other thread can change.
     """
 
     def __init__(self, size=2):
@@ -88,17 +125,16 @@ class _Memo:
         self._lock = threading.Lock()
         self._items = OrderedDict()
 
-    def get(self, key, geom):
+    def get(self, key):
         with self._lock:
             hit = self._items.get(key)
-            if hit is None or hit[0] is not geom:
-                return None
-            self._items.move_to_end(key)
-            return hit[1]
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
 
-    def put(self, key, geom, value):
+    def put(self, key, value):
         with self._lock:
-            self._items[key] = (geom, value)
+            self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
@@ -108,20 +144,27 @@ class _Memo:
             self._items.clear()
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """``a`` made read-only (in place) and returned."""
+    a.setflags(write=False)
+    return a
+
+
 # The inside test of the whole table, which the pipeline repeats on the same
 # cells (cross-L and every envelope).
 _INSIDE_MEMO = _Memo(2)
+
 
 def _inside(win: _Window, x, y):
     if win.kind == "rect":
         xmin, ymin, xmax, ymax = win.bounds
         return (x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)
     import shapely
-    key = _xy_digest(x, y)
-    ok = _INSIDE_MEMO.get(key, win.geom)
+    key = (_xy_digest(x, y), win.key)
+    ok = _INSIDE_MEMO.get(key)
     if ok is None:
-        ok = shapely.intersects_xy(win.geom, x, y)
-        _INSIDE_MEMO.put(key, win.geom, ok)
+        ok = _frozen(shapely.intersects_xy(win.geom, x, y))
+        _INSIDE_MEMO.put(key, ok)
     return ok.copy()     # callers combine masks in place
 
 
@@ -135,6 +178,7 @@ def _check_inside(win: _Window, x, y, outside: str, name="points"):
                          "clip them or pass outside='drop'")
     return ok
 
+
 def _polygon_edges(geom):
     import shapely
     rings = shapely.get_rings(shapely.get_parts(geom))
@@ -146,6 +190,7 @@ def _polygon_edges(geom):
     a, b = a[keep], b[keep]
     return (np.ascontiguousarray(a[:, 0]), np.ascontiguousarray(a[:, 1]),
             np.ascontiguousarray(b[:, 0]), np.ascontiguousarray(b[:, 1]))
+
 
 def _strtree_candidates(ex0, ey0, ex1, ey1, x, y, reach):
     """(point, edge) pairs with GEOS dwithin(point, edge, reach), via an STRtree."""
@@ -234,6 +279,7 @@ def circle_fraction_in_window(x_um, y_um, r_um, window) -> np.ndarray:
     return np.array([_circle_frac_poly(x[i], y[i], r, ex0, ey0, ex1, ey1, cedges[cptr[i]:cptr[i + 1]])
                      for i in range(x.size)])
 
+
 def set_covariance(window, reach_um, *, pixel_um=None):
     """Set covariance γ(v) = |W ∩ (W + v)| of a polygon window on a grid, by FFT.
 
@@ -268,9 +314,13 @@ def set_covariance(window, reach_um, *, pixel_um=None):
     >>> round(float(cov[P, P]))
     5000
     """
+    return _set_covariance(_as_window(window), reach_um, pixel_um)
+
+
+def _set_covariance(win: _Window, reach_um, pixel_um=None):
+    """:func:`set_covariance` of a validated window."""
     from scipy import fft
 
-    win = _as_window(window)
     if win.kind == "rect":
         import shapely.geometry as sg
         geom = sg.box(*win.bounds)
