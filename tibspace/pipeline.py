@@ -314,8 +314,13 @@ def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
 def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, labels=None, image=None,
                   channel_index: Mapping[str, int] | None = None, seed: int = 0,
                   progress: ProgressFn | None = None, timings: dict | None = None,
-                  gate: bool = True) -> PipelineResult:
+                  gate: bool = True, frame=None) -> PipelineResult:
     """Phenotypes (optional) → geometry → profiles → statistics → the three analyses.
+
+    ``frame`` (a polygon in µm) is the area that was imaged: the tissue and the
+    tumour nests are clipped to it, so no area, density or statistics window
+    counts ground that was never imaged. Image runs default to the image's
+    frame (:func:`image_frame`).
 
     Two background threads overlap the main thread: the statistics (they need
     only the cells and the tissue window) while the tumour region is built, and
@@ -327,6 +332,9 @@ def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, la
     """
     panel = _as_panel(panel)
     run = _Run(panel, seed, progress, timings)
+    if frame is None and image is not None and pixel_size_um:
+        frame = image_frame(image.shape[-2:], pixel_size_um)
+    run.frame = frame
     cells = run.phenotype(cells, image, channel_index, gate)
     result = PipelineResult(cells=cells, pixel_size_um=pixel_size_um, labels=labels, gates=run.gates_used,
                             panel=panel, timings_s=run.timings,
@@ -366,6 +374,39 @@ def check_coordinates(cells: pd.DataFrame, where: str) -> None:
     if counts.max() > MAX_CELLS_PER_POSITION:
         raise InputError(f"{where}: {int(counts.max())} cells share one position; expected one position per cell "
                          "(check the coordinate columns)")
+
+
+def _clip_region(region, tissue, skipped):
+    """The nests clipped to the tissue (which is clipped to the imaged frame); None if nothing is left."""
+    import shapely
+
+    from tibspace.tissue import TumourRegion
+
+    clipped = shapely.intersection(np.asarray(region.nests, dtype=object), tissue)
+    min_area = float(region.parameters.get("min_nest_area_um2", 0.0))
+    parts = [p for p in shapely.get_parts(clipped) if p.geom_type == "Polygon" and p.area >= min_area]
+    if not parts:
+        skipped["tumour_geometry"] = "no tumour nest is left inside the imaged tissue"
+        return None
+    if len(parts) == region.n_nests and all(abs(a.area - b.area) < 1e-9 * max(b.area, 1) for a, b in
+                                            zip(sorted(parts, key=lambda g: g.area), sorted(region.nests, key=lambda g: g.area))):
+        return region  # nothing clipped: keep the region as built
+    return TumourRegion.from_polygons(parts, source=region.source, parameters=region.parameters)
+
+
+def image_frame(shape_yx, pixel_size_um: float):
+    """The imaged area of a ``(Y, X)`` image in µm (pixel (r, c) is centred at (c·px, r·px)).
+
+    Examples
+    --------
+    >>> image_frame((10, 20), 0.5).bounds
+    (-0.25, -0.25, 9.75, 4.75)
+    """
+    import shapely
+
+    ny, nx = (int(v) for v in shape_yx)
+    h = pixel_size_um / 2
+    return shapely.box(-h, -h, nx * pixel_size_um - h, ny * pixel_size_um - h)
 
 
 def _thread_copy(obj):
@@ -424,6 +465,11 @@ class _Run:
         with self.timer("geometry"):
             result.tissue = geo.tissue_region_from_cells(cells["x_um"].to_numpy(dtype=float),
                                                          cells["y_um"].to_numpy(dtype=float))
+            if self.frame is not None and result.tissue is not None:
+                import shapely
+
+                result.tissue = shapely.intersection(result.tissue, self.frame)
+                self.metrics["imaged_area_mm2"] = float(self.frame.area) / 1e6
         self.metrics["tissue_area_mm2"] = float(result.tissue.area) / 1e6 if result.tissue is not None else None
         self.stats_skipped: dict[str, str] = {}
         pool = ThreadPoolExecutor(1, thread_name_prefix="tibspace-statistics")
@@ -451,6 +497,8 @@ class _Run:
                     min_nest_area_um2=float(params["min_nest_area_um2"]))
             except NoTumourRegionError as exc:
                 self.skipped["tumour_geometry"] = str(exc)
+            if result.region is not None and result.tissue is not None:
+                result.region = _clip_region(result.region, result.tissue, self.skipped)
         region = result.region
         if region is None:
             cells = cells.copy()
