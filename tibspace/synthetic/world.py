@@ -232,17 +232,15 @@ def speckles(tissue, density: float, rng) -> np.ndarray:
 
 def speckle_map(spk: np.ndarray, shape, px: float) -> np.ndarray:
     """Photon map (H, W) of the speckles: flat disks of their brightness."""
+    from tibspace.synthetic.raster import _disk_patch
+
     H, W = shape
     out = np.zeros(shape, np.float32)
     for x, y, r, b in spk:
         cy, cx, rr = y / px, x / px, r / px
-        ya, yb = int(max(cy - rr - 1, 0)), int(min(cy + rr + 2, H))
-        xa, xb = int(max(cx - rr - 1, 0)), int(min(cx + rr + 2, W))
-        if yb <= ya or xb <= xa:
-            continue
-        yy, xx = np.mgrid[ya:yb, xa:xb]
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= rr ** 2
-        out[ya:yb, xa:xb] = np.maximum(out[ya:yb, xa:xb], np.where(disk, b, 0.0))
+        box, disk = _disk_patch(cy, cx, rr, (H, W))
+        if disk is not None:
+            out[box] = np.maximum(out[box], np.where(disk, b, 0.0))
     return out
 
 
