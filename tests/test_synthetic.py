@@ -8,6 +8,7 @@ force), band densities (shapely polygons), a classical watershed baseline
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 
@@ -477,3 +478,275 @@ def test_sample_data_matches_preset(sample_data):
     assert [n["barrier_coverage_planted"] for n in saved.planted["nests"]] == [0.2, 0.5, 0.8, 1.0]
     size = sum(f.stat().st_size for f in sample_data.rglob("*") if f.is_file())
     assert size <= 20 * 1024 ** 2
+
+
+# ------------------------------------------------------- the wider world (issue 11 item 7)
+SEEDS = range(10)
+_W_KNOBS = dict(absent_markers=(), illumination_gradient=0.0, autofluorescence=1.0,
+                af_speckles_per_mm2=0.0, t_layout=None, barrier_arcs=None, barrier_gap_um=None,
+                scattered_tumour_cells=0, nest_shape="blob", cord_width_um=(24.0, 36.0),
+                edge_nests=0)
+
+
+def _cell_means(t, channel):
+    """Per-cell mean DN of ``channel`` over the whole-cell label (index = cell_id - 1)."""
+    c = list(t.channel_names).index(channel)
+    ids = t.truth.cell_id.to_numpy()
+    return np.asarray(ndi.mean(t.image[c].astype(float), t.cells, ids))
+
+
+def _background(t):
+    """Tissue pixels ≥ 3 px from every cell and off the NET / collagen masks."""
+    H, W = t.cells.shape
+    tis = _polygon_mask(shapely.get_coordinates(t.tissue.exterior) / t.pixel_size_um, 0, H, 0, W)
+    near = ndi.binary_dilation(t.cells > 0, iterations=3) | t.net_mask | t.col1_mask
+    return tis & ~near
+
+
+def test_world_knobs_at_defaults_change_nothing():
+    kw = dict(n_nests=1, nest_radius_um=(30, 35), seed=4)
+    a = make_tissue((448, 448), PX, **kw)
+    b = make_tissue((448, 448), PX, **kw, **_W_KNOBS)
+    assert np.array_equal(a.image, b.image) and a.planted == b.planted
+    assert "world" not in a.planted
+    pd.testing.assert_frame_equal(a.truth, b.truth)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_absent_marker_has_only_background(seed):
+    kw = dict(n_nests=1, nest_radius_um=(40, 50), seed=seed, immune_phenotype="inflamed",
+              t_density_per_mm2=800)
+    t = make_tissue((512, 512), PX, absent_markers=("CD8",), **kw)
+    ref = make_tissue((512, 512), PX, **kw)
+    assert t.planted["world"]["absent_markers"] == ["CD8"]
+    ph = t.truth.phenotype.to_numpy()
+    assert (ph == "CD8_T").sum() >= 5          # the population is there, its stain is not
+    cd8, cd8_ref = _cell_means(t, "CD8"), _cell_means(ref, "CD8")
+    other = ph == "other"
+    # with the marker: CD8_T cells far above the rest; absent: same distribution as the rest
+    assert np.median(cd8_ref[ph == "CD8_T"]) > 5 * np.median(cd8_ref[other])
+    assert np.median(cd8[ph == "CD8_T"]) < 1.25 * np.median(cd8[other])
+    assert cd8.max() < 1.5 * np.quantile(cd8[other], 0.99)
+    # channels not next to CD8 (crosstalk neighbours) untouched; CD3 still marks the T cells
+    keep = [c for c in range(12) if c not in (7, 8, 9)]
+    assert np.array_equal(t.image[keep], ref.image[keep])
+    cd3 = _cell_means(t, "CD3")
+    assert np.median(cd3[ph == "CD8_T"]) > 5 * np.median(cd3[other])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_illumination_gradient_scales_background(seed):
+    from tibspace.synthetic.world import illumination_at
+
+    t = make_tissue((512, 512), PX, seed=seed, n_nests=1, nest_radius_um=(40, 50),
+                    illumination_gradient=1.0)
+    info = t.planted["world"]["illumination"]
+    assert info["factor"] == pytest.approx(2.0)
+    bg = _background(t)
+    yy, xx = np.nonzero(bg)
+    f = illumination_at(info, xx * PX, yy * PX)
+    lo, hi = f < np.quantile(f, 0.2), f > np.quantile(f, 0.8)
+    img = t.image[2:].astype(float).sum(0)[yy, xx]   # channels without nuclear/membrane spill
+    measured = img[hi].mean() / img[lo].mean()
+    planted = f[hi].mean() / f[lo].mean()
+    assert planted > 1.4
+    assert measured == pytest.approx(planted, rel=0.15)
+
+
+def test_autofluorescence_scale_and_speckles():
+    kw = dict(seed=2, n_nests=1, nest_radius_um=(40, 50))
+    a = make_tissue((512, 512), PX, **kw)
+    b = make_tissue((512, 512), PX, autofluorescence=3.0, af_speckles_per_mm2=400.0, **kw)
+    bg = _background(a) & _background(b)
+    ratio = b.image[2:, bg].astype(float).mean() / a.image[2:, bg].astype(float).mean()
+    assert ratio == pytest.approx(3.0, rel=0.1)
+    af = b.planted["world"]["autofluorescence"]
+    assert af["scale"] == 3.0 and af["n_speckles"] == len(af["speckles_um"]) >= 10
+    # every speckle off the cells is bright in every channel
+    n_checked = 0
+    for x, y, r, photons in af["speckles_um"]:
+        r_px, c_px = int(round(y / PX)), int(round(x / PX))
+        if b.cells[r_px, c_px] or not bg[max(r_px - 8, 0):r_px + 8, max(c_px - 8, 0):c_px + 8].any():
+            continue
+        n_checked += 1
+        for c in range(12):
+            assert b.image[c, r_px, c_px] > 3 * np.median(b.image[c, bg])
+    assert n_checked >= 5
+
+
+def _t_by_zone(layout, seeds=SEEDS, rho=600.0):
+    """T-cell counts and areas (µm², from a 2 µm grid) per zone, pooled over seeds."""
+    zones = {"in_cov": (-48.0, -2.0, True), "in_unc": (-48.0, -2.0, False),
+             "near_cov": (2.0, 48.0, True), "held_cov": (52.0, 148.0, True),
+             "far": (160.0, 1e9, None)}
+    n = dict.fromkeys(zones, 0)
+    area = dict.fromkeys(zones, 0.0)
+    for seed in seeds:
+        t = make_tissue((768, 768), PX, seed=seed, n_nests=1, nest_radius_um=(45, 55),
+                        barrier_coverage=0.5, t_density_per_mm2=rho, t_layout=layout)
+        assert t.planted["world"]["t_layout"]["layout"] == layout
+        tc = t.truth[t.truth.phenotype.isin(["CD8_T", "other_T"])]
+        sd, cov = t.barrier_side(tc.x_um, tc.y_um)
+        g = np.arange(1.0, 384.0, 2.0)
+        gx, gy = np.meshgrid(g, g)
+        ins = shapely.contains_xy(t.tissue, gx.ravel(), gy.ravel())
+        gsd, gcov = t.barrier_side(gx.ravel()[ins], gy.ravel()[ins])
+        for k, (d0, d1, c) in zones.items():
+            sel = (sd > d0) & (sd <= d1) & ((cov == c) if c is not None else True)
+            gsel = (gsd > d0) & (gsd <= d1) & ((gcov == c) if c is not None else True)
+            n[k] += int(sel.sum())
+            area[k] += gsel.sum() * 4.0
+    dens = {k: n[k] / max(area[k], 1e-9) * 1e6 for k in zones}
+    return n, dens
+
+
+def test_t_layout_piled():
+    n, d = _t_by_zone("piled")
+    assert d["near_cov"] > 2.0 * d["far"]
+    assert n["in_cov"] == 0
+
+
+def test_t_layout_held():
+    n, d = _t_by_zone("held")
+    assert n["near_cov"] == 0 and n["in_cov"] == 0
+    assert d["held_cov"] > 1.4 * d["far"]
+
+
+def test_t_layout_spread():
+    n, d = _t_by_zone("spread", rho=1500.0)
+    assert n["in_cov"] == 0 and n["in_unc"] > 0
+    assert 0.5 < d["near_cov"] / d["far"] < 1.5
+
+
+def test_t_layout_indifferent_is_the_null():
+    n, d = _t_by_zone("indifferent", rho=1500.0)
+    assert n["in_cov"] > 0 and n["in_unc"] > 0
+    assert 0.5 < d["in_cov"] / d["in_unc"] < 2.0
+    assert 0.5 < d["near_cov"] / d["far"] < 1.5
+
+
+@settings(max_examples=200, deadline=None)
+@given(P=st.floats(150, 3000), cov=st.floats(0.05, 0.97), k=st.integers(1, 6),
+       gap=st.floats(20, 80), seed=st.integers(0, 2 ** 31))
+def test_covered_intervals_gaps_are_at_least_requested(P, cov, k, gap, seed):
+    from tibspace.synthetic.layout import _gaps
+
+    ivs = _covered_intervals(P, cov, np.random.default_rng(seed), k, gap)
+    assert 1 <= len(ivs) <= k
+    gaps = _gaps(ivs, P)
+    assert len(gaps) == len(ivs)
+    assert min(b - a for a, b in gaps) >= gap - 1e-6
+    assert sum(b - a for a, b in ivs) + sum(b - a for a, b in gaps) == pytest.approx(P)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_short_barrier_gaps_planted(seed):
+    t = make_tissue((512, 512), PX, seed=seed, n_nests=1, nest_radius_um=(45, 50),
+                    barrier_coverage=0.78, barrier_arcs=3, barrier_gap_um=20.0)
+    nest = t.planted["world"]["nests"][0]
+    assert len(t.planted["nests"][0]["covered_intervals_um"]) == 3
+    assert len(nest["gap_lengths_um"]) == 3
+    assert min(nest["gap_lengths_um"]) >= 20.0 - 1e-6
+    assert max(nest["gap_lengths_um"]) < 40.0        # short gaps, as asked for
+    # the lining follows the arcs: barrier cells sit along covered arcs, not gaps
+    bar = t.truth[t.truth.phenotype.isin(["SPP1_macrophage", "CAF"])]
+    sd, cov = t.barrier_side(bar.x_um, bar.y_um)
+    band = (sd > 0) & (sd <= 50)
+    assert cov[band].mean() > 0.9
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_scattered_tumour_cells_are_isolated(seed):
+    from scipy.spatial import cKDTree
+
+    t = make_tissue((512, 512), PX, seed=seed, n_nests=1, nest_radius_um=(35, 40),
+                    scattered_tumour_cells=6)
+    sc = t.planted["world"]["scattered_tumour_cells"]
+    assert sc["n_placed"] == 6 and len(sc["cell_ids"]) == 6
+    tr = t.truth.set_index("cell_id")
+    cells = tr.loc[sc["cell_ids"]]
+    assert (cells.phenotype == "tumour").all() and (cells.nest_id == 0).all()
+    assert (cells.true_signed_dist_um >= 50.0 - 2.0).all()
+    tum = tr[tr.phenotype == "tumour"]
+    d, _ = cKDTree(tum[["x_um", "y_um"]].to_numpy()).query(cells[["x_um", "y_um"]].to_numpy(), k=2)
+    assert d[:, 1].min() >= 40.0 - 2.0           # no tumour cell near another: no nest
+    hep = _cell_means(t, "HepPar1")
+    idx = np.searchsorted(t.truth.cell_id.to_numpy(), sc["cell_ids"])
+    other = t.truth.phenotype.to_numpy() == "other"
+    assert hep[idx].min() > 5 * np.median(hep[other])   # they are HepPar1+ in the image
+
+
+def test_irregular_nests_are_lobulated():
+    sol = {"blob": [], "irregular": []}
+    for shape in sol:
+        for seed in SEEDS:
+            t = make_tissue((512, 512), PX, seed=seed, n_nests=1, nest_radius_um=(40, 50),
+                            nest_shape=shape)
+            solidity = t.nests[0].area / t.nests[0].convex_hull.area
+            if shape != "blob":      # blob is the default world: no planted["world"]
+                n = t.planted["world"]["nests"][0]
+                assert n["shape"] == shape and n["solidity"] == pytest.approx(solidity)
+            sol[shape].append(solidity)
+    assert min(sol["blob"]) > 0.98
+    assert np.mean(sol["irregular"]) < 0.92 and max(sol["irregular"]) < 0.98
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_trabecular_cords_have_the_planted_width(seed):
+    t = make_tissue((1024, 1024), PX, seed=seed, n_nests=1, nest_radius_um=(40, 50),
+                    nest_shape="trabecular", cord_width_um=(24.0, 36.0), barrier_coverage=0.5)
+    w = t.planted["world"]["nests"][0]["cord_width_um"]
+    assert 24.0 <= w <= 36.0
+    nest = t.nests[0]
+    inscribed = 2 * shapely.maximum_inscribed_circle(nest).length
+    assert w * 0.9 <= inscribed <= w * 1.35        # a bend may widen the cord locally
+    assert nest.area / nest.length == pytest.approx(w / 2, rel=0.2)
+    tum = t.truth[(t.truth.phenotype == "tumour") & (t.truth.nest_id == 1)]
+    assert len(tum) >= 10
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_edge_nests_touch_the_frame(seed):
+    from tibspace.synthetic.layout import _in_intervals
+
+    t = make_tissue((768, 768), PX, seed=seed, n_nests=2, nest_radius_um=(45, 55),
+                    edge_nests=1, barrier_coverage=0.6)
+    info = t.planted["world"]["nests"]
+    assert info[0]["touches_frame"] and not info[1]["touches_frame"]
+    W = H = 768 * PX
+    minx, miny, maxx, maxy = t.nests[0].bounds
+    assert min(minx, miny, W - maxx, H - maxy) <= 1.2
+    assert min(t.nests[1].bounds[:2]) > 50 and max(t.nests[1].bounds[2:]) < W - 50
+    # no barrier planted along the frame part
+    P = t.nests[0].exterior.length
+    s = np.arange(0, P, 0.5)
+    on_frame = _in_intervals(s, [tuple(v) for v in info[0]["frame_intervals_um"]], P)
+    covered = _in_intervals(s, [tuple(v) for v in t.planted["nests"][0]["covered_intervals_um"]], P)
+    assert on_frame.sum() * 0.5 > 20 and not (on_frame & covered).any()
+    # the image shows the cut nest: HepPar1+ tumour cells run up to the frame
+    tum = t.truth[(t.truth.nest_id == 1) & (t.truth.phenotype == "tumour")]
+    edge = np.minimum.reduce([tum.x_um, tum.y_um, W - tum.x_um, H - tum.y_um])
+    assert (edge < 12).sum() >= 1
+    yy, xx = np.mgrid[0:768, 0:768] * PX
+    strip = (np.minimum.reduce([xx, yy, W - xx, H - yy]) < 6) & shapely.contains_xy(
+        t.nests[0], xx, yy)
+    assert strip.sum() > 100
+    assert t.image[2][strip].mean() > 3 * np.median(t.image[2][_background(t)])
+
+
+def test_world_truth_round_trips(tmp_path):
+    t = make_tissue((512, 512), PX, seed=1, n_nests=1, nest_radius_um=(40, 50),
+                    scattered_tumour_cells=3, illumination_gradient=0.5, t_layout="held")
+    t.write(tmp_path)
+    back = load_truth(tmp_path)
+    assert back.planted["world"] == json.loads(json.dumps(t.planted["world"]))
+
+
+def test_world_bad_knobs_raise_input_error():
+    for kw, word in ((dict(absent_markers=("CD99",)), "absent_markers"),
+                     (dict(t_layout="sideways"), "t_layout"),
+                     (dict(nest_shape="star"), "nest_shape"),
+                     (dict(edge_nests=3), "edge_nests"),
+                     (dict(illumination_gradient=-1), "illumination_gradient")):
+        with pytest.raises(InputError, match=word):
+            make_tissue((256, 256), n_nests=1, nest_radius_um=(30, 35), **kw)

@@ -176,7 +176,14 @@ def cmd_synth(args) -> int:
     tissue = make_tissue(shape=(args.size, args.size), pixel_size_um=args.pixel_size_um, seed=args.seed,
                          n_nests=n_nests, nest_radius_um=radius,
                          barrier_coverage=args.barrier_coverage, shield_coverage=args.shield_coverage,
-                         immune_phenotype=args.immune_phenotype, progress=_progress(args))
+                         immune_phenotype=args.immune_phenotype, progress=_progress(args),
+                         absent_markers=tuple(args.absent_marker),
+                         illumination_gradient=args.illumination_gradient,
+                         autofluorescence=args.autofluorescence,
+                         af_speckles_per_mm2=args.af_speckles_per_mm2, t_layout=args.t_layout,
+                         barrier_arcs=args.barrier_arcs, barrier_gap_um=args.barrier_gap_um,
+                         scattered_tumour_cells=args.scattered_tumour_cells,
+                         nest_shape=args.nest_shape, edge_nests=args.edge_nests)
     tissue.write(args.out)
     print(f"synthetic tissue written to {Path(args.out).resolve()}")
     return 0
@@ -285,6 +292,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="planted T-cell pattern (default excluded)")
     s.add_argument("--n-nests", type=_ranged(int, 1, 200, "a number of nests"), default=None,
                    help="tumour nests to plant (default: 5 per mm² of field, fewer on small images)")
+    w = s.add_argument_group("wider world (defaults: the standard generator; truth in planted.json 'world')")
+    w.add_argument("--absent-marker", action="append", default=[], metavar="CHANNEL",
+                   help="channel with no positive cell, background only (repeatable)")
+    w.add_argument("--illumination-gradient", type=float, default=0.0,
+                   help="far side of the field is 1+G times brighter than the near side (default 0)")
+    w.add_argument("--autofluorescence", type=float, default=1.0,
+                   help="multiplier of tissue autofluorescence in every channel (default 1)")
+    w.add_argument("--af-speckles-per-mm2", type=float, default=0.0,
+                   help="bright autofluorescent granules per mm² of tissue (default 0)")
+    w.add_argument("--t-layout", choices=["piled", "held", "spread", "indifferent"], default=None,
+                   help="T cells relative to barrier arcs: piled 0-50 µm outside, held 50-150 µm "
+                        "away, spread through stroma, indifferent (null); replaces the immune phenotype")
+    w.add_argument("--barrier-arcs", type=int, default=None, help="covered arcs per nest (default 1-3)")
+    w.add_argument("--barrier-gap-um", type=float, default=None,
+                   help="minimum gap between arcs in µm (default 50)")
+    w.add_argument("--scattered-tumour-cells", type=int, default=0,
+                   help="isolated tumour cells in stroma, >= 50 µm from nests (default 0)")
+    w.add_argument("--nest-shape", choices=["blob", "irregular", "trabecular"], default="blob",
+                   help="nest outlines: smooth blobs, lobulated, or thin cords (default blob)")
+    w.add_argument("--edge-nests", type=int, default=0,
+                   help="how many nests are cut by the image frame (default 0)")
     common(s)
     s.set_defaults(func=cmd_synth, seed=0)
     return p

@@ -20,6 +20,7 @@ from shapely.geometry import Polygon
 
 from tibspace.synthetic.layout import _boundary_frame, _covered_flags, _signed_distance
 from tibspace.synthetic.spec import BARRIER_WIDTH_UM, MARGIN_UM, SHIELD_BLOCK_REACH_UM
+from tibspace.synthetic.world import scattered_tumour, t_layout_fn
 
 # cell morphology per phenotype: nucleus equivalent diameter (µm, mean, sd),
 # aspect ratio range, harmonic irregularity amplitude, cytoplasm expansion (µm)
@@ -71,23 +72,35 @@ _P_PAIR = 0.35               # fraction of T cells with a touching companion
 
 
 def _place_cells(tissue, nests, intervals, px, rng, *, cell_density, shield_coverage,
-                 immune_phenotype, barrier_excludes_t, t_density) -> pd.DataFrame:
+                 immune_phenotype, barrier_excludes_t, t_density, t_layout=None,
+                 scattered: int = 0, scatter_rng=None) -> pd.DataFrame:
     """All cells in µm with phenotype, nest, shield plan. Priority order of
-    the hard-core thinning: tumour lattice > barrier lining > T > neutrophil >
-    stromal background. The steps draw from ``rng`` in this fixed order."""
+    the hard-core thinning: tumour lattice (and ``scattered`` isolated tumour
+    cells, drawn from ``scatter_rng``) > barrier lining > T > neutrophil >
+    stromal background. The steps draw from ``rng`` in this fixed order.
+    ``t_layout`` (see :class:`tibspace.synthetic.world.World`) replaces the
+    immune phenotype's T-cell rule."""
     if t_density is None:
         t_density = 10.0 if immune_phenotype == "desert" else 500.0
-    tfn = _t_density_fn(immune_phenotype, t_density, barrier_excludes_t)
+    if t_layout is None:
+        tfn = _t_density_fn(immune_phenotype, t_density, barrier_excludes_t)
+    else:
+        tfn = t_layout_fn(t_layout, t_density)
     nest_union = shapely.union_all(nests) if nests else Polygon()
     stroma = tissue.difference(nest_union)
     tum = _tumour_lattice(nests, rng)
     bar = _barrier_lining(nests, intervals, rng)
-    tcells, tum = _t_cells(stroma, nests, intervals, tum, tfn, t_density, rng)
+    tcells, tum = _t_cells(stroma, nests, intervals, tum, tfn, t_density, rng,
+                           strict=t_layout is not None)
     _plan_shields(tum, shield_coverage, rng)
     neu = _neutrophils(tum, nests, stroma, rng)
     strom = _stromal_background(stroma, nests, cell_density, rng)
-    allc = pd.concat([tum.drop(columns=["sd"], errors="ignore"), bar, tcells, neu, strom],
-                     ignore_index=True)
+    parts = [tum.drop(columns=["sd"], errors="ignore"), bar, tcells, neu, strom]
+    if scattered:
+        parts.append(scattered_tumour(stroma, nests, scattered, scatter_rng))
+    allc = pd.concat(parts, ignore_index=True)
+    if scattered:
+        allc["scattered"] = allc["scattered"].eq(True)
     allc["shield_type"] = allc["shield_type"].fillna("none") if "shield_type" in allc else "none"
     allc["near_net"] = allc["near_net"].eq(True) if "near_net" in allc else False
     if "orient" not in allc:
@@ -137,11 +150,13 @@ def _barrier_lining(nests, intervals, rng) -> Optional[pd.DataFrame]:
     return pd.concat(bar, ignore_index=True) if bar else None
 
 
-def _t_cells(stroma, nests, intervals, tum, tfn, t_density, rng):
+def _t_cells(stroma, nests, intervals, tum, tfn, t_density, rng, strict: bool = False):
     """T cells (CD8_T : other_T = 3 : 1): in stroma by thinning a Poisson
     process to ``tfn``, inside nests by converting lattice points. Returns the
-    T cells and the remaining tumour cells (with their signed distance ``sd``)."""
-    lam_max = max(2.0 * t_density, 1e-9)
+    T cells and the remaining tumour cells (with their signed distance ``sd``).
+    ``strict`` (the world's T layouts, up to 4ρ): candidates at 4ρ and no
+    touching companion where ``tfn`` is 0."""
+    lam_max = max((4.0 if strict else 2.0) * t_density, 1e-9)
     cand = _poisson_in(stroma, lam_max, rng)
     sd, which, s, _ = _signed_distance(nests, cand[:, 0], cand[:, 1]) if nests else (
         np.full(len(cand), np.inf), np.zeros(len(cand), int), np.zeros(len(cand)), None)
@@ -155,6 +170,9 @@ def _t_cells(stroma, nests, intervals, tum, tfn, t_density, rng):
     dist = rng.uniform(5.8, 6.8, pair.sum())
     comp = par[pair] + np.c_[np.cos(ang), np.sin(ang)] * dist[:, None]
     comp = comp[shapely.contains_xy(stroma, comp[:, 0], comp[:, 1])]
+    if strict and nests and len(comp):
+        sd_c, which_c, s_c, _ = _signed_distance(nests, comp[:, 0], comp[:, 1])
+        comp = comp[tfn(sd_c, _covered_flags(nests, intervals, which_c, s_c)) > 0]
     par = np.vstack([par, comp])
     tcells = pd.DataFrame({"x": par[:, 0], "y": par[:, 1], "prio": 2, "nest": 0})
     if len(tum):

@@ -258,6 +258,9 @@ def _mix_blur_noise(buf, fwd, bwd, taps, gain, read_sd, noise, seed, gy0, gx0, c
                     out):
     """Crosstalk between neighbouring channels, Gaussian PSF, shot + read noise.
 
+    ``fwd[c]`` / ``bwd[c]`` (float32, per channel): fraction of channel c - 1 /
+    c + 1 seen in channel c.
+
     ``buf`` (C, H, W) holds expected photons for the tile with a margin of at
     least ``len(taps) // 2`` pixels on every side; ``out`` (C, h, w) receives
     uint16 DN for the core starting at (cy0, cx0) in ``buf``. Noise:
@@ -274,8 +277,8 @@ def _mix_blur_noise(buf, fwd, bwd, taps, gain, read_sd, noise, seed, gy0, gx0, c
     lam = np.empty((C, h, w), np.float32)
     acc = np.empty(w, np.float32)
     for c in range(C):
-        a = np.float32(fwd) if c > 0 else np.float32(0.0)
-        b = np.float32(bwd) if c < C - 1 else np.float32(0.0)
+        a = fwd[c] if c > 0 else np.float32(0.0)
+        b = bwd[c] if c < C - 1 else np.float32(0.0)
         cm = max(c - 1, 0)
         cp = min(c + 1, C - 1)
         for yy in range(h + 2 * r):

@@ -18,7 +18,9 @@ from shapely.geometry import Polygon
 
 from tibspace.synthetic.cells import _poisson_in
 from tibspace.synthetic.kernels import _ring_dist, _ring_pass
+from tibspace.synthetic.raster import _disk_patch
 from tibspace.synthetic.spec import SHIELD_RING_UM
+
 
 def _disk_offsets(r_px: float):
     rr = int(math.floor(r_px + 1e-9))
@@ -200,13 +202,10 @@ def _stromal_nets(net, cells, nest_zone, shape, px, s_px, rng):
         rr = rng.uniform(4.0, 8.0) / px
         oy, ox = rng.normal(0, 3.0 / px, 2)
         cy, cx = c.cy_px + oy, c.cx_px + ox
-        ya, yb = int(max(cy - rr - 1, 0)), int(min(cy + rr + 2, H))
-        xa, xb = int(max(cx - rr - 1, 0)), int(min(cx + rr + 2, W))
-        if yb <= ya or xb <= xa:
+        box, disk = _disk_patch(cy, cx, rr, (H, W))
+        if disk is None:
             continue
-        yy, xx = np.mgrid[ya:yb, xa:xb]
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= rr ** 2
-        net[ya:yb, xa:xb] |= disk & _texture(disk.shape, rng, 0.5, s_px, False)
+        net[box] |= disk & _texture(disk.shape, rng, 0.5, s_px, False)
 
 
 def _collagen_fibres(col, tissue, keepout, shape, px, rng, per_mm2: float = 90.0):

@@ -103,3 +103,15 @@ def _render_labels(cells: pd.DataFrame, shape, px: float, rng):
                          nucleus_px=cnt[1:], cell_px=carea[1:],
                          seed_cy=g["cy"], seed_cx=g["cx"], R_px=R)
     return nuclei, lab, qn, cells
+
+
+def _disk_patch(cy: float, cx: float, rr: float, shape):
+    """(box slices, bool disk) of the pixels whose centres lie within ``rr``
+    of (cy, cx) (pixels), clipped to ``shape``; (None, None) off the image."""
+    H, W = shape
+    ya, yb = int(max(cy - rr - 1, 0)), int(min(cy + rr + 2, H))
+    xa, xb = int(max(cx - rr - 1, 0)), int(min(cx + rr + 2, W))
+    if yb <= ya or xb <= xa:
+        return None, None
+    yy, xx = np.mgrid[ya:yb, xa:xb]
+    return (slice(ya, yb), slice(xa, xb)), (yy - cy) ** 2 + (xx - cx) ** 2 <= rr ** 2

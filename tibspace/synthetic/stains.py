@@ -18,6 +18,7 @@ from scipy import ndimage as ndi
 from tibspace.synthetic import raster
 from tibspace.synthetic.kernels import _NORMAL_TABLE, _compose, _mix_blur_noise
 from tibspace.synthetic.spec import CHANNELS
+from tibspace.synthetic.world import illumination, illumination_at, speckle_map, speckles
 
 # Marker levels (expected photon counts at the brightest compartment) per
 # phenotype; unlisted = 0. Per-cell variation is log-normal.
@@ -98,7 +99,10 @@ def _polygon_mask(xy_px: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.n
     return (np.cumsum(toggles[:, :w], axis=1) & 1).astype(bool)
 
 
-def _render_image(cells, nuclei, cell_lab, qn, net, col, tissue, shape, px, seed, rng, noise):
+def _render_image(cells, nuclei, cell_lab, qn, net, col, tissue, shape, px, seed, rng, noise,
+                  world=None, world_rng=None):
+    """The (C, H, W) uint16 image; with a non-default ``world`` also the
+    realised illumination and speckles (``extras``), else ``extras = {}``."""
     H, W = shape
     C = len(CHANNELS)
     lev = np.ascontiguousarray(_levels(cells, rng).T)
@@ -107,10 +111,22 @@ def _render_image(cells, nuclei, cell_lab, qn, net, col, tissue, shape, px, seed
     wm = np.array([_COMPARTMENTS[c][2] for c in CHANNELS], np.float32)
     net_w = np.array([_NET_LEVEL.get(c, 0.0) for c in CHANNELS], np.float32)
     col_w = np.array([_COL1_LEVEL.get(c, 0.0) for c in CHANNELS], np.float32)
+    fwd = np.full(C, _CROSSTALK_NEXT, np.float32)
+    bwd = np.full(C, _CROSSTALK_PREV, np.float32)
+    af_in = _AF_TISSUE
     afstep = max(int(round(40.0 / px)), 8)
     afgrid = (0.7 + 0.6 * rng.uniform(size=(H // afstep + 3, W // afstep + 3))).astype(
         np.float32)
     afgrid = ndi.gaussian_filter(afgrid, 1.0)
+    extras, illum, spk = {}, None, None
+    if world is not None and not world.is_default():
+        for name in world.absent_markers:   # no stain, no crosstalk into the channel
+            c = CHANNELS.index(name)
+            lev[:, c] = 0.0
+            net_w[c] = col_w[c] = fwd[c] = bwd[c] = 0.0
+        if world.autofluorescence != 1.0:
+            af_in = (_AF_TISSUE * np.float32(world.autofluorescence)).astype(np.float32)
+        extras, illum, spk = _world_fields(world, tissue, shape, px, world_rng)
     sig = _PSF_SIGMA_UM / px
     r = max(1, int(math.ceil(2.5 * sig)))
     taps = np.exp(-0.5 * (np.arange(-r, r + 1) / sig) ** 2).astype(np.float32)
@@ -119,6 +135,7 @@ def _render_image(cells, nuclei, cell_lab, qn, net, col, tissue, shape, px, seed
     image = np.empty((C, H, W), np.uint16)
     ext = shapely.get_coordinates(tissue.exterior) / px
     seed = int(seed) & 0x7FFFFFFFFFFFFFFF
+    spk_w = (_AF_TISSUE / _AF_TISSUE.mean()).astype(np.float32)
 
     def work(y0, y1, x0, x1):
         ya, yb, xa, xb = max(y0 - m, 0), min(y1 + m, H), max(x0 - m, 0), min(x1 + m, W)
@@ -135,13 +152,31 @@ def _render_image(cells, nuclei, cell_lab, qn, net, col, tissue, shape, px, seed
             tis = np.pad(tis, pad, mode="edge")
         buf = np.empty((C, y1 - y0 + 2 * m, x1 - x0 + 2 * m), np.float32)
         _compose(tile(cell_lab), tile(nuclei), tile(qn), tile(net), tile(col), tis,
-                 y0 - m, x0 - m, seed, lev, wn, wc, wm, net_w, col_w, _AF_TISSUE,
+                 y0 - m, x0 - m, seed, lev, wn, wc, wm, net_w, col_w, af_in,
                  np.float32(_AF_OUTSIDE), afgrid, float(afstep), _NORMAL_TABLE, _CHROMATIN,
                  _GRANULARITY, buf)
+        if spk is not None:
+            buf += spk_w[:, None, None] * tile(spk)[None]
+        if illum is not None:
+            yy, xx = np.mgrid[y0 - m:y1 + m, x0 - m:x1 + m]
+            buf *= illumination_at(illum, xx * px, yy * px).astype(np.float32)[None]
         out = np.empty((C, y1 - y0, x1 - x0), np.uint16)
-        _mix_blur_noise(buf, _CROSSTALK_NEXT, _CROSSTALK_PREV, taps, _GAIN_DN_PER_PHOTON,
+        _mix_blur_noise(buf, fwd, bwd, taps, _GAIN_DN_PER_PHOTON,
                         _READ_NOISE_DN, float(noise), seed, y0, x0, m, m, _NORMAL_TABLE, out)
         image[:, y0:y1, x0:x1] = out
 
     raster._run_threads(work, list(raster._tiles(H, W, raster._TILE)))
-    return image
+    return image, extras
+
+
+def _world_fields(world, tissue, shape, px, rng):
+    """Illumination field and speckle photon map of the world (None if unused)."""
+    extras, illum, spk = {}, None, None
+    if world.illumination_gradient > 0:
+        illum = illumination(shape, px, world.illumination_gradient, rng)
+        extras["illumination"] = illum
+    if world.af_speckles_per_mm2 > 0:
+        pts = speckles(tissue, world.af_speckles_per_mm2, rng)
+        spk = speckle_map(pts, shape, px)
+        extras["speckles"] = pts
+    return extras, illum, spk

@@ -37,15 +37,33 @@ import numpy as np
 from tibspace.errors import InputError
 from tibspace.progress import report
 from tibspace.synthetic.cells import _block_contacts, _place_cells
-from tibspace.synthetic.layout import _covered_intervals, _place_nests, _tissue_polygon
+from tibspace.synthetic.layout import (
+    _covered_intervals,
+    _frame_intervals,
+    _place_nests,
+    _subtract_intervals,
+    _tissue_polygon,
+)
 from tibspace.synthetic.masks import _plant_masks
 from tibspace.synthetic.raster import _render_labels
 from tibspace.synthetic.spec import (  # noqa: F401 (module-path names kept for callers)
-    BARRIER_WIDTH_UM, CHANNELS, IMMUNE_PHENOTYPES, MARGIN_UM, PHENOTYPES, SHIELD_BLOCK_REACH_UM,
-    SHIELD_RING_UM)
+    BARRIER_WIDTH_UM,
+    CHANNELS,
+    IMMUNE_PHENOTYPES,
+    MARGIN_UM,
+    PHENOTYPES,
+    SHIELD_BLOCK_REACH_UM,
+    SHIELD_RING_UM,
+)
 from tibspace.synthetic.stains import _render_image
 from tibspace.synthetic.truth import (
-    SyntheticTissue, _planted_summary, _truth_table, load_truth, panel_toml)
+    SyntheticTissue,
+    _planted_summary,
+    _truth_table,
+    load_truth,
+    panel_toml,
+)
+from tibspace.synthetic.world import World, world_rng, world_truth
 
 __all__ = ["CHANNELS", "PHENOTYPES", "SyntheticTissue", "make_tissue", "load_truth",
            "make_sample", "SAMPLE_PRESET"]
@@ -82,7 +100,13 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
                 cell_density: float = 1500.0, barrier_coverage: float | Sequence[float] = 0.6,
                 shield_coverage: float = 0.5, immune_phenotype: str = "excluded",
                 barrier_excludes_t: bool = False, t_density_per_mm2: Optional[float] = None,
-                shields_block_t: float = 0.0, noise: float = 1.0, progress=None) -> SyntheticTissue:
+                shields_block_t: float = 0.0, noise: float = 1.0,
+                absent_markers: Sequence[str] = (), illumination_gradient: float = 0.0,
+                autofluorescence: float = 1.0, af_speckles_per_mm2: float = 0.0,
+                t_layout: Optional[str] = None, barrier_arcs: Optional[int] = None,
+                barrier_gap_um: Optional[float] = None, scattered_tumour_cells: int = 0,
+                nest_shape: str = "blob", cord_width_um: tuple = (24.0, 36.0),
+                edge_nests: int = 0, progress=None) -> SyntheticTissue:
     """Render a synthetic HCC-like multiplex image with planted ground truth.
 
     Parameters
@@ -132,6 +156,16 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
         tissue is identical for any value.
     noise : float
         Multiplier of shot and read noise (0 = noiseless, still quantised).
+    absent_markers, illumination_gradient, autofluorescence, af_speckles_per_mm2, \
+t_layout, barrier_arcs, barrier_gap_um, scattered_tumour_cells, nest_shape, \
+cord_width_um, edge_nests
+        The wider world (:class:`tibspace.synthetic.world.World` defines each):
+        markers with no positive cell, an illumination gradient, tissue
+        autofluorescence and speckles, T-cell layouts relative to barrier
+        arcs, short gaps between arcs, isolated tumour cells in stroma,
+        irregular or trabecular nests, nests cut by the image frame. Defaults
+        give today's output bit for bit; what a knob planted is in
+        ``planted["world"]``.
     progress : callable, optional
         ``progress(step, done, total)``.
 
@@ -153,24 +187,27 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
                        noise)
     if not (0 <= shields_block_t <= 1):
         raise InputError(f"make_tissue: shields_block_t must be in [0, 1], got {shields_block_t}")
+    world = World(tuple(absent_markers), float(illumination_gradient), float(autofluorescence),
+                  float(af_speckles_per_mm2), t_layout, barrier_arcs, barrier_gap_um,
+                  int(scattered_tumour_cells), nest_shape, tuple(cord_width_um),
+                  int(edge_nests)).check(n_nests)
     px = float(pixel_size_um)
     ss = np.random.SeedSequence(int(seed))
     rngs = [np.random.default_rng(s) for s in ss.spawn(8)]
     H, W = shape
-    h_um, w_um = H * px, W * px
     total = 6
     report(progress, "synthetic tissue", 0, total)
 
     # 1. layout ---------------------------------------------------------------
-    tissue = _tissue_polygon(w_um, h_um, rngs[0])
-    nests = _place_nests(tissue, n_nests, nest_radius_um, rngs[0],
-                         clearance_um=2 * BARRIER_WIDTH_UM + 20)
-    intervals = [_covered_intervals(n.exterior.length, c, rngs[1]) for n, c in zip(nests, covs)]
+    tissue, nests, intervals, frame_ivs, widths = _layout(shape, px, n_nests, nest_radius_um,
+                                                          covs, world, rngs)
 
     # 2. cells ----------------------------------------------------------------
     cells = _place_cells(tissue, nests, intervals, px, rngs[2], cell_density=cell_density,
                          shield_coverage=shield_coverage, immune_phenotype=immune_phenotype,
-                         barrier_excludes_t=barrier_excludes_t, t_density=t_density_per_mm2)
+                         barrier_excludes_t=barrier_excludes_t, t_density=t_density_per_mm2,
+                         t_layout=world.t_layout, scattered=world.scattered_tumour_cells,
+                         scatter_rng=world_rng(seed, 0))
     if shields_block_t > 0:
         cells = _block_contacts(cells, float(shields_block_t), rngs[6])
     report(progress, "synthetic tissue", 1, total)
@@ -185,8 +222,9 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
     report(progress, "synthetic tissue", 3, total)
 
     # 5. image ----------------------------------------------------------------
-    image = _render_image(cells, nuclei, cell_lab, qn, net_mask, col1_mask, tissue, shape, px,
-                          int(ss.generate_state(1)[0]), rngs[5], noise)
+    image, extras = _render_image(cells, nuclei, cell_lab, qn, net_mask, col1_mask, tissue,
+                                  shape, px, int(ss.generate_state(1)[0]), rngs[5], noise,
+                                  world, world_rng(seed, 1))
     del qn
     report(progress, "synthetic tissue", 4, total)
 
@@ -198,11 +236,33 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
         barrier_coverage=[float(c) for c in covs], shield_coverage=shield_coverage,
         immune_phenotype=immune_phenotype, barrier_excludes_t=bool(barrier_excludes_t),
         t_density_per_mm2=t_density_per_mm2, shields_block_t=float(shields_block_t), noise=noise))
+    if not world.is_default():
+        planted["world"] = world_truth(world, truth, cells, nests, intervals, frame_ivs, widths,
+                                       extras, t_density_per_mm2)
     report(progress, "synthetic tissue", total, total)
     return SyntheticTissue(image=image, channel_names=list(CHANNELS), pixel_size_um=px,
                            nuclei=nuclei, cells=cell_lab, truth=truth, nests=nests,
                            tissue=tissue, net_mask=net_mask, col1_mask=col1_mask,
                            planted=planted, panel_toml=panel_toml())
+
+
+def _layout(shape, px, n_nests, nest_radius_um, covs, world, rngs):
+    """Tissue, nests, covered intervals, frame intervals (edge nests) and cord widths."""
+    H, W = shape
+    tissue = _tissue_polygon(W * px, H * px, rngs[0])
+    widths: list = []
+    nests = _place_nests(tissue, n_nests, nest_radius_um, rngs[0],
+                         clearance_um=2 * BARRIER_WIDTH_UM + 20, shape=world.nest_shape,
+                         cord_width_um=world.cord_width_um, n_edge=world.edge_nests,
+                         widths=widths)
+    intervals = [_covered_intervals(n.exterior.length, c, rngs[1], world.barrier_arcs,
+                                    world.barrier_gap_um) for n, c in zip(nests, covs)]
+    frame_ivs: list = []
+    if world.edge_nests:
+        frame_ivs = [_frame_intervals(n, tissue) for n in nests]
+        intervals = [_subtract_intervals(iv, fr, n.exterior.length)
+                     for iv, fr, n in zip(intervals, frame_ivs, nests)]
+    return tissue, nests, intervals, frame_ivs, widths
 
 
 SAMPLE_PRESET = dict(shape=(1600, 1600), pixel_size_um=0.5, seed=7, n_nests=4,

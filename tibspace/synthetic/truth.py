@@ -23,7 +23,7 @@ from shapely.ops import substring
 
 from tibspace.errors import InputError
 from tibspace.io.qupath import qupath_px_to_um, um_to_qupath_px
-from tibspace.synthetic.layout import _arc_geometry, _signed_distance
+from tibspace.synthetic.layout import _arc_geometry, _covered_flags, _signed_distance
 from tibspace.synthetic.spec import BARRIER_WIDTH_UM, CHANNELS, MARGIN_UM, PHENOTYPES, SHIELD_RING_UM
 from tibspace.synthetic.stains import (
     _CROSSTALK_NEXT, _CROSSTALK_PREV, _GAIN_DN_PER_PHOTON, _PSF_SIGMA_UM, _READ_NOISE_DN)
@@ -92,6 +92,28 @@ class SyntheticTissue:
                 arcs.extend(getattr(g, "geoms", [g]))
             out.append(arcs)
         return out
+
+    def barrier_side(self, x_um, y_um):
+        """Signed distance (µm, negative inside) of points to the nearest nest
+        outline and whether that nearest boundary point is barrier-covered
+        (the rule the generator plants T-cell layouts with).
+
+        Examples
+        --------
+        >>> from tibspace.synthetic import make_tissue
+        >>> t = make_tissue((512, 512), n_nests=1, nest_radius_um=(40, 50), barrier_coverage=1.0)
+        >>> c = t.nests[0].centroid
+        >>> sd, cov = t.barrier_side([c.x], [c.y])
+        >>> bool(sd[0] < 0), bool(cov[0])
+        (True, True)
+        """
+        x = np.asarray(x_um, float)
+        y = np.asarray(y_um, float)
+        if not self.nests:
+            return np.full(x.shape, np.inf), np.zeros(x.shape, bool)
+        sd, which, s, _ = _signed_distance(self.nests, x, y)
+        ivs = [[tuple(v) for v in n["covered_intervals_um"]] for n in self.planted["nests"]]
+        return sd, _covered_flags(self.nests, ivs, which, s)
 
     def write(self, out_dir: str | os.PathLike, *, image_name: str = "image.ome.tif",
               panel_name: str = "panel.toml", truth_dir: str = ".",
