@@ -57,7 +57,7 @@ __all__ = [
 DEFAULT_PARAMETERS: dict[str, Any] = {
     # segmentation
     "cell_expansion_um": 3.0,
-    "nucleus_diameter_um": 8.0,
+    "nucleus_diameter_um": "auto",  # "auto": estimated from the image
     "tile_size_px": 2048,
     # tumour region and compartments
     "tumour_cell_radius_um": 15.0,
@@ -804,6 +804,8 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
             if k in ("seed", "n_envelope_sim") and v < 0:
                 raise PanelError(f"{w} must be ≥ 0, got {v!r}")
             out[k] = int(v)
+        elif k == "nucleus_diameter_um" and v == "auto":
+            out[k] = v
         else:
             out[k] = _number(v, w) if k in _SIGNED_PARAMS else _positive(v, w)
     if out["profile_min_um"] >= out["profile_max_um"]:
