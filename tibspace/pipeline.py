@@ -194,7 +194,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         seg = segment_image(
             img, nuclear, membrane,
             expansion_um=float(params["cell_expansion_um"]),
-            nucleus_diameter_um=float(params["nucleus_diameter_um"]),
+            nucleus_diameter_um=(None if params["nucleus_diameter_um"] == "auto"
+                                 else float(params["nucleus_diameter_um"])),
             tile_size_px=tile, scheduler=scheduler, n_workers=n_workers, progress=progress)
     cells = seg.cells
     if len(cells) == 0:

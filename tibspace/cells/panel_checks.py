@@ -133,6 +133,8 @@ def parameters(raw: Any, where: str) -> dict[str, Any]:
             if k in ("seed", "n_envelope_sim") and v < 0:
                 raise PanelError(f"{w} must be ≥ 0, got {v!r}")
             out[k] = int(v)
+        elif k == "nucleus_diameter_um" and v == "auto":
+            out[k] = v
         else:
             out[k] = number(v, w) if k in _SIGNED_PARAMS else positive(v, w)
     if out["profile_min_um"] >= out["profile_max_um"]:

@@ -46,6 +46,8 @@ def check_parameter_ranges(params: Mapping[str, Any], where: str = "panel") -> N
         if name not in PARAMETER_RANGES:
             continue
         lo, hi = PARAMETER_RANGES[name]
+        if name == "nucleus_diameter_um" and value == "auto":
+            continue
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if len(values) > _MAX_LIST:
             raise PanelError(f"{where}: [parameters] {name} has {len(values)} values; at most {_MAX_LIST}")

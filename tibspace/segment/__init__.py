@@ -3,7 +3,8 @@
 Modules: ``nuclei`` (one image: smoothing, foreground, seeds, watershed),
 ``expand`` (distance transforms, nuclei grown into cells), ``tiling`` (tile
 grid, tile worker, ownership, stitching), ``scheduler`` (in-process or Dask
-cluster), ``image`` (:func:`segment_image` over a whole file), ``matching``
+cluster), ``image`` (:func:`segment_image` over a whole file), ``scale``
+(nucleus size estimated from the image), ``matching``
 (scoring against a reference).
 """
 
@@ -13,6 +14,7 @@ from tibspace.segment.expand import (distance_to_background, expand_labels_fast,
 from tibspace.segment.tiling import tile_grid
 from tibspace.segment.image import SegmentationResult, segment_image
 from tibspace.segment.matching import match_labels, match_points
+from tibspace.segment.scale import estimate_nucleus_diameter
 
 __all__ = [
     "segment_nuclei",
@@ -25,4 +27,5 @@ __all__ = [
     "smooth_nuclear",
     "distance_to_background",
     "expand_labels_fast",
+    "estimate_nucleus_diameter",
 ]

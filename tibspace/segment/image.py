@@ -25,6 +25,7 @@ import pandas as pd
 
 from tibspace.errors import InputError
 from tibspace.segment.nuclei import FOREGROUND_FRACTION_OF_OTSU, nucleus_params, otsu
+from tibspace.segment.scale import estimate_nucleus_diameter, sample_windows
 from tibspace.segment.scheduler import run_tasks, scheduler_name, start_scheduler
 from tibspace.segment.tiling import (_channel_sample, _segment_tile, assemble_labels,
                                      new_label_array, tile_grid)
@@ -33,6 +34,9 @@ __all__ = ["segment_image", "SegmentationResult"]
 
 # Images up to this many pixels get in-memory numpy label images.
 _IN_MEMORY_MAX_PX = 64 * 1024 * 1024
+# The nucleus size is estimated from this many windows of this side (bounded cost).
+_ESTIMATE_WINDOWS = 16
+_ESTIMATE_WINDOW_PX = 512
 
 
 @dataclass
@@ -86,7 +90,7 @@ class _Inputs:
 
 
 def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = (), *,
-                  expansion_um: float = 3.0, nucleus_diameter_um: float = 8.0,
+                  expansion_um: float = 3.0, nucleus_diameter_um: Optional[float] = None,
                   tile_size_px: int = 2048, overlap_px: Optional[int] = None,
                   scheduler: Any = None, n_workers: int = 2,
                   measure_channels: Optional[Sequence[str]] = None,
@@ -108,8 +112,11 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
         Optional membrane channel(s) guiding the cell expansion.
     expansion_um : float
         Maximum growth of a cell beyond its nucleus.
-    nucleus_diameter_um : float
-        Typical nucleus diameter (sets all segmentation scales).
+    nucleus_diameter_um : float, optional
+        Typical nucleus diameter (sets all segmentation scales). Default:
+        estimated from the nuclear signal of up to sixteen 512² windows
+        (:func:`tibspace.segment.estimate_nucleus_diameter`); the estimate is
+        in ``parameters``.
     tile_size_px : int
         Side of a tile core.
     overlap_px : int, optional
@@ -168,6 +175,10 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
         raise InputError(f"segmentation method {method!r} is not available; use 'classical'")
     inp = _resolve_inputs(image, pixel_size_um, nuclear_channels, membrane_channels,
                           measure_channels)
+    estimate = None
+    if nucleus_diameter_um is None:
+        estimate = _estimate_diameter(inp)
+        nucleus_diameter_um = estimate["nucleus_diameter_um"]
     p = nucleus_params(inp.px, nucleus_diameter_um, min_area_um2)
     e_um = _check_expansion(expansion_um)
     plan = _plan_tiles(inp, p, e_um, tile_size_px, overlap_px)
@@ -193,6 +204,8 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
     qc["seconds_total"] = time.perf_counter() - t_start
 
     params = dict(p)
+    params["nucleus_diameter_source"] = "given" if estimate is None else "estimated"
+    params.update({k: v for k, v in (estimate or {}).items() if k != "nucleus_diameter_um"})
     params.update(_parameters(inp, method, threshold, stats, e_um, plan))
     params["scheduler"] = scheduler_name(client, scheduler, in_process, n_workers)
     return SegmentationResult(cells=cells_df, labels=labels, nuclei=nuclei, pixel_size_um=inp.px,
@@ -228,6 +241,32 @@ def _resolve_inputs(image: Any, pixel_size_um: Optional[float], nuclear_channels
         img.close()
     return _Inputs(path=path, px=px, shape=(ny, nx), channel_names=list(img.channel_names),
                    nuclear=nuclear, membrane=membrane, measure_idx=measure_idx)
+
+
+def _estimate_diameter(inp: _Inputs) -> dict[str, Any]:
+    """Nucleus size from up to sixteen 512² windows of the nuclear channels (read here).
+
+    Several nuclear channels are summed after dividing each by its 99.5th
+    percentile over the windows.
+    """
+    from tibspace.io import open_image
+
+    wins = sample_windows(inp.shape, _ESTIMATE_WINDOW_PX, _ESTIMATE_WINDOWS)
+    img = open_image(inp.path, pixel_size_um=inp.px)
+    try:
+        per_ch = [[img.read_region([c], *w)[0].astype(np.float32) for w in wins]
+                  for c in inp.nuclear]
+    finally:
+        img.close()
+    comb = [np.zeros(a.shape, np.float32) for a in per_ch[0]]
+    for arrs in per_ch:
+        s = float(np.percentile(np.concatenate([a.ravel() for a in arrs]), 99.5))
+        for out, a in zip(comb, arrs):
+            out += a / (s if s > 0 else 1.0)
+    try:
+        return estimate_nucleus_diameter(comb, inp.px)
+    except InputError:
+        raise _no_nuclei(inp) from None
 
 
 def _resolve_channels(img: Any, names: Any, what: str) -> list[int]:

@@ -34,6 +34,9 @@ __all__ = ["segment_nuclei", "smooth_nuclear"]
 # Default foreground threshold = this fraction of the Otsu threshold of the
 # smoothed nuclear signal (the local-contrast test does the fine separation).
 FOREGROUND_FRACTION_OF_OTSU = 0.5
+# Fragments whose shared boundary is this wide (relative to the smaller
+# fragment's peak distance to background) are one nucleus (0 = never merge).
+MERGE_SADDLE_RATIO = 0.9
 
 
 def nucleus_params(pixel_size_um: float, nucleus_diameter_um: float,
@@ -205,8 +208,60 @@ def _split_components(fg: np.ndarray, dist_s: np.ndarray, seed_pix: np.ndarray) 
         markers = np.zeros(fg.shape, np.int32)
         markers.ravel()[seed_pix[keep]] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
         ws = watershed(-dist_s, markers, mask=in_multi)
+        if MERGE_SADDLE_RATIO > 0:
+            ws = _merge_weak_splits(ws, dist_s, MERGE_SADDLE_RATIO)
         lab[in_multi] = ws[in_multi] + n_comp
     return lab
+
+
+def _merge_weak_splits(ws: np.ndarray, dist_s: np.ndarray, ratio: float) -> np.ndarray:
+    """Merge neighbouring fragments whose shared boundary is barely a neck.
+
+    Two touching fragments are one nucleus when the distance-to-background
+    on their shared boundary (the saddle, the widest point of the neck) is at
+    least ``ratio`` times the smaller of their two peaks: a real cut between
+    touching nuclei runs through a narrow neck, an over-split of one large
+    (textured) nucleus through its full width.
+    """
+    n = int(ws.max())
+    if n < 2:
+        return ws
+    a_parts, b_parts, s_parts = [], [], []
+    for x, y, dx, dy in ((ws[:, :-1], ws[:, 1:], dist_s[:, :-1], dist_s[:, 1:]),
+                         (ws[:-1, :], ws[1:, :], dist_s[:-1, :], dist_s[1:, :])):
+        m = (x > 0) & (y > 0) & (x != y)
+        a_parts.append(np.minimum(x[m], y[m]))
+        b_parts.append(np.maximum(x[m], y[m]))
+        s_parts.append(np.minimum(dx[m], dy[m]))
+    a = np.concatenate(a_parts).astype(np.int64)
+    if a.size == 0:
+        return ws
+    b = np.concatenate(b_parts).astype(np.int64)
+    sad = np.concatenate(s_parts)
+    key = a * (n + 1) + b
+    order = np.lexsort((sad, key))
+    key, sad = key[order], sad[order]
+    last = np.r_[np.flatnonzero(np.diff(key)), key.size - 1]
+    pa, pb, saddle = key[last] // (n + 1), key[last] % (n + 1), sad[last]
+    peak = np.zeros(n + 1, np.float64)
+    np.maximum.at(peak, ws.ravel(), dist_s.ravel())
+    merge = saddle >= ratio * np.minimum(peak[pa], peak[pb])
+    if not merge.any():
+        return ws
+    parent = np.arange(n + 1)
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(pa[merge], pb[merge]):
+        ri, rj = root(int(i)), root(int(j))
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    lut = np.array([root(i) for i in range(n + 1)], dtype=ws.dtype)
+    return lut[ws]
 
 
 def _drop_small(lab: np.ndarray, min_area_px: float) -> np.ndarray:
