@@ -85,6 +85,33 @@ def real_report():
     run("scimap exemplar001",s,["ECAD","SMA","CD45"],[("Immune","CD45+"),("ECAD+","ECAD+"),("SMA+","SMA+")],"Unknown",t)
 
 
+def image_desert_report(seeds=(1, 2)):
+    """Whole pipeline on 1024² images, immune_phenotype="excluded" with CD8 staining removed: the
+    T cells are all CD8-negative, so the effector-T call must be "desert" (~3 min per seed)."""
+    import tempfile
+    import tibspace
+    panel = load_panel("sample_data/hcc_sample_panel.toml")
+    panel.parameters.update(n_permutations=19, n_shifts=19, n_envelope_sim=0)
+    saved = dict(T._LEVELS)
+    T._LEVELS["CD8"] = {}
+    try:
+        for seed in seeds:
+            t = make_tissue((1024, 1024), 0.5, seed=seed, n_nests=2, immune_phenotype="excluded")
+            d = tempfile.mkdtemp(); t.write(d)
+            img = d + "/image.ome.tif"
+            now = tibspace.run_image(img, panel, seed=0)
+            old_gates = {m: auto_gate(now.cells[m].to_numpy(), "otsu") for m in panel.markers}
+            old = tibspace.run_image(img, panel.with_gates(old_gates), seed=0)
+            for label, r in (("old otsu", old), ("now", now)):
+                print(seed, label, "CD8_T", r.metrics["phenotype_counts"].get("CD8_T", 0),
+                      r.metrics["analyses"]["exclusion"]["per_nest"]["immune_phenotype"])
+    finally:
+        T._LEVELS.clear(); T._LEVELS.update(saved)
+
+
 if __name__ == "__main__":
+    import sys
     synthetic_report()
     real_report()
+    if "--images" in sys.argv:
+        image_desert_report()
