@@ -449,6 +449,7 @@ class _Run:
             cells["phenotype"] = gating.phenotype
             self.gates_used = {m: g.value for m, g in gating.gates.items()}
             metrics["gates"] = {m: g.to_dict() for m, g in gating.gates.items()}
+            metrics["warnings"] = list(metrics.get("warnings", [])) + list(gating.warnings)
             report(self.progress, "phenotyping", 1, 1)
         metrics["phenotype_counts"] = phenotype_counts(cells["phenotype"].to_numpy())
         metrics["n_cells"] = int(len(cells))

@@ -4,6 +4,7 @@ from tibspace.cells.gating import (
     GATE_METHODS,
     Gate,
     auto_gate,
+    auto_gate_decision,
     marker_column,
     compute_gates,
     positivity,
@@ -15,6 +16,7 @@ from tibspace.cells.gating import (
     phenotype_names,
     as_phenotype_list,
 )
+from tibspace.cells.presence import GateDecision, decide_gate
 from tibspace.cells.measure import measure_cells, write_cell_table, SHAPE_COLUMNS
 from tibspace.cells.panel import (
     DEFAULT_PARAMETERS,
@@ -37,6 +39,9 @@ __all__ = [
     "GATE_METHODS",
     "Gate",
     "auto_gate",
+    "auto_gate_decision",
+    "GateDecision",
+    "decide_gate",
     "marker_column",
     "compute_gates",
     "positivity",

@@ -12,19 +12,28 @@ populations of fluorescence/ion-count data are closer to normal.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import product
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from tibspace.errors import InputError, PanelError
+from tibspace.io.channels import normalise_name
+from tibspace.cells.rules import parse_rule
+from tibspace.cells.presence import NONE, GateDecision, clip_low_tail, decide_gate
 
 GATE_METHODS = ("otsu", "gmm")
 
 
 @dataclass(frozen=True)
 class Gate:
-    """One marker's gate and how it was obtained (the audit trail)."""
+    """One marker's gate and how it was obtained (the audit trail).
+
+    ``decision`` says whether an automatic method found a positive population
+    (:mod:`tibspace.cells.presence`); ``evidence`` holds the numbers behind it
+    (candidate gate, BIC difference, fold above/below, cells tested).
+    """
 
     marker: str
     column: str
@@ -32,12 +41,16 @@ class Gate:
     value: float
     n_positive: int
     n_cells: int
+    decision: str = ""
+    evidence: dict = field(default_factory=dict, compare=False)
 
     @property
     def fraction_positive(self) -> float:
         return self.n_positive / self.n_cells if self.n_cells else float("nan")
 
     def to_dict(self) -> dict:
+        nan = float("nan")
+        ev = self.evidence
         return {
             "marker": self.marker,
             "column": self.column,
@@ -46,6 +59,12 @@ class Gate:
             "n_positive": int(self.n_positive),
             "n_cells": int(self.n_cells),
             "fraction_positive": float(self.fraction_positive),
+            "decision": self.decision,
+            "percent_positive": 100.0 * float(self.fraction_positive),
+            "candidate_value": float(ev.get("candidate_value", nan)),
+            "delta_bic": float(ev.get("delta_bic", nan)),
+            "fold_above_below": float(ev.get("fold_above_below", nan)),
+            "n_tested": int(ev.get("n_tested", 0)),
         }
 
 
@@ -111,6 +130,28 @@ def auto_gate(values, method: str = "otsu", *, marker: str = "marker", seed: int
     return float(np.expm1(t))
 
 
+def auto_gate_decision(values, method: str = "otsu", *, marker: str = "marker",
+                       seed: int = 0) -> GateDecision:
+    """Automatic gate for per-cell intensities that knows when there is nothing to gate.
+
+    The dimmest 1 % of cells are raised to the first percentile (a few blank
+    cells must not be the "negative" side of a log-scale split), the
+    ``method`` gate (:func:`auto_gate`) is the candidate, and
+    :func:`~tibspace.cells.presence.decide_gate` keeps it only if the marker
+    has a positive population; otherwise the gate goes above the negatives.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> d = auto_gate_decision(rng.lognormal(1.5, 0.3, 2000), "otsu")
+    >>> d.decision, bool(np.mean(rng.lognormal(1.5, 0.3, 2000) > d.value) < 0.01)
+    ('no positive population', True)
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = clip_low_tail(np.clip(v[np.isfinite(v)], 0, None))
+    return decide_gate(v, auto_gate(v, method, marker=marker, seed=seed), seed=seed)
+
+
 def marker_column(cells: pd.DataFrame, marker: str, channel: str, compartment: str = "cell") -> str:
     """Name of the cell-table column a marker's gate applies to.
 
@@ -149,15 +190,19 @@ def compute_gates(cells: pd.DataFrame, markers: Mapping, channel_of: Mapping[str
         vals = cells[col].to_numpy(dtype=np.float64)
         g = spec.gate
         finite = vals[np.isfinite(vals)]
+        evidence: dict = {}
         if isinstance(g, (int, float)) and not isinstance(g, bool):
-            method, value = "manual", float(g)
+            method, value, decision = "manual", float(g), "manual gate"
         elif finite.size and np.ptp(finite) == 0:
             # A blank channel (e.g. a marker absent from this field) means "nobody
             # positive", not a failed run: one empty field must not stop a cohort.
             method, value = f"{g} (constant intensity: no cell positive)", float(finite[0])
+            decision = NONE
         else:
-            method, value = str(g), auto_gate(vals, str(g), marker=name, seed=seed)
-        gates[name] = Gate(name, col, method, value, int(np.count_nonzero(vals > value)), int(vals.size))
+            d = auto_gate_decision(vals, str(g), marker=name, seed=seed)
+            method, value, decision, evidence = str(g), d.value, d.decision, d.evidence()
+        gates[name] = Gate(name, col, method, value, int(np.count_nonzero(vals > value)),
+                           int(vals.size), decision, evidence)
     return gates
 
 
@@ -185,8 +230,6 @@ def assign_phenotypes(pos: pd.DataFrame, rules: Mapping[str, str], default: str 
     >>> assign_phenotypes(pos, {"CD8_T": "CD3+ & CD8+", "other_T": "CD3+ & CD8-"}).tolist()
     ['CD8_T', 'other_T', 'other']
     """
-    from tibspace.cells.rules import parse_rule
-
     n = len(pos)
     out = np.full(n, default, dtype=object)
     unassigned = np.ones(n, dtype=bool)
@@ -200,11 +243,17 @@ def assign_phenotypes(pos: pd.DataFrame, rules: Mapping[str, str], default: str 
 
 @dataclass
 class GatingResult:
-    """Phenotypes plus the gates that produced them."""
+    """Phenotypes plus the gates that produced them and warnings about the run.
+
+    ``warnings`` are one-line messages (a gate outside its marker's intensity
+    range, a rule no cell can satisfy, a role with zero cells); the pipeline
+    puts them in ``metrics.json["warnings"]``.
+    """
 
     phenotype: np.ndarray
     positivity: pd.DataFrame
     gates: dict[str, Gate] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def gates_frame(self) -> pd.DataFrame:
         return pd.DataFrame([g.to_dict() for g in self.gates.values()])
@@ -221,9 +270,9 @@ def gate_cells(cells: pd.DataFrame, panel, channel_of: Mapping[str, str] | None 
     ----------
     cells : DataFrame
         Cell table (mean intensity per channel).
-    panel : tibspace.panel.Panel
-        Supplies ``markers``, ordered ``phenotypes`` rules and
-        ``default_phenotype``.
+    panel : tibspace.cells.Panel
+        Supplies ``markers``, ordered ``phenotypes`` rules,
+        ``default_phenotype`` and ``roles``.
     channel_of : mapping, optional
         Marker → channel column name (from ``Panel.resolve_channels``).
     seed : int
@@ -234,7 +283,54 @@ def gate_cells(cells: pd.DataFrame, panel, channel_of: Mapping[str, str] | None 
     gates = compute_gates(cells, panel.markers, channel_of, seed=seed)
     pos = positivity(cells, gates)
     ph = assign_phenotypes(pos, panel.phenotypes, panel.default_phenotype)
-    return GatingResult(ph, pos, gates)
+    warnings = (gate_range_warnings(cells, gates) + unsatisfiable_rule_warnings(panel.phenotypes)
+                + empty_role_warnings(panel, phenotype_counts(ph)))
+    return GatingResult(ph, pos, gates, warnings)
+
+
+def gate_range_warnings(cells: pd.DataFrame, gates: Mapping[str, Gate]) -> list[str]:
+    """A gate below every cell or at/above every cell of its column (all or none
+    positive), except where "no positive population" was the decision."""
+    out = []
+    for m, g in gates.items():
+        v = cells[g.column].to_numpy(dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if not v.size or g.decision == NONE:
+            continue
+        lo, hi = float(v.min()), float(v.max())
+        if g.value < lo or g.value >= hi:
+            out.append(f"marker {m}: {g.method} gate {g.value:.6g} is outside the intensity range "
+                       f"of column {g.column!r} ({lo:.6g}..{hi:.6g}); "
+                       f"{'every' if g.value < lo else 'no'} cell is {m}+")
+    return out
+
+
+def unsatisfiable_rule_warnings(rules: Mapping[str, str], max_markers: int = 16) -> list[str]:
+    """Rules false for every combination of their markers (e.g. ``CD3+ & CD3-``)."""
+    out = []
+    for name, text in rules.items():
+        rule = parse_rule(text)
+        keys = sorted({normalise_name(m) for m in rule.markers})
+        if len(keys) > max_markers:
+            continue
+        combos = np.array(list(product([False, True], repeat=len(keys))), dtype=bool).reshape(-1, len(keys))
+        env = {k: combos[:, i] for i, k in enumerate(keys)}
+        if not np.asarray(rule(env), dtype=bool).any():
+            out.append(f"phenotype {name}: rule {text!r} can never be true (no combination of "
+                       f"{', '.join(sorted(rule.markers))} satisfies it); 0 cells")
+    return out
+
+
+def empty_role_warnings(panel, counts: Mapping[str, int]) -> list[str]:
+    """Roles whose phenotypes the panel defines but that got zero cells."""
+    defined = set(panel.phenotypes) | {panel.default_phenotype}
+    out = []
+    for role, names in panel.roles.items():
+        mine = [p for p in names if p in defined]
+        if mine and sum(int(counts.get(p, 0)) for p in mine) == 0:
+            out.append(f"role {role} ({', '.join(mine)}): 0 cells after gating; analyses "
+                       f"using it have nothing to measure")
+    return out
 
 
 def gate_values(gates: Mapping[str, Gate]) -> dict[str, float]:
