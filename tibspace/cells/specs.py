@@ -16,7 +16,7 @@ __all__ = ["DEFAULT_PARAMETERS", "DEFAULT_ROLES", "MarkerSpec", "MaskSpec", "Tab
 DEFAULT_PARAMETERS: dict[str, Any] = {
     # segmentation
     "cell_expansion_um": 3.0,
-    "nucleus_diameter_um": 8.0,
+    "nucleus_diameter_um": "auto",  # "auto": estimated from the image (tibspace.segment.scale); a number fixes it
     "tile_size_px": 2048,
     # tumour region and compartments
     "tumour_cell_radius_um": 15.0,
