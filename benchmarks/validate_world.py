@@ -38,6 +38,7 @@ def run(seed, size, **knobs):
     import tibspace
     from tibspace.synthetic import make_tissue
 
+    knobs = {"n_nests": 3, "nest_radius_um": (50.0, 90.0), **knobs}
     t = make_tissue(shape=(size, size), pixel_size_um=0.5, seed=seed, **knobs)
     with tempfile.TemporaryDirectory() as d:
         t.write(Path(d))
@@ -141,7 +142,7 @@ SCENARIOS = {"absent_cd8": s_absent_cd8, "calls": s_calls, "gaps": s_gaps, "cove
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--size", type=int, default=1400)
+    ap.add_argument("--size", type=int, default=1600)
     ap.add_argument("--only", nargs="*", default=None)
     a = ap.parse_args()
     for name, fn in SCENARIOS.items():
@@ -155,7 +156,7 @@ def main():
             except Exception as exc:  # a scenario that cannot run is a failed seed, reported
                 rows.append({"error": f"{type(exc).__name__}: {str(exc)[:120]}", "ok": False})
         n_ok = sum(bool(r.get("ok")) for r in rows)
-        keys = [k for k in rows[0] if k != "ok"] if rows else []
+        keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("ok", "error")))
         summary = []
         for k in keys:
             vals = [r.get(k) for r in rows if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]

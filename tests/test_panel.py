@@ -111,6 +111,7 @@ def test_load_full_panel(tmp_path):
 def test_defaults_cover_metrics_md():
     expected = dict(cell_expansion_um=3, nucleus_diameter_um="auto", tumour_cell_radius_um=15,
                     closing_um=20, min_hole_um2=1000, min_nest_area_um2=2000, margin_um=50,
+                    min_nest_tumour_cells=10, min_nest_tumour_density=1200, min_nest_purity=0.2,
                     profile_min_um=-200, profile_max_um=200, profile_step_um=20,
                     outside_band_um=200, desert_density=50, excluded_ratio=0.5,
                     exclusion_bandwidth_um=30, exclusion_grid_um=10, exclusion_fraction=0.25,

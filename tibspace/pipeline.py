@@ -501,6 +501,8 @@ class _Run:
                 self.skipped["tumour_geometry"] = str(exc)
             if result.region is not None and result.tissue is not None:
                 result.region = _clip_region(result.region, result.tissue, self.skipped)
+            if result.region is not None:
+                result.region = self._tumour_nests_only(result.region, x, y, is_tumour)
         region = result.region
         if region is None:
             cells = cells.copy()
@@ -550,6 +552,25 @@ class _Run:
         pending["_profiles_by_nest"] = pool.submit(profiles_by_nest)
         pool.shutdown(wait=False)  # no more work; the thread ends with its tasks
         return pending
+
+    def _tumour_nests_only(self, region, x, y, is_tumour):
+        """Drop nests that are not made of tumour (:mod:`tibspace.tissue.composition`); reasons to metrics."""
+        from tibspace.tissue import filter_nests
+
+        p = self.params
+        kept, comp = filter_nests(region, x, y, is_tumour, min_tumour_cells=int(p["min_nest_tumour_cells"]),
+                                  min_tumour_density=float(p["min_nest_tumour_density"]),
+                                  min_purity=float(p["min_nest_purity"]))
+        dropped = comp[~comp["kept"]]
+        self.metrics["nest_composition"] = {
+            "n_candidates": int(len(comp)), "n_dropped": int(len(dropped)),
+            "dropped": dropped[["area_um2", "n_cells", "n_tumour", "purity", "tumour_density_per_mm2",
+                                "reason"]].to_dict(orient="list"),
+            "purity_kept": comp.loc[comp["kept"], "purity"].tolist()}
+        if kept is None:
+            self.skipped["tumour_geometry"] = (f"no tumour nest: all {len(comp)} candidate regions fail the nest test "
+                                               f"({dropped['reason'].iloc[0]})")
+        return kept
 
     # ---- statistics from their thread
     def collect_statistics(self, result, job):

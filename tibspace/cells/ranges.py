@@ -16,7 +16,8 @@ from tibspace.errors import PanelError
 PARAMETER_RANGES: dict[str, tuple[float, float]] = {
     "cell_expansion_um": (0.0, 50.0), "nucleus_diameter_um": (2.0, 100.0), "tile_size_px": (256, 65536),
     "tumour_cell_radius_um": (2.0, 200.0), "closing_um": (0.0, 500.0), "min_hole_um2": (0.0, 1e8),
-    "min_nest_area_um2": (0.0, 1e8), "margin_um": (1.0, 2000.0),
+    "min_nest_area_um2": (0.0, 1e8), "min_nest_tumour_cells": (1, 100000),
+    "min_nest_tumour_density": (0.0, 1e5), "min_nest_purity": (0.0, 1.0), "margin_um": (1.0, 2000.0),
     "profile_min_um": (-5000.0, 0.0), "profile_max_um": (0.0, 5000.0), "profile_step_um": (1.0, 1000.0),
     "outside_band_um": (1.0, 5000.0), "desert_density": (0.0, 1e5), "excluded_ratio": (0.0, 10.0),
     "exclusion_bandwidth_um": (1.0, 1000.0), "exclusion_grid_um": (0.5, 200.0), "exclusion_fraction": (0.0, 1.0),

@@ -23,6 +23,9 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "closing_um": 20.0,
     "min_hole_um2": 1000.0,
     "min_nest_area_um2": 2000.0,
+    "min_nest_tumour_cells": 10,
+    "min_nest_tumour_density": 1200.0,
+    "min_nest_purity": 0.2,
     "margin_um": 50.0,
     # infiltration profile
     "profile_min_um": -200.0,

@@ -23,8 +23,11 @@ from tibspace.tissue.geometry import (
     clear_geometry_cache,
     _check_edges,
 )
+from tibspace.tissue.composition import filter_nests, nest_composition
 
 __all__ = [
+    "filter_nests",
+    "nest_composition",
     "TumourRegion",
     "tumour_region_from_cells",
     "tumour_region_from_mask",
