@@ -245,3 +245,49 @@ def test_merge_disjoint_sides_equals_union_all():
     assert shapely.symmetric_difference(shapely.union_all(got), shapely.union_all(ref)).area < 1e-6
     assert sorted(round(p.area, 6) for p in got) == sorted(round(p.area, 6) for p in ref)
     assert _merge_disjoint_sides([]) == []
+
+
+def _one_nest_table(seed, p_t_stroma, n_t_margin=0):
+    rng = np.random.default_rng(seed)
+    nest = shapely.Point(500, 500).buffer(200)
+    x, y = rng.uniform(0, 1000, 3000), rng.uniform(0, 1000, 3000)
+    inside = shapely.contains_xy(nest, x, y)
+    ph = np.where(inside, "tumour", np.where(rng.random(3000) < p_t_stroma, "CD8_T", "other"))
+    if n_t_margin:                                   # T cells just inside the boundary (inner margin)
+        a = rng.uniform(0, 2 * np.pi, n_t_margin)
+        r = 200 - rng.uniform(2, 40, n_t_margin)
+        x, y = np.r_[x, 500 + r * np.cos(a)], np.r_[y, 500 + r * np.sin(a)]
+        ph = np.r_[ph, np.full(n_t_margin, "CD8_T")]
+    return pd.DataFrame({"x_um": x, "y_um": y, "phenotype": ph}), TumourRegion.from_polygons([nest]), \
+        shapely.box(0, 0, 1000, 1000)
+
+
+def test_desert_draws_no_zones():
+    for seed in range(3):
+        cells, region, tissue = _one_nest_table(seed, 0.003)
+        res = exclusion_analysis(cells, region, tissue)
+        s = res.sample
+        assert s["immune_phenotype"] == "desert"
+        assert s["n_zones"] == 0 and not res.zones and s["zone_perimeter_fraction"] == 0.0
+        assert s["zones_drawn"] is False and "desert" in s["zone_note"]
+
+
+def test_reference_on_two_t_cells_is_flagged_and_draws_no_zones():
+    cells, region, tissue = _one_nest_table(0, 0.0, n_t_margin=120)
+    # exactly two T cells in the stroma compartment (50-200 µm outside the nest)
+    extra = pd.DataFrame({"x_um": [500.0, 800.0], "y_um": [120.0, 500.0], "phenotype": "CD8_T"})
+    cells = pd.concat([cells, extra], ignore_index=True)
+    res = exclusion_analysis(cells, region, tissue)
+    s = res.sample
+    assert s["immune_phenotype"] != "desert" and s["n_t_stroma"] == 2
+    assert s["zone_reference_n_t"] == 2 and s["zone_reference_ok"] is False
+    assert s["zones_drawn"] is False and s["n_zones"] == 0 and "2 T cell" in s["zone_note"]
+    d = res.to_dict()
+    assert d["sample"]["zones_drawn"] is False                   # reaches metrics.json
+    assert res.parameters["min_reference_t_cells"] == 10
+
+
+def test_enough_reference_still_draws_zones():
+    cells, region, tissue = _one_nest_table(0, 0.3)
+    s = exclusion_analysis(cells, region, tissue).sample
+    assert s["immune_phenotype"] == "excluded" and s["zones_drawn"] and s["zone_reference_ok"] and s["n_zones"] >= 1

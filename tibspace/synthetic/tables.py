@@ -247,3 +247,188 @@ def make_clustered_cells(n_cells: int, seed: int = 0, n_phenotypes: int = 8, *,
     if return_nests:
         return cells, nests
     return cells
+
+
+# ---------------------------------------------------------------------------
+#: T-cell layouts of :func:`make_barrier_table` (where T cells stopped by a barrier go).
+T_LAYOUTS = ("piled", "held", "spread", "independent")
+
+
+def _harmonic_nest(cx: float, cy: float, radius: float, rng: np.random.Generator, n_vertices: int = 360):
+    """Irregular nest r(θ) = R (1 + Σ a_k cos(kθ + φ_k)), k = 2..5, with concavities."""
+    import shapely
+
+    theta = np.linspace(0, 2 * np.pi, n_vertices, endpoint=False)
+    r = np.ones_like(theta)
+    for k in range(2, 6):
+        r += rng.uniform(0.0, 0.13) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    return shapely.Polygon(np.c_[cx + radius * r * np.cos(theta), cy + radius * r * np.sin(theta)])
+
+
+def _gap_intervals(perimeter: float, coverage: float, rng: np.random.Generator, min_gap_um: float):
+    """Covered arc intervals (start, end) in [0, P) with the planted coverage and ≥ 1 gap ≥ min_gap_um."""
+    if coverage >= 1.0:
+        return [(0.0, perimeter)]
+    if coverage <= 0.0:
+        return []
+    total_gap = (1.0 - coverage) * perimeter
+    n_arcs = int(rng.integers(1, 5))
+    n_arcs = max(1, min(n_arcs, int(total_gap // min_gap_um)))
+    # gaps: min_gap_um each plus a random share of the rest; arcs: random shares of the covered length
+    gaps = min_gap_um + (total_gap - n_arcs * min_gap_um) * rng.dirichlet(np.ones(n_arcs))
+    arcs = coverage * perimeter * rng.dirichlet(np.full(n_arcs, 2.0))
+    s = rng.uniform(0, perimeter)
+    out = []
+    for a, g in zip(arcs, gaps):
+        out.append((s, s + a))
+        s += a + g
+    return out
+
+
+def _arc_position(nests, x, y):
+    """Nearest nest (index), signed distance (µm, > 0 outside) and arc position along its exterior."""
+    import shapely
+
+    polys = np.asarray(nests, dtype=object)
+    rings = shapely.get_exterior_ring(polys)
+    pts = shapely.points(x, y)
+    dist = np.stack([shapely.distance(r, pts) for r in rings])     # (n_nests, n)
+    which = np.argmin(dist, axis=0)
+    d = dist[which, np.arange(len(x))]
+    inside = shapely.contains_xy(shapely.union_all(polys), x, y)
+    s = shapely.line_locate_point(rings[which], pts)
+    return which, np.where(inside, -d, d), s
+
+
+def _in_arcs(s, intervals, perimeter):
+    out = np.zeros(s.shape, bool)
+    for a, b in intervals:
+        out |= ((s - a) % perimeter) < (b - a)
+    return out
+
+
+def _thin_hardcore(xy: np.ndarray, r_um: float) -> np.ndarray:
+    """Greedy sequential thinning: keep points at least ``r_um`` from every kept point."""
+    tree = cKDTree(xy)
+    keep = np.ones(len(xy), bool)
+    for i, nb in enumerate(tree.query_ball_point(xy, r_um)):
+        if keep[i]:
+            for j in nb:
+                if j > i:
+                    keep[j] = False
+    return keep
+
+
+def make_barrier_table(seed: int = 0, *, t_layout: str = "piled", n_nests: int = 6,
+                       coverage=None, min_gap_um: float = 20.0, lining_per_mm2: float = 3000.0,
+                       lining_depth_um: float = 45.0, t_stroma_per_mm2: float = 400.0,
+                       background_per_mm2: float = 1500.0):
+    """Cell table with planted barrier arcs (short gaps) and T cells in a chosen layout.
+
+    Nests are irregular harmonic blobs (radius 140–230 µm, concave in
+    places) on a 3-column grid of 800 µm pitch. Each nest gets a planted
+    coverage (``coverage``: one value per nest; default drawn from {0, 1}
+    and U(0.3, 0.95)) laid out as 1–4 arcs separated by gaps of at least
+    ``min_gap_um`` arc length. A covered arc's 0–``lining_depth_um`` outer
+    band is lined with SPP1 macrophages and CAFs (Poisson candidates at
+    ``lining_per_mm2`` thinned to a 9 µm hard core, types 1:1); the stroma
+    holds a background of ~100 barrier cells/mm² and ``background_per_mm2``
+    other cells. Tumour cells fill the nests.
+
+    T cells (``CD8_T``) sit in the stroma at ``t_stroma_per_mm2``. Where the
+    boundary is *blocked* the tumour side holds 5 % of that density (else
+    80 %) and, by ``t_layout``, the stopped T cells
+
+    - ``piled``: pile up at 2× in the 0–50 µm outer band;
+    - ``held``: are held 50–150 µm away (0–50 µm band at 10 %, 50–150 µm at 2×);
+    - ``spread``: spread through the stroma (outside density unchanged);
+    - ``independent``: as ``piled``, but the blocked arcs are the barrier
+      arcs rotated by an independent random offset per nest (T placement
+      independent of the barrier: the null).
+
+    Blocked means the cell's nearest boundary point lies on a covered arc.
+
+    Returns
+    -------
+    cells : DataFrame (``x_um, y_um, phenotype``)
+    truth : dict
+        ``nests`` (shapely Polygons, µm), ``tissue`` (box), ``intervals``
+        (per nest: covered arc intervals along the exterior, µm),
+        ``coverage`` (planted covered fraction per nest), ``t_layout``.
+
+    Examples
+    --------
+    >>> cells, truth = make_barrier_table(0, n_nests=2, coverage=[1.0, 0.5])
+    >>> [round(c, 2) for c in truth["coverage"]], bool((cells["phenotype"] == "CD8_T").sum() > 100)
+    ([1.0, 0.5], True)
+    """
+    import shapely
+
+    if t_layout not in T_LAYOUTS:
+        raise InputError(f"t_layout={t_layout!r}: expected one of {', '.join(T_LAYOUTS)}")
+    rng = np.random.default_rng(seed)
+    ncol = 3
+    nrow = int(np.ceil(n_nests / ncol))
+    pitch = 800.0
+    tissue = shapely.box(0, 0, ncol * pitch, nrow * pitch)
+    nests = [_harmonic_nest(pitch * (i % ncol + 0.5) + rng.uniform(-40, 40),
+                            pitch * (i // ncol + 0.5) + rng.uniform(-40, 40), rng.uniform(140, 230), rng)
+             for i in range(n_nests)]
+    if coverage is None:
+        coverage = [float(rng.choice([0.0, 1.0])) if rng.random() < 0.4 else float(rng.uniform(0.3, 0.95))
+                    for _ in range(n_nests)]
+    coverage = [float(c) for c in coverage]
+    perims = [float(n.exterior.length) for n in nests]
+    intervals = [_gap_intervals(P, c, rng, min_gap_um) for P, c in zip(perims, coverage)]
+    planted = [float(min(1.0, sum(b - a for a, b in iv) / P)) for iv, P in zip(intervals, perims)]
+    if t_layout == "independent":
+        blocked = []
+        for iv, P in zip(intervals, perims):
+            off = rng.uniform(0, P)
+            blocked.append([(a + off, b + off) for a, b in iv])
+    else:
+        blocked = intervals
+    area = tissue.area / 1e6
+
+    def poisson(density):
+        n = rng.poisson(density * area)
+        return rng.uniform(0, ncol * pitch, n), rng.uniform(0, nrow * pitch, n)
+
+    # lining: candidates in the band, hard core, kept where the nearest boundary point is covered
+    x, y = poisson(lining_per_mm2)
+    which, d, s = _arc_position(nests, x, y)
+    band = (d > 0) & (d <= lining_depth_um)
+    x, y, which, s = x[band], y[band], which[band], s[band]
+    keep = _thin_hardcore(np.c_[x, y], 9.0)
+    cov = np.array([_in_arcs(s[i:i + 1], intervals[which[i]], perims[which[i]])[0] for i in range(len(s))],
+                   bool) if len(s) else np.zeros(0, bool)
+    keep &= cov
+    lx, ly = x[keep], y[keep]
+    lph = np.where(rng.random(len(lx)) < 0.5, "SPP1_macrophage", "CAF")
+
+    # background: other / barrier cells in stroma, tumour cells in nests
+    bx, by = poisson(background_per_mm2 + 100.0)
+    _, bd, _ = _arc_position(nests, bx, by)
+    u = rng.random(len(bx)) * (background_per_mm2 + 100.0)
+    bph = np.where(bd <= 0, "tumour",
+                   np.where(u < 30.0, "SPP1_macrophage", np.where(u < 100.0, "CAF", "other")))
+
+    # T cells by thinning a Poisson process of 2× the stromal density
+    tx, ty = poisson(2.0 * t_stroma_per_mm2)
+    tw, td, ts = _arc_position(nests, tx, ty)
+    blk = np.zeros(len(tx), bool)
+    for k in range(n_nests):
+        m = tw == k
+        blk[m] = _in_arcs(ts[m], blocked[k], perims[k])
+    rel = np.where(td <= 0, np.where(blk, 0.05, 0.8), 1.0)
+    if t_layout in ("piled", "independent"):
+        rel = np.where(blk & (td > 0) & (td <= 50), 2.0, rel)
+    elif t_layout == "held":
+        rel = np.where(blk & (td > 0) & (td <= 50), 0.1, rel)
+        rel = np.where(blk & (td > 50) & (td <= 150), 2.0, rel)
+    tk = rng.random(len(tx)) * 2.0 < rel
+    cells = pd.DataFrame({"x_um": np.r_[lx, bx, tx[tk]], "y_um": np.r_[ly, by, ty[tk]],
+                          "phenotype": np.r_[lph, bph, np.full(int(tk.sum()), "CD8_T")]})
+    truth = {"nests": nests, "tissue": tissue, "intervals": intervals, "coverage": planted,
+             "t_layout": t_layout}
+    return cells, truth
