@@ -16,15 +16,13 @@ from tibspace.analyses.exclusion import (
     can_run_exclusion,
     COMPARTMENTS,
 )
+from tibspace.analyses.shield_masks import shield_masks, otsu_gate_log1p
+from tibspace.analyses.shield_rings import shield_ring_coverage, nest_shield_fraction
 from tibspace.analyses.shield import (
     ShieldResult,
-    shield_masks,
-    shield_ring_coverage,
     shield_analysis,
-    nest_shield_fraction,
     contact_pairs_from_labels,
     can_run_shield,
-    otsu_gate_log1p,
 )
 
 __all__ = [

@@ -1,0 +1,354 @@
+"""Boolean NET / collagen-I pixel masks from multiplex image channels.
+
+A pixel of mask ``m`` is positive when it is above the gate of any of the
+mask's channels and, for each co-required channel (e.g. MPO on NETs), within
+``require_dilation_um`` µm of a pixel above that channel's gate; objects
+smaller than ``min_object_um2`` µm² are removed. Gates are in raw intensity
+units of their channel. Pixels are (row, col) = (y, x) with centres at
+``(i + 0.5) · pixel_size_um``; the image is processed in tiles with a halo so
+whole slides stay bounded in memory. Used by :mod:`tibspace.analyses.shield`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from tibspace.errors import InputError
+from tibspace.progress import report
+
+__all__ = ["shield_masks", "otsu_gate_log1p"]
+
+def _spec_get(spec: Any, name: str, default: Any = None) -> Any:
+    if isinstance(spec, Mapping):
+        return spec.get(name, default)
+    return getattr(spec, name, default)
+
+
+def _as_list(v: Any) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [v]
+    return list(v)
+
+
+def _channel_of(image: Any, channel_index: Mapping[str, int] | None, name: str, mask_name: str) -> int:
+    if channel_index is not None:
+        if name in channel_index:
+            return int(channel_index[name])
+        low = {str(k).lower(): v for k, v in channel_index.items()}
+        if name.lower() in low:
+            return int(low[name.lower()])
+    if hasattr(image, "channel_index"):
+        return int(image.channel_index(name))
+    have = ", ".join(map(str, channel_index)) if channel_index else "none"
+    raise InputError(f"mask {mask_name!r}: channel {name!r} is not in the image (channels: {have}); "
+                     "fix the panel's [masks] entry or its [channels.aliases]")
+
+
+def _read(image: Any, c: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    if isinstance(image, np.ndarray):
+        return np.asarray(image[c, y0:y1, x0:x1])
+    return np.asarray(image.read_region([c], y0, y1, x0, x1))[0]
+
+
+def _image_yx(image: Any) -> tuple[int, int]:
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) != 3:
+        raise InputError(f"image has shape {shape}; expected (C, Y, X)")
+    return shape[1], shape[2]
+
+
+def _strided_sample(image: Any, c: int, max_pixels: int) -> np.ndarray:
+    """Every s-th pixel in y and x of channel ``c`` (s chosen so ≤ max_pixels)."""
+    ny, nx = _image_yx(image)
+    s = max(1, int(math.ceil(math.sqrt(ny * nx / float(max_pixels)))))
+    if isinstance(image, np.ndarray):
+        return np.asarray(image[c, ::s, ::s])
+    data = getattr(image, "data", None)
+    if data is not None:  # dask: reads chunk by chunk, keeps only the strided pixels
+        return np.asarray(data[c, ::s, ::s])
+    rows = [np.asarray(image.read_region([c], y, min(y + 1, ny), 0, nx))[0, 0, ::s]
+            for y in range(0, ny, s)]
+    return np.stack(rows)
+
+
+def otsu_gate_log1p(values: np.ndarray, *, floor_sd: float = 5.0, method: str = "otsu", seed: int = 0) -> float:
+    """Automatic gate: Otsu threshold of ``log1p(values)``, floored above the background.
+
+    Otsu always splits a sample in two, even when the channel has no positive
+    structures (it then splits noise, or tissue from glass). The gate is
+    therefore ``max(otsu, median + floor_sd · σ)``, where σ is the background
+    noise in raw units (noise is additive) estimated from the left half of the
+    distribution (``median − 16th percentile``, or the RMS deviation below the
+    median if larger), which positive pixels do not reach as long as they are
+    fewer than half the sample. Returned in raw intensity units.
+    ``floor_sd=0`` gives plain Otsu. ``method="background"`` returns the
+    floor alone ("signal above tissue background"). ``method="gmm"`` replaces Otsu by
+    :func:`tibspace.cells.auto_gate`'s two-component mixture (fitted on
+    ≤ 200,000 of the values, chosen with ``seed``), floored the same way.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> bg = rng.normal(10, 2, 20000).clip(0)
+    >>> v = np.r_[bg, rng.normal(200, 20, 1000)]
+    >>> 20 < otsu_gate_log1p(v) < 150
+    True
+    >>> bool(otsu_gate_log1p(bg) > bg.max() * 0.8)   # no positives: the floor keeps the gate above noise
+    True
+    """
+    from skimage.filters import threshold_otsu
+
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0 or np.ptp(v) == 0:
+        raise InputError("cannot compute an Otsu gate: the channel is empty or constant; "
+                         "give a numeric gate in the panel's [masks] entry")
+    lv = np.log1p(np.clip(v, 0, None))
+    if method == "background":
+        t = -np.inf                                     # the floor alone: "above tissue background"
+    elif method == "otsu":
+        t = float(threshold_otsu(lv))
+    elif method == "gmm":
+        from tibspace.cells import auto_gate
+
+        sub = v if v.size <= 200_000 else np.random.default_rng(seed).choice(v, 200_000, replace=False)
+        t = float(np.log1p(auto_gate(sub, "gmm", marker="mask channel", seed=seed)))
+    else:
+        raise InputError(f"automatic gate method {method!r}: expected \"otsu\", \"gmm\" or \"background\"")
+    gate = float(np.expm1(t)) if np.isfinite(t) else -np.inf
+    if floor_sd > 0:
+        # background noise is additive: estimate it in raw units from the left half
+        p16, med = np.percentile(v, [15.865, 50.0])
+        left = v[v <= med]
+        sd = max(med - p16, float(np.sqrt(np.mean((left - med) ** 2))) if left.size else 0.0, 1e-12)
+        gate = max(gate, med + floor_sd * sd)
+    return float(gate)
+
+
+def _tissue_sample_mask(image: Any, channels: Sequence[int], max_pixels: int) -> np.ndarray:
+    """Tissue pixels of the strided grid: Otsu on log1p of the summed channels.
+
+    Tissue autofluoresces in every channel while glass does not, so the sum
+    separates them; used only to choose which pixels feed automatic gates.
+    """
+    from skimage.filters import threshold_otsu
+
+    tot = None
+    for c in channels:
+        a = _strided_sample(image, c, max_pixels).astype(np.float64)
+        tot = a if tot is None else tot + a
+    lt = np.log1p(np.clip(tot, 0, None))
+    if np.ptp(lt) == 0:
+        return np.ones(lt.shape, bool)
+    m = lt > threshold_otsu(lt)
+    # a slide that is all tissue: Otsu then splits tissue textures; keep everything
+    return m if m.mean() < 0.97 and m.mean() > 0.05 else np.ones(lt.shape, bool)
+
+
+def _resolve_gate(gate: Any, channel: str, is_required: bool) -> Any:
+    """The gate of one channel from a mask spec's ``gate`` (number | 'otsu' | dict)."""
+    if isinstance(gate, Mapping):
+        return gate.get(channel, "otsu")
+    if is_required:
+        # A numeric gate is in the units of the mask's own channel. A
+        # co-required channel only has to show signal: MPO on NETs is far
+        # dimmer than in intact neutrophils, and an Otsu gate would split
+        # neutrophils from everything else and drop the traps.
+        return "background"
+    return "otsu" if gate is None else gate
+
+
+def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapping[str, int] | None,
+                 pixel_size_um: float, *, tile_size_px: int = 2048, require_dilation_um: float = 1.0,
+                 tissue_mask: np.ndarray | None = None, max_gate_pixels: int = 4_000_000,
+                 progress=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Boolean NET / collagen-I pixel masks from the image channels.
+
+    For each mask spec (``MaskSpec(name, channels, require, gate,
+    min_object_um2)`` or an equivalent mapping):
+
+    - a pixel is *positive* when it is above the gate of ANY of ``channels``
+      (e.g. CitH3) AND, for every channel in ``require`` (e.g. MPO), within
+      ``require_dilation_um`` (default 1 µm) of a pixel above that channel's
+      gate. The small dilation is a choice: NETs are CitH3+ chromatin
+      decorated with MPO, and the two stains rarely coincide pixel-exactly;
+      requiring exact co-localisation would erode the mask at every edge.
+    - connected objects (8-connectivity) smaller than ``min_object_um2`` are
+      removed.
+
+    Gates: a number (raw intensity units of that channel), ``"otsu"``,
+    ``"gmm"``, ``"background"``, or a dict ``{channel: number | str}``. ``"otsu"`` = :func:`otsu_gate_log1p`
+    (Otsu on log1p intensities with a robust floor above the background) of a
+    strided subsample of ≤ ``max_gate_pixels`` pixels (whole slides stay
+    bounded), restricted to tissue pixels: ``tissue_mask`` when given, else
+    pixels whose summed channels are above an Otsu split (tissue
+    autofluoresces, glass does not) — without this, Otsu on a sparse channel
+    separates tissue from glass instead of positive from negative. A numeric ``gate`` applies to the
+    mask's own ``channels``; ``require`` channels get ``"background"`` (the
+    robust floor alone: signal above tissue background — MPO decorating NETs
+    is much dimmer than MPO in intact neutrophils, which an Otsu gate would
+    pick out instead) unless the dict names them.
+
+    The image is processed in tiles of ``tile_size_px`` with a halo, so peak
+    memory is set by the tile size plus the output masks. Small-object removal
+    is exact across tile seams: an object cut by the halo edge is at least as
+    long as the halo, which is chosen larger than ``min_object_um2`` in pixels.
+
+    Parameters
+    ----------
+    image : numpy.ndarray (C, Y, X) or tibspace.io.MultiplexImage
+        The multiplex image (a MultiplexImage is read lazily, tile by tile).
+    panel_masks : dict
+        Mask name (``"net"``, ``"col1"``) -> MaskSpec.
+    channel_index : dict or None
+        Channel name -> index into the image's channel axis; None: use
+        ``image.channel_index(name)``.
+    pixel_size_um : float
+        Pixel size (µm).
+    tile_size_px : int
+        Tile side (pixels).
+    require_dilation_um : float
+        Tolerance for the co-required channel(s) (µm).
+    tissue_mask : bool ndarray (Y, X), optional
+        Restrict Otsu samples to tissue pixels.
+    max_gate_pixels : int
+        Size of the subsample for automatic gates.
+    progress : callable, optional
+        ``progress(step, done, total)``.
+
+    Returns
+    -------
+    masks : dict of str -> bool ndarray (Y, X)
+    gates : dict of str -> float
+        ``"<mask>:<channel>"`` -> gate used (raw intensity units).
+
+    Examples
+    --------
+    >>> img = np.zeros((2, 40, 40), np.uint16)
+    >>> img[0, 10:20, 10:20] = 100; img[1, 5:25, 5:25] = 50
+    >>> spec = {"channels": ["CitH3"], "require": ["MPO"], "gate": {"CitH3": 10, "MPO": 20},
+    ...         "min_object_um2": 5}
+    >>> masks, gates = shield_masks(img, {"net": spec}, {"CitH3": 0, "MPO": 1}, 0.5)
+    >>> int(masks["net"].sum()), gates["net:CitH3"]
+    (100, 10.0)
+    """
+    if not pixel_size_um or pixel_size_um <= 0:
+        raise InputError(f"pixel_size_um={pixel_size_um}: expected a positive pixel size in µm")
+    ny, nx = _image_yx(image)
+    gates: dict[str, float] = {}
+    plans = _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels, gates)
+    dil_px = int(math.ceil(require_dilation_um / pixel_size_um))
+    n_tiles = int(math.ceil(ny / tile_size_px)) * int(math.ceil(nx / tile_size_px))
+    masks: dict[str, np.ndarray] = {}
+    for i, (name, own, req, min_um2) in enumerate(plans):
+        def step(done, _i=i):
+            report(progress, "shield masks", _i * n_tiles + done, len(plans) * n_tiles)
+
+        masks[name] = _mask_tiles(image, own, req, min_um2, pixel_size_um, dil_px, tile_size_px, step)
+    return masks, gates
+
+
+def _auto_gate(image, c: int, method: str, channel_index, tissue_mask, max_gate_pixels: int, cache: dict) -> float:
+    """Automatic gate of channel ``c`` from a strided sample restricted to tissue pixels."""
+    ny, nx = _image_yx(image)
+    sample = _strided_sample(image, c, max_gate_pixels)
+    if tissue_mask is not None:
+        st_ = max(1, int(math.ceil(math.sqrt(ny * nx / float(max_gate_pixels)))))
+        tm = np.asarray(tissue_mask[::st_, ::st_], bool)[: sample.shape[0], : sample.shape[1]]
+    else:
+        if "tissue" not in cache:
+            all_c = sorted(set(int(v) for v in channel_index.values())) if channel_index else \
+                list(range(int(image.shape[0])))
+            cache["tissue"] = _tissue_sample_mask(image, all_c, max_gate_pixels)
+        tm = cache["tissue"]
+    sample = sample[tm] if tm.shape == sample.shape and tm.any() else sample
+    return otsu_gate_log1p(sample, method=method)
+
+
+def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels: int, gates: dict) -> list:
+    """Per mask: (name, [(channel, gate)] own, [(channel, gate)] required, min_object_um2); fills ``gates``."""
+    plans = []
+    cache: dict = {}
+    for name, spec in panel_masks.items():
+        chans = _as_list(_spec_get(spec, "channels"))
+        req = _as_list(_spec_get(spec, "require"))
+        if not chans:
+            raise InputError(f"mask {name!r} lists no channels; expected e.g. channels = [\"CitH3\"]")
+        gate = _spec_get(spec, "gate", "otsu")
+        min_um2 = float(_spec_get(spec, "min_object_um2", 0.0) or 0.0)
+        cidx = []
+        for is_req, group in ((False, chans), (True, req)):
+            gi = []
+            for ch in group:
+                c = _channel_of(image, channel_index, ch, name)
+                g = _resolve_gate(gate, ch, is_req)
+                if isinstance(g, str):
+                    if g.lower() not in ("otsu", "gmm", "background"):
+                        raise InputError(f"mask {name!r}: gate {g!r} for channel {ch!r}; expected a number, "
+                                         "\"otsu\", \"gmm\" or \"background\"")
+                    g = _auto_gate(image, c, g.lower(), channel_index, tissue_mask, max_gate_pixels, cache)
+                gates[f"{name}:{ch}"] = float(g)
+                gi.append((c, float(g)))
+            cidx.append(gi)
+        plans.append((name, cidx[0], cidx[1], min_um2))
+    return plans
+
+
+def _mask_tiles(image, own, req, min_um2: float, pixel_size_um: float, dil_px: int, tile_size_px: int,
+                step) -> np.ndarray:
+    """One mask, tile by tile: halo for exact object sizes plus the dilation reach of ``require``."""
+    ny, nx = _image_yx(image)
+    min_px = int(math.ceil(min_um2 / pixel_size_um ** 2)) if min_um2 > 0 else 0
+    halo = min_px + 2
+    out = np.zeros((ny, nx), dtype=bool)
+    disk = None
+    if req and dil_px > 0:
+        r = np.arange(-dil_px, dil_px + 1)
+        disk = (r[:, None] ** 2 + r[None, :] ** 2) <= dil_px ** 2
+    done = 0
+    for y0 in range(0, ny, tile_size_px):
+        for x0 in range(0, nx, tile_size_px):
+            y1, x1 = min(y0 + tile_size_px, ny), min(x0 + tile_size_px, nx)
+            ey0, ex0 = max(0, y0 - halo - dil_px), max(0, x0 - halo - dil_px)
+            ey1, ex1 = min(ny, y1 + halo + dil_px), min(nx, x1 + halo + dil_px)
+            pos = np.zeros((ey1 - ey0, ex1 - ex0), dtype=bool)
+            for c, g in own:
+                pos |= _read(image, c, ey0, ey1, ex0, ex1) > g
+            for c, g in req:
+                r_ok = _read(image, c, ey0, ey1, ex0, ex1) > g
+                if disk is not None:
+                    r_ok = ndi.binary_dilation(r_ok, structure=disk)
+                pos &= r_ok
+            # crop the dilation margin: `pos` is exact on tile + halo
+            hy0, hx0 = max(0, y0 - halo), max(0, x0 - halo)
+            hy1, hx1 = min(ny, y1 + halo), min(nx, x1 + halo)
+            pos = pos[hy0 - ey0: hy1 - ey0, hx0 - ex0: hx1 - ex0]
+            if min_px > 1 and pos.any():
+                pos = _remove_small_keep_cut(pos, min_px, cut=(hy0 > 0, hy1 < ny, hx0 > 0, hx1 < nx))
+            out[y0:y1, x0:x1] = pos[y0 - hy0: y1 - hy0, x0 - hx0: x1 - hx0]
+            done += 1
+            step(done)
+    return out
+
+
+def _remove_small_keep_cut(pos: np.ndarray, min_px: int, cut: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """Remove objects < min_px, keeping objects that touch a cut (non-image) edge."""
+    lab, n = ndi.label(pos, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return pos
+    area = np.bincount(lab.ravel(), minlength=n + 1)
+    keep = area >= min_px
+    top, bottom, left, right = cut
+    for flag, edge in ((top, lab[0, :]), (bottom, lab[-1, :]), (left, lab[:, 0]), (right, lab[:, -1])):
+        if flag:
+            keep[np.unique(edge)] = True
+    keep[0] = False
+    return keep[lab]
+
+
