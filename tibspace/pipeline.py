@@ -861,7 +861,7 @@ def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | Non
     are kept. ``spatialdata=True`` adds ``<sample_id>.zarr`` (image, labels,
     nests, zones and the cell table; :mod:`tibspace.outputs.spatialdata`).
     """
-    from tibspace.io import check_free_space, result_set, safe_name, safe_path
+    from tibspace.io import MANIFEST, check_free_space, result_set, safe_name, safe_path
     from tibspace.outputs import write_report_files
 
     out_dir = Path(out_dir)
@@ -874,7 +874,7 @@ def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | Non
             safe_path(stage, safe_name(name)).write_text(text, encoding="utf-8")
         written = sorted(p.relative_to(stage) for p in stage.rglob("*") if p.is_file())
     result.out_dir = out_dir
-    return [out_dir / p for p in written]
+    return [out_dir / p for p in written] + [out_dir / MANIFEST]
 
 
 def _write_spatialdata(result: PipelineResult, folder: Path) -> None:
