@@ -100,7 +100,8 @@ def _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata):
     kwargs = dict(out_dir=out, seed=seed, sample_id=sample.sample_id, spatialdata=spatialdata,
                   extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"})
     if sample.labels is not None:
-        kwargs["labels"] = sample.labels
+        raise InputError(f"{sample.labels}: the manifest's labels column needs bring-your-own masks "
+                         "(run --labels), which this version does not have yet; leave it empty")
     if segmentation == "worker":
         import distributed
 
