@@ -49,7 +49,7 @@ from tibspace.cells import as_phenotype_list as _as_types
 from tibspace.cells import phenotype_names as _phenotype_names
 from tibspace.analyses.barrier_coverage import (_COVERAGE_SUBDIVIDE, _MIN_BAND_FRACTION, _crosstab_band,
                                                 _runs_table, circular_runs, coverage_profile)
-from tibspace.analyses.barrier_link import _masked_medians, circular_shift_test, entry_shift_test
+from tibspace.analyses.barrier_link import _masked_medians, circular_shift_test
 
 __all__ = ["BarrierResult", "barrier_analysis", "circular_runs", "circular_shift_test",
            "can_run_barrier", "coverage_profile"]
@@ -115,8 +115,7 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
                      macrophage_types=("SPP1_macrophage",), caf_types=("CAF",), t_types=("CD8_T",),
                      segment_um: float = 50.0, barrier_width_um: float = 50.0, barrier_density: float = 400.0,
                      margin_um: float = 50.0, colocalization_radii_um=(20.0, 30.0, 50.0), n_shifts: int = 999,
-                     n_sim: int = 199, seed: int = 0, signed_dist_um=None, supply_reach_um: float = 150.0,
-                     progress=None) -> BarrierResult:
+                     n_sim: int = 199, seed: int = 0, signed_dist_um=None, progress=None) -> BarrierResult:
     """SPP1+ macrophage / CAF barriers along tumour nest boundaries.
 
     Parameters
@@ -125,7 +124,7 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
         ``x_um``, ``y_um``, ``phenotype`` (segments are recomputed from
         ``region``, and signed distances too unless ``signed_dist_um`` is given,
         so they always match it).
-    region : tibspace.tissue.TumourRegion
+    region : tibspace.geometry.TumourRegion
     tissue : shapely geometry
         Tissue region (µm); densities are per tissue area.
     barrier_types, macrophage_types, caf_types, t_types : tuple of str
@@ -149,7 +148,7 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     signed_dist_um : array of float, optional
         Signed distance of every cell to ``region``'s boundary (µm), when
         already computed for this region (the pipeline's
-        :func:`~tibspace.tissue.annotate_cells`); default: computed here.
+        :func:`~tibspace.geometry.annotate_cells`); default: computed here.
     progress : callable, optional
 
     Returns
@@ -169,7 +168,7 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
 
     Examples
     --------
-    >>> from tibspace.tissue import TumourRegion
+    >>> from tibspace.geometry import TumourRegion
     >>> rng = np.random.default_rng(0)
     >>> nest = shapely.Point(400, 400).buffer(150)
     >>> ang = np.linspace(0.05, np.pi - 0.05, 40); r = 150 + rng.uniform(2, 45, 40)   # half lined
@@ -186,15 +185,13 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     from tibspace import tissue as geo
 
     types = _check_inputs(cells, tissue, barrier_types, macrophage_types, caf_types, t_types,
-                          segment_um=segment_um, barrier_width_um=barrier_width_um, margin_um=margin_um,
-                          supply_reach_um=supply_reach_um)
+                          segment_um=segment_um, barrier_width_um=barrier_width_um, margin_um=margin_um)
     params = {**types, "segment_um": float(segment_um), "barrier_width_um": float(barrier_width_um),
               "barrier_density": float(barrier_density), "margin_um": float(margin_um),
               "colocalization_radii_um": [float(r) for r in colocalization_radii_um],
               "n_shifts": int(n_shifts), "n_sim": int(n_sim), "seed": int(seed),
-              "min_band_fraction": _MIN_BAND_FRACTION, "t_ratio_pseudocount": 0.5,
-              "supply_reach_um": float(supply_reach_um)}
-    bw, mw, sw = float(barrier_width_um), float(margin_um), float(supply_reach_um)
+              "min_band_fraction": _MIN_BAND_FRACTION, "t_ratio_pseudocount": 0.5}
+    bw, mw = float(barrier_width_um), float(margin_um)
     total = 6
     report(progress, "barrier", 0, total)
 
@@ -205,11 +202,11 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     sub = geo.perimeter_segments(region, segment_um=float(segment_um),
                                  subdivide=_COVERAGE_SUBDIVIDE).reset_index(drop=True)
     parent = np.arange(len(sub)) // _COVERAGE_SUBDIVIDE
-    c = _assign_cells(cells, region, sub, parent, types, max(bw, mw, sw), signed_dist_um)
+    c = _assign_cells(cells, region, sub, parent, types, max(bw, mw), signed_dist_um)
     report(progress, "barrier", 1, total)
-    areas = _band_areas(sub, parent, len(seg), region, tissue, bw, mw, sw)
+    areas = _band_areas(sub, parent, len(seg), region, tissue, bw, mw)
     report(progress, "barrier", 2, total)
-    seg, prof = _segment_table(seg, sub, parent, c, areas, bw, mw, sw, float(barrier_density))
+    seg, prof = _segment_table(seg, sub, parent, c, areas, bw, mw, float(barrier_density))
     report(progress, "barrier", 3, total)
     runs, gap_runs, covered_geometry, gap_geometry = _coverage_runs(sub, prof)
     link = _link(seg, n_shifts, seed)
@@ -257,8 +254,6 @@ class _Cells:
 
     x: np.ndarray
     y: np.ndarray
-    xu: np.ndarray
-    yu: np.ndarray
     is_mac: np.ndarray
     is_caf: np.ndarray
     d: np.ndarray
@@ -295,27 +290,26 @@ def _assign_cells(cells, region, sub, parent, types, reach, signed_dist_um) -> _
     if n_sub and near.any():
         sub_of[near] = np.asarray(geo.assign_segments(xu[near], yu[near], sub), np.int64)
     sid = np.where(sub_of >= 0, parent[np.maximum(sub_of, 0)] if n_sub else -1, -1)
-    return _Cells(x=x, y=y, xu=xu, yu=yu, is_mac=is_mac, is_caf=is_caf, d=d, sub_of=sub_of, sid=sid,
+    return _Cells(x=x, y=y, is_mac=is_mac, is_caf=is_caf, d=d, sub_of=sub_of, sid=sid,
                   bar=is_bar[use], mac=is_mac[use], caf=is_caf[use], t=is_t[use])
 
 
-def _band_areas(sub, parent, n_seg, region, tissue, bw, mw, sw) -> dict:
-    """Tissue area of the barrier band per sub-segment, and of the barrier / T / supply bands per segment."""
+def _band_areas(sub, parent, n_seg, region, tissue, bw, mw) -> dict:
+    """Tissue area of the barrier band per sub-segment, and of the barrier / T bands per segment."""
     from tibspace import tissue as geo
 
     if len(sub):
         sub_area = geo.segment_band_areas_um2(sub, region, tissue, 0.0, bw)
         sub_t_outer = sub_area if mw == bw else geo.segment_band_areas_um2(sub, region, tissue, 0.0, mw)
         sub_t_inner = geo.segment_band_areas_um2(sub, region, tissue, -mw, 0.0)
-        sub_supply = geo.segment_band_areas_um2(sub, region, tissue, 0.0, sw)
     else:
-        sub_area = sub_t_outer = sub_t_inner = sub_supply = np.zeros(0)
-    outer, t_outer, t_inner, supply = (np.bincount(parent, weights=a, minlength=n_seg)
-                                       for a in (sub_area, sub_t_outer, sub_t_inner, sub_supply))
-    return {"sub": sub_area, "outer": outer, "t_outer": t_outer, "t_inner": t_inner, "supply": supply}
+        sub_area = sub_t_outer = sub_t_inner = np.zeros(0)
+    outer, t_outer, t_inner = (np.bincount(parent, weights=a, minlength=n_seg)
+                               for a in (sub_area, sub_t_outer, sub_t_inner))
+    return {"sub": sub_area, "outer": outer, "t_outer": t_outer, "t_inner": t_inner}
 
 
-def _segment_table(seg, sub, parent, c: _Cells, areas, bw, mw, sw, barrier_density):
+def _segment_table(seg, sub, parent, c: _Cells, areas, bw, mw, barrier_density):
     """Per-segment counts, densities, coverage, thickness and T ratio; the sub-segment profile."""
     n_seg, n_sub = len(seg), len(sub)
     sid, d = c.sid, c.d
@@ -325,7 +319,6 @@ def _segment_table(seg, sub, parent, c: _Cells, areas, bw, mw, sw, barrier_densi
     n_caf = _crosstab_band(sid, in_bar_band & c.caf, n_seg)
     n_t_in = _crosstab_band(sid, (sid >= 0) & (d > -mw) & (d <= 0) & c.t, n_seg)
     n_t_out = _crosstab_band(sid, (sid >= 0) & (d > 0) & (d <= mw) & c.t, n_seg)
-    n_t_sup = _crosstab_band(sid, (sid >= 0) & (d > 0) & (d <= sw) & c.t, n_seg)
     length = seg["length_um"].to_numpy(float)
     outer_area, t_outer_area, t_inner_area = areas["outer"], areas["t_outer"], areas["t_inner"]
     nominal_bar = length * bw
@@ -338,20 +331,13 @@ def _segment_table(seg, sub, parent, c: _Cells, areas, bw, mw, sw, barrier_densi
         t_out_dens = np.where(t_outer_area > 0, n_t_out / t_outer_area * 1e6, np.nan)
         t_ratio = np.where(assessable & t_ok,
                            ((n_t_in + 0.5) / t_inner_area) / ((n_t_out + 0.5) / t_outer_area), np.nan)
-        sup_area = areas["supply"]
-        e_ok = assessable & (t_inner_area >= _MIN_BAND_FRACTION * nominal_t) & (
-            sup_area >= _MIN_BAND_FRACTION * length * sw)
-        t_entry = np.where(e_ok, np.log(((n_t_in + 0.5) / t_inner_area) / ((n_t_sup + 0.5) / sup_area)), np.nan)
 
     sub_of = c.sub_of
     in_band_any = (sub_of >= 0) & (d > 0) & (d <= bw) & (c.bar | c.mac | c.caf)
-    lining = in_band_any & c.bar
-    prof = coverage_profile(sub, _crosstab_band(sub_of, lining, n_sub),
+    prof = coverage_profile(sub, _crosstab_band(sub_of, in_band_any & c.bar, n_sub),
                             _crosstab_band(sub_of, in_band_any & c.mac, n_sub),
                             _crosstab_band(sub_of, in_band_any & c.caf, n_sub), areas["sub"],
-                            barrier_width_um=bw, barrier_density=barrier_density, window=_COVERAGE_SUBDIVIDE,
-                            cell_sub=sub_of[lining], cell_arc_um=_arc_positions(sub, sub_of[lining],
-                                                                                c.xu[lining], c.yu[lining]))
+                            barrier_width_um=bw, barrier_density=barrier_density, window=_COVERAGE_SUBDIVIDE)
     sub_len = sub["length_um"].to_numpy(float)
     sub_cov = prof["covered"].to_numpy(bool)
     # a segment (for the link test and the segment table) is covered when most of its length is
@@ -361,17 +347,8 @@ def _segment_table(seg, sub, parent, c: _Cells, areas, bw, mw, sw, barrier_densi
     seg = seg.assign(n_barrier=n_bar, n_macrophage=n_mac, n_caf=n_caf, outer_area_um2=outer_area,
                      barrier_density_per_mm2=dens, assessable=assessable, covered=covered,
                      thickness_um=thick, n_t_inner=n_t_in, n_t_outer=n_t_out, inner_area_um2=t_inner_area,
-                     t_inner_density=t_in_dens, t_outer_density=t_out_dens, t_ratio=t_ratio,
-                     n_t_supply=n_t_sup, supply_area_um2=sup_area, t_entry=t_entry)
+                     t_inner_density=t_in_dens, t_outer_density=t_out_dens, t_ratio=t_ratio)
     return seg, prof
-
-
-def _arc_positions(sub, rows, x, y) -> np.ndarray:
-    """Arc position (µm from the ring start) of the nearest boundary point of each cell on its sub-segment."""
-    if rows.size == 0:
-        return np.zeros(0)
-    geoms = np.asarray(sub["geometry"].to_numpy(), dtype=object)[rows]
-    return sub["start_um"].to_numpy(float)[rows] + shapely.line_locate_point(geoms, shapely.points(x, y))
 
 
 def _thickness(sid, d, sel, covered, n_seg) -> np.ndarray:
@@ -409,14 +386,11 @@ def _ring_keys(seg):
 
 
 def _link(seg, n_shifts, seed, mask=None) -> dict:
-    """Entry-index circular-shift test over the segments (all, or those in ``mask``)."""
+    """Circular-shift link test over the segments (all, or those in ``mask``)."""
     m = slice(None) if mask is None else mask
-    ok = np.isfinite(seg["t_entry"].to_numpy(float))
-    a_in = np.where(ok, seg["inner_area_um2"].to_numpy(float), np.nan)
-    return entry_shift_test(seg["n_t_inner"].to_numpy(float)[m], a_in[m], seg["n_t_supply"].to_numpy(float)[m],
-                            seg["supply_area_um2"].to_numpy(float)[m], seg["covered"].to_numpy(bool)[m],
-                            _ring_keys(seg)[m], seg["position"].to_numpy(np.int64)[m],
-                            n_shifts=n_shifts, seed=seed)
+    return circular_shift_test(seg["t_ratio"].to_numpy(float)[m], seg["covered"].to_numpy(bool)[m],
+                               _ring_keys(seg)[m], seg["position"].to_numpy(np.int64)[m],
+                               n_shifts=n_shifts, seed=seed)
 
 
 def _per_nest_table(seg, sub, prof, gap_runs, n_nests, n_shifts, seed) -> pd.DataFrame:
@@ -448,8 +422,8 @@ def _per_nest_table(seg, sub, prof, gap_runs, n_nests, n_shifts, seed) -> pd.Dat
             "mean_thickness_um": float(np.nanmean(thick[m & covered])) if (m & covered).any() else float("nan"),
             "n_macrophage_barrier": nm, "n_caf_barrier": nc,
             "macrophage_caf_ratio": nm / nc if nc > 0 else float("nan"),
-            "link_entry_covered": lk["entry_covered"],
-            "link_entry_uncovered": lk["entry_uncovered"],
+            "link_median_t_ratio_covered": lk["median_covered"],
+            "link_median_t_ratio_uncovered": lk["median_uncovered"],
             "link_difference": lk["statistic"], "link_p_value": lk["p_value"],
             "link_exact": lk["exact"],
         })
@@ -512,18 +486,17 @@ def _coloc_summary(coloc, note) -> dict:
 
 def _link_summary(link) -> dict:
     return {
-        "statistic": "log(entry | covered) - log(entry | uncovered)",
-        "entry": ("(sum n_T inner / inner area) / (sum n_T supply / supply area) over a set of segments "
-                  "(+0.5 on each pooled count); inner: -margin < d <= 0, supply: 0 < d <= supply_reach_um"),
-        "alternative": "less: T cells enter the tumour less, per T cell available outside, where covered",
+        "statistic": "median(t_ratio | covered) - median(t_ratio | uncovered)",
+        "t_ratio": "((n_T inner + 0.5) / inner area) / ((n_T outer + 0.5) / outer area) per segment",
+        "alternative": "less: covered segments have a LOWER T inner/outer density ratio",
         "difference": link["statistic"], "p_value": link["p_value"],
-        "entry_covered": link["entry_covered"], "entry_uncovered": link["entry_uncovered"],
+        "median_t_ratio_covered": link["median_covered"],
+        "median_t_ratio_uncovered": link["median_uncovered"],
         "n_covered": link["n_covered"], "n_uncovered": link["n_uncovered"],
         "n_shifts": link["n_shifts"], "exact": link["exact"],
         "n_informative_rings": link["n_informative_rings"],
-        "null": "covered labels rotated along each boundary ring by independent uniform offsets, pooled over rings",
+        "null": "covered labels rotated along each boundary ring by independent uniform offsets",
         "note": ("" if link["n_informative_rings"] else
-                 "not tested (p undefined): no boundary ring has both covered and uncovered segments, and "
-                 "the within-ring shift test compares segments along the same boundary only (compare nests "
-                 "with per_nest barrier_coverage instead)"),
+                 "no boundary ring has both covered and uncovered segments: the within-ring shift test "
+                 "has no power here (compare nests with per_nest barrier_coverage instead)"),
     }

@@ -240,8 +240,7 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
                        outside_band_um: float = 200.0, desert_density: float = 50.0,
                        excluded_ratio: float = 0.5, bandwidth_um: float = 30.0, grid_um: float = 10.0,
                        exclusion_fraction: float = 0.25, min_zone_area_um2: float = 2500.0,
-                       zone_alpha: float = 0.05, min_reference_t_cells: int | None = None,
-                       progress=None) -> ExclusionResult:
+                       zone_alpha: float = 0.05, progress=None) -> ExclusionResult:
     """T-cell densities by compartment, immune phenotype calls and exclusion zones.
 
     Parameters
@@ -249,7 +248,7 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
     cells : pandas.DataFrame
         ``x_um``, ``y_um``, ``phenotype`` (other columns ignored; the signed
         distance is recomputed from ``region`` so it always matches it).
-    region : tibspace.tissue.TumourRegion
+    region : tibspace.geometry.TumourRegion
         Tumour nests (µm).
     tissue : shapely geometry
         Tissue region (µm); every density is per tissue area.
@@ -274,14 +273,6 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
         stromal density predicts for its area: one-sided Poisson
         ``P(N ≤ n_observed | stromal density × area) < zone_alpha`` (1 keeps
         every zone, as metrics.md does).
-    min_reference_t_cells : int, optional
-        Fewest stromal T cells the zone reference density may rest on; below
-        it no zones are drawn and ``sample["zones_drawn"]`` is False with the
-        reason in ``zone_note``. Default: the smallest n whose exact Poisson
-        95 % CI (upper / lower bound) spans less than the factor
-        1 / ``exclusion_fraction`` between the reference and the zone
-        threshold (10 at 0.25), so a zone at the threshold is distinguishable
-        from the reference itself.
     progress : callable, optional
 
     Returns
@@ -295,7 +286,7 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
 
     Examples
     --------
-    >>> from tibspace.tissue import TumourRegion
+    >>> from tibspace.geometry import TumourRegion
     >>> rng = np.random.default_rng(0)
     >>> nest = shapely.Point(500, 500).buffer(200)
     >>> x, y = rng.uniform(0, 1000, 3000), rng.uniform(0, 1000, 3000)
@@ -319,9 +310,7 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
               "desert_density": float(desert_density), "excluded_ratio": float(excluded_ratio),
               "bandwidth_um": float(bandwidth_um), "grid_um": float(grid_um),
               "exclusion_fraction": float(exclusion_fraction), "min_zone_area_um2": float(min_zone_area_um2),
-              "zone_alpha": float(zone_alpha),
-              "min_reference_t_cells": int(min_reference_t_cells if min_reference_t_cells is not None
-                                           else _min_reference_t_cells(exclusion_fraction))}
+              "zone_alpha": float(zone_alpha)}
     steps = 4
     report(progress, "exclusion", 0, steps)
     t = _t_cells(cells, region, t_types, w, ob)
@@ -332,12 +321,8 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
     stromal = sample["t_density_stroma_per_mm2"]
     threshold = exclusion_fraction * stromal if math.isfinite(stromal) else float("nan")
     maps, bands = _side_maps(t, region, tissue, w, bandwidth_um, grid_um)
-    gate_note = _zone_gate(sample, params["min_reference_t_cells"], exclusion_fraction)
-    if gate_note:
-        zones, zone_n, zone_e, zone_p, zone_note = [], np.zeros(0), np.zeros(0), np.zeros(0), gate_note
-    else:
-        zones, zone_n, zone_e, zone_p, zone_note = _zones(t, maps, bands, stromal, threshold, grid_um,
-                                                          min_zone_area_um2, zone_alpha)
+    zones, zone_n, zone_e, zone_p, zone_note = _zones(t, maps, bands, stromal, threshold, grid_um,
+                                                      min_zone_area_um2, zone_alpha)
     dmap = _display_map(maps, grid_um)
     report(progress, "exclusion", 3, steps)
     zone_table, per_border, per_len = _zone_borders(zones, zone_n, zone_e, zone_p, region, per_nest)
@@ -355,9 +340,6 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
         "zone_band_fraction": float(zone_union.area / band_area) if band_area > 0 else float("nan"),
         "zone_perimeter_fraction": float(per_border.sum() / total) if total > 0 else float("nan"),
         "zone_note": zone_note,
-        "zones_drawn": not gate_note,
-        "zone_reference_n_t": int(sample["n_t_stroma"]),
-        "zone_reference_ok": int(sample["n_t_stroma"]) >= params["min_reference_t_cells"],
         "n_per_nest_calls": {c: int(np.sum(per_nest["immune_phenotype"] == c)) if len(region.nests) else 0
                              for c in ("inflamed", "excluded", "desert", "undetermined")},
     })
@@ -450,41 +432,6 @@ def _side_maps(t: _TCells, region, tissue, w, bandwidth_um, grid_um):
     bands = {"inside": geo.band_geometry(region, tissue, -w, 0.0),
              "outside": geo.band_geometry(region, tissue, 0.0, w)}
     return maps, bands
-
-
-def _min_reference_t_cells(exclusion_fraction: float, level: float = 0.95) -> int:
-    """Smallest count whose exact Poisson CI (upper / lower) is narrower than 1 / exclusion_fraction.
-
-    Examples
-    --------
-    >>> _min_reference_t_cells(0.25)
-    10
-    """
-    from scipy.stats import chi2
-
-    target = 1.0 / max(float(exclusion_fraction), 1e-6)
-    a = (1.0 - level) / 2
-    for n in range(1, 10_000):
-        if chi2.ppf(1 - a, 2 * n + 2) / chi2.ppf(a, 2 * n) < target:
-            return n
-    return 10_000
-
-
-def _zone_gate(sample: dict, min_reference: int, exclusion_fraction: float) -> str:
-    """Why no zones may be drawn ('' when they may): zones and the call come from one model.
-
-    Zones mark where T cells available outside fail to enter, so they need a
-    stromal reference resting on enough T cells, and they are not drawn for
-    a ``desert`` call (no T cells to exclude).
-    """
-    n_ref = int(sample["n_t_stroma"])
-    if sample["immune_phenotype"] == "desert":
-        return ("no zones: the sample is a desert (too few T cells on either side of the boundary); "
-                "exclusion zones need T cells held outside the tumour")
-    if n_ref < min_reference:
-        return (f"no zones: the stromal reference density rests on {n_ref} T cell(s) (< {min_reference}, "
-                f"whose Poisson 95 % CI spans a factor < {1 / exclusion_fraction:g} = 1 / exclusion_fraction)")
-    return ""
 
 
 def _zones(t: _TCells, maps, bands, stromal, threshold, grid_um, min_zone_area_um2, zone_alpha):
