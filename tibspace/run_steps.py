@@ -1,0 +1,510 @@
+"""The steps of one analysis run (:func:`tibspace.pipeline.analyze_cells`).
+
+Phenotypes → tissue window and statistics (background thread) → tumour nests
+(clipped to the imaged frame, tested for being tumour), annotation, profiles,
+exclusion and per-nest profile (background thread) → barrier and shield →
+metrics. Each background thread gets its own copies of the geometries it reads
+(:func:`_thread_copy`); see the concurrency rule in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tibspace import __version__
+from tibspace.errors import InputError, NoTumourRegionError
+from tibspace.progress import report
+
+
+class _Timer:
+    def __init__(self, timings: dict):
+        self.timings = timings
+
+    def __call__(self, name: str):
+        timings = self.timings
+
+        class _T:
+            def __enter__(self_inner):
+                self_inner.t0 = time.perf_counter()
+
+            def __exit__(self_inner, *exc):
+                timings[name] = timings.get(name, 0.0) + time.perf_counter() - self_inner.t0
+
+        return _T()
+
+
+
+def _clip_region(region, tissue, skipped):
+    """The nests clipped to the tissue (which is clipped to the imaged frame); None if nothing is left."""
+    import shapely
+
+    from tibspace.tissue import TumourRegion
+
+    clipped = shapely.intersection(np.asarray(region.nests, dtype=object), tissue)
+    min_area = float(region.parameters.get("min_nest_area_um2", 0.0))
+    parts = [p for p in shapely.get_parts(clipped) if p.geom_type == "Polygon" and p.area >= min_area]
+    if not parts:
+        skipped["tumour_geometry"] = "no tumour nest is left inside the imaged tissue"
+        return None
+    if len(parts) == region.n_nests and all(abs(a.area - b.area) < 1e-9 * max(b.area, 1) for a, b in
+                                            zip(sorted(parts, key=lambda g: g.area), sorted(region.nests, key=lambda g: g.area))):
+        return region  # nothing clipped: keep the region as built
+    return TumourRegion.from_polygons(parts, source=region.source, parameters=region.parameters)
+
+
+def image_frame(shape_yx, pixel_size_um: float):
+    """The imaged area of a ``(Y, X)`` image in µm (pixel (r, c) is centred at (c·px, r·px)).
+
+    Examples
+    --------
+    >>> image_frame((10, 20), 0.5).bounds
+    (-0.25, -0.25, 9.75, 4.75)
+    """
+    import shapely
+
+    ny, nx = (int(v) for v in shape_yx)
+    h = pixel_size_um / 2
+    return shapely.box(-h, -h, nx * pixel_size_um - h, ny * pixel_size_um - h)
+
+
+def _thread_copy(obj):
+    """A private copy of a geometry (or an object holding geometries) for another thread."""
+    import pickle
+
+    return None if obj is None else pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+class _Run:
+    """The steps of :func:`analyze_cells`, sharing the run's parameters, skips and metrics."""
+
+    def __init__(self, panel, seed, progress, timings):
+        self.panel = panel
+        self.params = dict(panel.parameters)
+        self.roles = panel.roles
+        self.seed = int(seed)
+        self.progress = progress
+        self.timings = {} if timings is None else timings
+        self.timer = _Timer(self.timings)
+        self.skipped: dict[str, str] = {}
+        self.metrics: dict[str, Any] = {"tibspace_version": __version__, "seed": int(seed)}
+        self.gates_used: dict[str, float] = {}
+        self.defined: set[str] = set()
+
+    # ---- phenotypes
+    def phenotype(self, cells, image, channel_index, gate):
+        from tibspace.cells import gate_cells, phenotype_counts
+
+        panel, metrics = self.panel, self.metrics
+        if gate:
+            report(self.progress, "phenotyping", 0, 1)
+            channel_names = list(image.channel_names) if image is not None else None
+            with self.timer("phenotyping"):
+                channel_of = ({m: channel_names[channel_index[m]] for m in panel.markers}
+                              if channel_index is not None and channel_names is not None else None)
+                gating = gate_cells(cells, panel, channel_of, seed=self.seed)
+            cells = cells.copy()
+            cells["phenotype"] = gating.phenotype
+            self.gates_used = {m: g.value for m, g in gating.gates.items()}
+            metrics["gates"] = {m: g.to_dict() for m, g in gating.gates.items()}
+            metrics["warnings"] = list(metrics.get("warnings", [])) + list(gating.warnings)
+            report(self.progress, "phenotyping", 1, 1)
+        metrics["phenotype_counts"] = phenotype_counts(cells["phenotype"].to_numpy())
+        metrics["n_cells"] = int(len(cells))
+        self.defined = set(panel.phenotypes) | {panel.default_phenotype} | set(metrics["phenotype_counts"])
+        return cells
+
+    # ---- tissue window, and the statistics in a background thread
+    def tissue_and_statistics(self, result):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tibspace import tissue as geo
+
+        report(self.progress, "tissue geometry", 0, 1)
+        cells = result.cells
+        with self.timer("geometry"):
+            result.tissue = geo.tissue_region_from_cells(cells["x_um"].to_numpy(dtype=float),
+                                                         cells["y_um"].to_numpy(dtype=float))
+            if self.frame is not None and result.tissue is not None:
+                import shapely
+
+                result.tissue = shapely.intersection(result.tissue, self.frame)
+                self.metrics["imaged_area_mm2"] = float(self.frame.area) / 1e6
+        self.metrics["tissue_area_mm2"] = float(result.tissue.area) / 1e6 if result.tissue is not None else None
+        self.stats_skipped: dict[str, str] = {}
+        pool = ThreadPoolExecutor(1, thread_name_prefix="tibspace-statistics")
+        job = pool.submit(_statistics_and_nearest, cells, _thread_copy(result.tissue),
+                          dict(self.params, _roles=self.roles), self.seed, self.stats_skipped, self.timer)
+        pool.shutdown(wait=False)
+        return job
+
+    # ---- tumour region, annotation, profiles; exclusion and per-nest profile in the background
+    def tumour_geometry(self, result, image, channel_index, pixel_size_um):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tibspace import tissue as geo
+
+        params, cells = self.params, result.cells
+        is_tumour = cells["phenotype"].isin(list(self.roles.get("tumour", []))).to_numpy()
+        x = cells["x_um"].to_numpy(dtype=float)
+        y = cells["y_um"].to_numpy(dtype=float)
+        with self.timer("geometry"):
+            try:
+                result.region = geo.tumour_region_from_cells(
+                    x[is_tumour], y[is_tumour],
+                    tumour_cell_radius_um=float(params["tumour_cell_radius_um"]),
+                    closing_um=float(params["closing_um"]), min_hole_um2=float(params["min_hole_um2"]),
+                    min_nest_area_um2=float(params["min_nest_area_um2"]))
+            except NoTumourRegionError as exc:
+                self.skipped["tumour_geometry"] = str(exc)
+            if result.region is not None and result.tissue is not None:
+                result.region = _clip_region(result.region, result.tissue, self.skipped)
+            if result.region is not None:
+                result.region = self._tumour_nests_only(result.region, x, y, is_tumour)
+        region = result.region
+        if region is None:
+            cells = cells.copy()
+            cells["signed_dist_um"] = np.nan
+            cells["compartment"] = "no_tumour_region"
+            cells["nest_id"] = 0
+            result.cells = cells
+            report(self.progress, "tissue geometry", 1, 1)
+            self.steps = []
+            return {}
+        with self.timer("geometry"):
+            cells = geo.annotate_cells(cells, region, margin_um=float(params["margin_um"]))
+            segs = geo.perimeter_segments(region, segment_um=float(params["segment_um"]))
+            cells["segment_id"] = geo.assign_segments(x, y, segs)
+        result.segments = segs
+        self.metrics["tumour_region"] = {
+            "n_nests": int(region.n_nests),
+            "tumour_area_mm2": float(region.union.area) / 1e6,
+            "perimeter_um": float(sum(p.length for p in region.nests)),
+            "source": region.source,
+        }
+        report(self.progress, "tissue geometry", 1, 1)
+        result.cells = cells
+
+        # The exclusion analysis (numpy, scipy, GEOS: no numba kernels) needs only
+        # the annotated cells, so it starts now, beside the infiltration profile
+        # and the barrier and shield analyses, on its own copies of the geometries;
+        # the per-nest profile follows it in the same thread.
+        self.steps = list(_analysis_steps(result, self.panel, params, self.defined, image, channel_index,
+                                          pixel_size_um, self.seed, self.progress, self.skipped, self.timer))
+        pool = ThreadPoolExecutor(1, thread_name_prefix="tibspace-background")
+        own_region, own_tissue = _thread_copy(region), _thread_copy(result.tissue)
+        pending = {name: pool.submit(step, None, own_region, own_tissue) for name, step in self.steps
+                   if name == "exclusion" and len(self.steps) > 1}
+
+        from tibspace.stats import infiltration_profile
+
+        edges = np.arange(float(params["profile_min_um"]), float(params["profile_max_um"]) + 1e-9,
+                          float(params["profile_step_um"]))
+        with self.timer("profiles"):
+            result.profiles = infiltration_profile(cells, region, result.tissue, edges_um=edges)
+
+        def profiles_by_nest(cells=cells, region=own_region, tissue=own_tissue):
+            with self.timer("profiles_by_nest"):
+                return infiltration_profile(cells, region, tissue, edges_um=edges, by_nest=True)
+
+        pending["_profiles_by_nest"] = pool.submit(profiles_by_nest)
+        pool.shutdown(wait=False)  # no more work; the thread ends with its tasks
+        return pending
+
+    def _tumour_nests_only(self, region, x, y, is_tumour):
+        """Drop nests that are not made of tumour (:mod:`tibspace.tissue.composition`); reasons to metrics."""
+        from tibspace.tissue import filter_nests
+
+        p = self.params
+        kept, comp = filter_nests(region, x, y, is_tumour, min_tumour_cells=int(p["min_nest_tumour_cells"]),
+                                  min_tumour_density=float(p["min_nest_tumour_density"]),
+                                  min_purity=float(p["min_nest_purity"]))
+        dropped = comp[~comp["kept"]]
+        self.metrics["nest_composition"] = {
+            "n_candidates": int(len(comp)), "n_dropped": int(len(dropped)),
+            "dropped": dropped[["area_um2", "n_cells", "n_tumour", "purity", "tumour_density_per_mm2",
+                                "reason"]].to_dict(orient="list"),
+            "purity_kept": comp.loc[comp["kept"], "purity"].tolist()}
+        if kept is None:
+            self.skipped["tumour_geometry"] = (f"no tumour nest: all {len(comp)} candidate regions fail the nest test "
+                                               f"({dropped['reason'].iloc[0]})")
+        return kept
+
+    # ---- statistics from their thread
+    def collect_statistics(self, result, job):
+        report(self.progress, "statistics", 0, 1)
+        result.stats, stat_metrics, nearest = job.result()
+        report(self.progress, "statistics", 1, 1)
+        self.skipped.update(self.stats_skipped)
+        self.metrics["statistics"] = stat_metrics
+        if nearest is not None:
+            cells = result.cells.copy()
+            for c in nearest.columns:
+                cells[c] = nearest[c].to_numpy()
+            result.cells = cells
+
+    # ---- the three analyses
+    def analyses(self, result, pending):
+        analyses: dict[str, Any] = {}
+        if result.region is None:
+            for name in ("barrier", "shield", "exclusion"):
+                self.skipped[name] = "no tumour region: " + self.skipped.get("tumour_geometry", "")
+            result.analyses = analyses
+            return
+        for name, step in self.steps:
+            if name in pending:
+                continue
+            try:
+                analyses[name] = step()
+            except InputError as exc:  # data the analysis cannot use: say why, keep the rest
+                self.skipped[name] = str(exc)
+        for name, fut in pending.items():
+            if name.startswith("_"):
+                continue
+            report(self.progress, name, 0, 1)
+            try:
+                analyses[name] = fut.result()
+            except InputError as exc:
+                self.skipped[name] = str(exc)
+            report(self.progress, name, 1, 1)
+        result.profiles_by_nest = pending["_profiles_by_nest"].result()
+        # keep the analyses in their fixed order (metrics.json is byte-identical run to run)
+        result.analyses = {name: analyses[name] for name, _ in self.steps if name in analyses}
+
+    def finish(self, result):
+        metrics = self.metrics
+        result.per_nest = _per_nest_table(result)
+        metrics.update(result.metrics)  # e.g. mask gates recorded by the shield step
+        metrics["analyses"] = _with_file_references({k: v.to_dict() for k, v in result.analyses.items()})
+        metrics["skipped"] = self.skipped
+        metrics["parameters"] = self.params
+        metrics["panel"] = self.panel.to_dict()
+        result.metrics = metrics
+        return result
+
+
+def _run_statistics(cells, tissue, params, seed, progress, skipped):
+    from tibspace.stats import neighbourhood_enrichment
+    from tibspace.stats import cross_l_all_pairs
+
+    stats: dict[str, pd.DataFrame] = {}
+    out: dict[str, Any] = {}
+    n_types = cells["phenotype"].nunique()
+    if len(cells) < 2 or n_types < 2:
+        skipped["statistics"] = f"needs ≥ 2 cells of ≥ 2 phenotypes (have {len(cells)} cells, {n_types} phenotypes)"
+        return stats, out
+    report(progress, "neighbourhood enrichment", 0, 1)
+    ne = neighbourhood_enrichment(cells, method="exact", radius_um=float(params["graph_radius_um"]), seed=seed)
+    stats["neighbourhood_enrichment"] = ne.to_frame()
+    out["neighbourhood_enrichment"] = {"graph": "radius", "radius_um": float(params["graph_radius_um"]),
+                                       "method": "exact permutation moments"}
+    report(progress, "neighbourhood enrichment", 1, 1)
+    radii = np.arange(5.0, 100.0 + 1e-9, 5.0)
+    window = tissue
+    try:
+        cross = cross_l_all_pairs(cells, radii, window, edge_correction="isotropic", outside="drop",
+                                  progress=progress)
+        cross = _with_envelopes(cross, cells, radii, window, params, seed, progress)
+        stats["cross_L"] = cross
+        out["cross_L"] = {"radii_um": radii.tolist(), "edge_correction": "isotropic", "window": "tissue region",
+                          "envelope": f"random labelling among the pair's cells ({int(params.get('n_envelope_sim', 99))} "
+                                      "permutations, pointwise); "
+                                      "computed for the role pairs in key_pairs, NaN for the other pairs",
+                          "key_pairs": sorted({f"{a}->{b}" for a, b in _key_pairs(cells, params)})}
+    except InputError as exc:
+        skipped["cross_L"] = str(exc)
+    return stats, out
+
+
+def _key_pairs(cells, params):
+    """The type pairs whose spatial relation the analyses are about (present in the table)."""
+    roles = params.get("_roles", {})
+    present = set(cells["phenotype"].astype(str))
+    pairs = []
+    for ra, rb in (("tumour", "effector_t"), ("spp1_macrophage", "caf"), ("neutrophil", "effector_t"),
+                   ("barrier", "effector_t")):
+        for a in roles.get(ra, []):
+            for b in roles.get(rb, []):
+                if a in present and b in present and a != b:
+                    pairs.append((a, b))
+    return list(dict.fromkeys(pairs))
+
+
+def _with_envelopes(cross, cells, radii, window, params, seed, progress):
+    """Add random-labelling envelope columns (lo, hi, p_value) to the cross-L table for the key pairs."""
+    from tibspace.stats import random_labelling_envelope
+
+    cross = cross.copy()
+    for col in ("envelope_lo", "envelope_hi", "p_value"):
+        cross[col] = np.nan
+    n_sim = int(params.get("n_envelope_sim", 99))
+    pairs = _key_pairs(cells, params) if n_sim > 0 else []  # 0 = no envelopes (fastest)
+    for k, (a, b) in enumerate(pairs):
+        report(progress, "cross-L envelopes", k, len(pairs))
+        env = random_labelling_envelope(cells, "cross_L", a, b, radii, window,
+                                        n_sim=n_sim, seed=seed,
+                                        outside="drop")
+        sel = (cross["type_a"] == a) & (cross["type_b"] == b)
+        idx = cross.index[sel]
+        order = np.searchsorted(radii, cross.loc[idx, "r_um"].to_numpy())
+        cross.loc[idx, "envelope_lo"] = env["lo"].to_numpy()[order]
+        cross.loc[idx, "envelope_hi"] = env["hi"].to_numpy()[order]
+        cross.loc[idx, "p_value"] = env["p_value"].to_numpy()[order]
+    report(progress, "cross-L envelopes", len(pairs), len(pairs))
+    return cross
+
+
+def _statistics_and_nearest(cells, tissue, params, seed, skipped, timer):
+    """Statistics tables and metrics, and each cell's nearest distance to every
+    phenotype (a frame aligned with ``cells``, None for < 2 cells).
+
+    Runs in a background thread: no progress callbacks from here (the caller
+    reports), skips go to the caller's ``skipped``."""
+    from tibspace.stats import nearest_distance_to_phenotypes
+
+    with timer("statistics"):
+        stats, stat_metrics = _run_statistics(cells, tissue, params, seed, None, skipped)
+    with timer("nearest_distances"):
+        nearest = nearest_distance_to_phenotypes(cells) if len(cells) >= 2 else None
+    return stats, stat_metrics, nearest
+
+
+def _analysis_steps(result, panel, params, defined, image, channel_index, pixel_size_um, seed, progress,
+                    skipped, timer):
+    """Yield ``(name, run)`` for every analysis that can run; record the others in ``skipped``."""
+    roles = panel.roles
+
+    def missing_roles(*names):
+        return [r for r in names if not (set(roles.get(r, [])) & defined)]
+
+    miss = missing_roles("effector_t")
+    if miss:
+        skipped["exclusion"] = f"the panel defines no phenotype for role(s) {miss} (e.g. CD8_T = \"CD3+ & CD8+\")"
+    else:
+        def run_exclusion(progress=progress, region=None, tissue=None):
+            from tibspace.analyses import exclusion_analysis
+
+            region = result.region if region is None else region
+            tissue = result.tissue if tissue is None else tissue
+            with timer("exclusion"):
+                ex = exclusion_analysis(
+                    result.cells, region, tissue, t_types=tuple(roles["effector_t"]),
+                    margin_um=float(params["margin_um"]), outside_band_um=float(params["outside_band_um"]),
+                    desert_density=float(params["desert_density"]), excluded_ratio=float(params["excluded_ratio"]),
+                    bandwidth_um=float(params["exclusion_bandwidth_um"]), grid_um=float(params["exclusion_grid_um"]),
+                    exclusion_fraction=float(params["exclusion_fraction"]),
+                    min_zone_area_um2=float(params["exclusion_min_area_um2"]),
+                    zone_alpha=float(params["exclusion_zone_alpha"]), progress=progress)
+            result.exclusion_zones = list(getattr(ex, "zones", []) or [])
+            return ex
+
+        yield "exclusion", run_exclusion
+
+    miss = missing_roles("spp1_macrophage", "caf", "effector_t")
+    if miss:
+        skipped["barrier"] = (f"the panel defines no phenotype for role(s) {', '.join(miss)} "
+                              f"(a TIB needs SPP1+ macrophages and CAFs: add an SPP1 marker and e.g. "
+                              f"SPP1_macrophage = \"CD68+ & SPP1+\")")
+    else:
+        def run_barrier():
+            from tibspace.analyses import barrier_analysis
+
+            with timer("barrier"):
+                br = barrier_analysis(
+                    result.cells, result.region, result.tissue,
+                    barrier_types=tuple(roles["barrier"]), macrophage_types=tuple(roles["spp1_macrophage"]),
+                    caf_types=tuple(roles["caf"]), t_types=tuple(roles["effector_t"]),
+                    segment_um=float(params["segment_um"]), barrier_width_um=float(params["barrier_width_um"]),
+                    barrier_density=float(params["barrier_density"]), margin_um=float(params["margin_um"]),
+                    colocalization_radii_um=tuple(params["colocalization_radii_um"]),
+                    n_shifts=int(params["n_shifts"]), seed=seed,
+                    signed_dist_um=result.cells["signed_dist_um"].to_numpy(float), progress=progress)
+            result.segments = br.segments
+            return br
+
+        yield "barrier", run_barrier
+
+    mask_specs = dict(panel.masks)
+    if image is None:
+        skipped["shield"] = "needs NET/collagen-I pixel masks from an image (cell-table-only run)"
+    elif not mask_specs:
+        skipped["shield"] = "the panel has no [masks] section (NET from CitH3, collagen I from COL1)"
+    elif missing_roles("tumour", "effector_t"):
+        skipped["shield"] = "the panel defines no tumour or effector T phenotype"
+    else:
+        for name in ("net", "col1"):
+            if name not in mask_specs:
+                what = "NET (CitH3, optionally requiring MPO)" if name == "net" else "collagen I (COL1)"
+                skipped[f"shield_{name}"] = f"the panel has no [masks] {name} entry for {what}: that part of the shield is not measured"
+
+        def run_shield():
+            from tibspace.analyses import shield_analysis, shield_masks
+
+            with timer("shield"):
+                masks, mask_gates = shield_masks(image, mask_specs, channel_index, pixel_size_um,
+                                                 tile_size_px=int(params.get("tile_size_px", 2048)), progress=progress)
+                sh = shield_analysis(
+                    result.cells, _labels_array(result.labels), masks, pixel_size_um, result.region,
+                    tissue=result.tissue,
+                    tumour_types=tuple(roles["tumour"]), t_types=tuple(roles["effector_t"]),
+                    neutrophil_types=tuple(roles.get("neutrophil", ())),
+                    shield_ring_um=float(params["shield_ring_um"]),
+                    shield_min_coverage=float(params["shield_min_coverage"]),
+                    nest_strip_um=float(params["nest_strip_um"]), contact_um=float(params["contact_um"]),
+                    antagonism_tile_um=float(params["antagonism_tile_um"]),
+                    antagonism_radii_um=tuple(params["antagonism_radii_um"]), seed=seed, progress=progress)
+            result.masks = masks
+            result.metrics.setdefault("mask_gates", {}).update(mask_gates)
+            per_cell = getattr(sh, "per_cell", None)
+            if per_cell is not None and len(per_cell):
+                cols = [c for c in per_cell.columns if c != "cell_id"]
+                result.cells = result.cells.drop(columns=[c for c in cols if c in result.cells.columns]).merge(
+                    per_cell, on="cell_id", how="left")
+            return sh
+
+        yield "shield", run_shield
+
+
+# Tables and geometries that an analysis' dict repeats from another output file:
+# metrics.json names the file instead (it holds numbers; 24 MB → ~kB at 1M cells).
+_IN_OTHER_FILES = {("barrier", "segments"): "segments.csv",
+                   ("exclusion", "zones_wkt"): "exclusion_zones.geojson"}
+
+
+def _with_file_references(analyses: dict) -> dict:
+    for (name, key), file in _IN_OTHER_FILES.items():
+        value = analyses.get(name, {}).get(key)
+        if value is None:
+            continue
+        n = len(next(iter(value.values()), [])) if isinstance(value, dict) else len(value)
+        analyses[name][key] = {"file": file, "n": int(n)}
+    return analyses
+
+
+def _labels_array(labels):
+    if labels is None or isinstance(labels, np.ndarray):
+        return labels
+    return np.asarray(labels)
+
+
+def _per_nest_table(result) -> pd.DataFrame:
+    """One row per nest joining the geometry with every analysis' per-nest numbers."""
+    if result.region is None:
+        return pd.DataFrame()
+    nests = result.region.nests
+    base = pd.DataFrame({
+        "nest_id": np.arange(1, len(nests) + 1),
+        "area_um2": [p.area for p in nests],
+        "perimeter_um": [p.length for p in nests],
+        "centroid_x_um": [p.centroid.x for p in nests],
+        "centroid_y_um": [p.centroid.y for p in nests],
+    })
+    for name, res in result.analyses.items():
+        pn = getattr(res, "per_nest", None)
+        if isinstance(pn, pd.DataFrame) and "nest_id" in pn:
+            keep = [c for c in pn.columns if c == "nest_id" or c not in base.columns]
+            base = base.merge(pn[keep], on="nest_id", how="left")
+    return base
