@@ -168,7 +168,7 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
 
     Examples
     --------
-    >>> from tibspace.geometry import TumourRegion
+    >>> from tibspace.tissue import TumourRegion
     >>> rng = np.random.default_rng(0)
     >>> nest = shapely.Point(400, 400).buffer(150)
     >>> ang = np.linspace(0.05, np.pi - 0.05, 40); r = 150 + rng.uniform(2, 45, 40)   # half lined

@@ -177,7 +177,7 @@ def coverage_profile(sub: pd.DataFrame, n_barrier, n_macrophage, n_caf, band_are
 
     Examples
     --------
-    >>> from tibspace.geometry import TumourRegion, perimeter_segments
+    >>> from tibspace.tissue import TumourRegion, perimeter_segments
     >>> sub = perimeter_segments(TumourRegion.from_polygons([shapely.box(0, 0, 250, 250)]), 50.0,
     ...                          subdivide=5)                    # 100 sub-segments of 10 µm
     >>> lined = np.zeros(100, int); lined[:40] = 1               # one cell per 10 µm on 0-400 µm

@@ -286,7 +286,7 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
 
     Examples
     --------
-    >>> from tibspace.geometry import TumourRegion
+    >>> from tibspace.tissue import TumourRegion
     >>> rng = np.random.default_rng(0)
     >>> nest = shapely.Point(500, 500).buffer(200)
     >>> x, y = rng.uniform(0, 1000, 3000), rng.uniform(0, 1000, 3000)

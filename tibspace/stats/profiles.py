@@ -63,7 +63,7 @@ def infiltration_profile(cells: pd.DataFrame, region: TumourRegion, tissue, *, e
         Per nest: a cell belongs to its nearest nest (``nest_id``); a band's
         area for nest k is the part of the band whose nearest nest boundary is
         nest k's (nearest-boundary partition, see
-        :func:`tibspace.geometry.nest_band_areas_um2`). Inside a nest the
+        :func:`tibspace.tissue.nest_band_areas_um2`). Inside a nest the
         nearest boundary is always its own, so per-nest distances equal the
         global signed distance; per-nest areas sum to the global band areas.
     sample_id : optional
