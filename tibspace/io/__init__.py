@@ -4,16 +4,11 @@ from tibspace.io.files import atomic_path
 from tibspace.io.resultset import MANIFEST, check_free_space, result_set, safe_name, safe_path
 from tibspace.io.channels import normalise_name
 from tibspace.io.qupath import um_to_qupath_px, qupath_px_to_um
-from tibspace.io.images import (
-    MultiplexImage,
-    open_image,
-    check_not_empty,
-    write_ome_tiff,
-    write_labels_ome_tiff,
-    normalise_channel_name,
-    LENGTH_UNITS_UM,
-    check_pixel_size_um,
-)
+from tibspace.io.image import MultiplexImage, check_not_empty
+from tibspace.io.channels import normalise_name as normalise_channel_name
+from tibspace.io.tiff_meta import LENGTH_UNITS_UM, check_pixel_size_um
+from tibspace.io.tiff_read import open_image
+from tibspace.io.ome_write import write_labels_ome_tiff, write_ome_tiff
 from tibspace.io.tables import read_cell_table, standardise_cell_table
 from tibspace.io.thumbnail import composite_rgb, thumbnail
 

@@ -120,8 +120,34 @@ def standardise_cell_table(raw: pd.DataFrame, panel=None, *, source=None) -> tup
     m = getattr(panel, "table", None) if panel is not None else None
     get = (lambda k, d=None: getattr(m, k, None) if m is not None and getattr(m, k, None) is not None else d)
     cols = list(raw.columns)
+    raw, xcol, ycol, units = _xy_columns(raw, get, source)
+    px = get("pixel_size_um") or getattr(panel, "pixel_size_um", None)
+    x, y = _coordinates_um(raw, xcol, ycol, units, px, name)
+    phcol = _find(cols, get("phenotype"), _PHENOTYPE_CANDIDATES, what="phenotype", source=source)
+    ids = _cell_ids(raw, _find(cols, get("cell_id"), _ID_CANDIDATES, what="cell_id", source=source), name)
 
-    # coordinates
+    out = raw.drop(columns=[c for c in ("cell_id", "x_um", "y_um", "phenotype") if c in raw.columns and c != phcol])
+    out.insert(0, "cell_id", ids)
+    out["x_um"] = x
+    out["y_um"] = y
+    needs_gating = phcol is None
+    if phcol is not None:
+        ph = raw[phcol].astype(str).str.strip()
+        pmap = get("phenotype_map") or {}
+        if pmap:
+            ph = ph.map(lambda v: pmap.get(v, v))
+        out["phenotype"] = ph.to_numpy(dtype=object)
+    out = out.loc[:, ~out.columns.duplicated(keep="last")]
+    return out.reset_index(drop=True), (float(px) if px else None), needs_gating
+
+
+def _xy_columns(raw: pd.DataFrame, get, source) -> tuple[pd.DataFrame, str, str, str]:
+    """(table, x column, y column, units) from the panel mapping or the known layouts.
+
+    A HALO table gains ``_x``/``_y`` columns: the centre of each cell's box, in pixels.
+    """
+    name = source or "cell table"
+    cols = list(raw.columns)
     xcol = _find(cols, get("x"), [], what="x", source=source) if get("x") else None
     ycol = _find(cols, get("y"), [], what="y", source=source) if get("y") else None
     units = get("units")
@@ -143,49 +169,37 @@ def standardise_cell_table(raw: pd.DataFrame, panel=None, *, source=None) -> tup
     if units is None:
         raise InputError(f"{name}: cannot tell whether columns {xcol!r}/{ycol!r} are in µm or pixels; "
                          f"set [table] units = \"um\" or \"px\" (with pixel_size_um) in the panel")
-    units = str(units).lower().replace("µ", "u")
+    return raw, xcol, ycol, str(units).lower().replace("µ", "u")
+
+
+def _coordinates_um(raw: pd.DataFrame, xcol: str, ycol: str, units: str, px, name: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """x and y in µm; pixel coordinates are multiplied by ``px`` (µm per pixel)."""
     x = pd.to_numeric(raw[xcol], errors="coerce").to_numpy(dtype=float)
     y = pd.to_numeric(raw[ycol], errors="coerce").to_numpy(dtype=float)
     bad = ~(np.isfinite(x) & np.isfinite(y))
     if bad.any():
         raise InputError(f"{name}: {int(bad.sum())} of {len(x)} rows have missing or non-numeric coordinates "
                          f"in {xcol!r}/{ycol!r} (first at row {int(np.argmax(bad))}); remove or fix them")
-    px = get("pixel_size_um") or getattr(panel, "pixel_size_um", None)
     if units in ("px", "pixel", "pixels"):
         if not px:
             raise InputError(f"{name}: coordinates {xcol!r}/{ycol!r} are in pixels but no pixel size is known; "
                              f"set [table] pixel_size_um = <µm per pixel> in the panel")
-        x, y = x * float(px), y * float(px)
-    elif units not in ("um", "micron", "microns", "micrometer", "micrometre"):
+        return x * float(px), y * float(px)
+    if units not in ("um", "micron", "microns", "micrometer", "micrometre"):
         raise InputError(f"{name}: [table] units = {units!r} is not understood; use \"um\" or \"px\"")
+    return x, y
 
-    phcol0 = _find(cols, get("phenotype"), _PHENOTYPE_CANDIDATES, what="phenotype", source=source)
-    # ids
-    idcol = _find(cols, get("cell_id"), _ID_CANDIDATES, what="cell_id", source=source)
-    if idcol is not None:
-        ids = raw[idcol].to_numpy()
-        if pd.Series(ids).duplicated().any():
-            dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
-            raise InputError(f"{name}: duplicate cell ids in column {idcol!r} (e.g. {dup!r}); cell ids must be unique "
-                             f"(for a multi-image table, analyse one image at a time)")
-        if not np.issubdtype(np.asarray(ids).dtype, np.integer):
-            ids = np.arange(1, len(raw) + 1)
-    else:
-        ids = np.arange(1, len(raw) + 1)
 
-    out = raw.drop(columns=[c for c in ("cell_id", "x_um", "y_um", "phenotype") if c in raw.columns and c != phcol0])
-    out.insert(0, "cell_id", ids)
-    out["x_um"] = x
-    out["y_um"] = y
-
-    # phenotype
-    phcol = phcol0
-    needs_gating = phcol is None
-    if phcol is not None:
-        ph = raw[phcol].astype(str).str.strip()
-        pmap = get("phenotype_map") or {}
-        if pmap:
-            ph = ph.map(lambda v: pmap.get(v, v))
-        out["phenotype"] = ph.to_numpy(dtype=object)
-    out = out.loc[:, ~out.columns.duplicated(keep="last")]
-    return out.reset_index(drop=True), (float(px) if px else None), needs_gating
+def _cell_ids(raw: pd.DataFrame, idcol: str | None, name: str) -> np.ndarray:
+    """The table's integer ids when unique, else 1..n."""
+    if idcol is None:
+        return np.arange(1, len(raw) + 1)
+    ids = raw[idcol].to_numpy()
+    if pd.Series(ids).duplicated().any():
+        dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
+        raise InputError(f"{name}: duplicate cell ids in column {idcol!r} (e.g. {dup!r}); cell ids must be unique "
+                         f"(for a multi-image table, analyse one image at a time)")
+    if not np.issubdtype(np.asarray(ids).dtype, np.integer):
+        return np.arange(1, len(raw) + 1)
+    return ids

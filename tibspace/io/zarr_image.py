@@ -67,7 +67,7 @@ def open_zarr(path: Path) -> tuple[Any, Optional[float]]:
     import dask.array as da
     import zarr
 
-    from tibspace.io.images import MultiplexImage
+    from tibspace.io.image import MultiplexImage
 
     group = _image_group(path)
     attrs = _attrs(group)
