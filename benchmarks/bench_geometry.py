@@ -38,7 +38,7 @@ def run_one(n: int, peers: bool) -> dict:
     import numpy as np
     import shapely
 
-    from tibspace.tissue import geometry as geo
+    from tibspace import tissue as geo
     from tibspace.stats import infiltration_profile
     from tibspace.synthetic import make_clustered_cells
 

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from scipy.spatial import Voronoi
 
 from tibspace.tissue import _cellarea as ca
-from tibspace.tissue import geometry as geo
+from tibspace import tissue as geo
+from tibspace.tissue import band_split
+from tibspace.tissue import bands as geo_bands
 
 
 def _polys(ptr, vx, vy):
@@ -105,13 +107,13 @@ def test_segment_band_areas_equal_the_dissolved_geos_partition(seed):
     tissue = shapely.box(0, 0, rng.uniform(420, 700), 500)
     seg = geo.perimeter_segments(reg, 50.0, subdivide=5)
     geoms = seg["geometry"].to_numpy()
-    t = geo._prepared_tissue(tissue)
-    env = geo._envelope(geoms, t)
-    uniq, regions = geo._labelled_partition_uncached(geoms, np.arange(len(seg)), env, 10.0)
-    sets = geo._cumulative_sets(reg, t, np.array([-30.0, 0.0, 30.0]), geo.BAND_QUAD_SEGS)
+    t = geo_bands._prepared_tissue(tissue)
+    env = band_split._envelope(geoms, t)
+    uniq, regions = band_split._labelled_partition_uncached(geoms, np.arange(len(seg)), env, 10.0)
+    sets = geo_bands._cumulative_sets(reg, t, np.array([-30.0, 0.0, 30.0]), geo_bands.BAND_QUAD_SEGS)
     cum = [np.zeros(len(seg)) for _ in sets]
     for c, s in zip(cum, sets):
-        c[uniq] = geo._areas_by_partition(s, regions, len(uniq))
+        c[uniq] = band_split._areas_by_partition(s, regions, len(uniq))
     geo.clear_geometry_cache()
     outer = geo.segment_band_areas_um2(seg, reg, tissue, 0.0, 30.0)
     inner = geo.segment_band_areas_um2(seg, reg, tissue, -30.0, 0.0)

@@ -469,13 +469,14 @@ def test_band_geometry_without_overlay_union_matches_areas():
 
 
 def test_threaded_intersection_areas_and_area_memo_are_exact():
-    from tibspace.tissue import geometry as geo
+    from tibspace import tissue as geo
+    from tibspace.tissue import band_split
 
     rng = np.random.default_rng(0)
     a = shapely.buffer(shapely.points(rng.uniform(0, 100, (5000, 2))), 3.0)
     b = shapely.buffer(shapely.points(rng.uniform(0, 100, (5000, 2))), 4.0)
     ref = shapely.area(shapely.intersection(a, b))
-    np.testing.assert_array_equal(geo._intersection_areas(a, b, n_threads=2, chunk=700), ref)
+    np.testing.assert_array_equal(band_split._intersection_areas(a, b, n_threads=2, chunk=700), ref)
     # memoised set areas: the inner and outer barrier bands share {d <= 0}
     reg = TumourRegion.from_polygons(list(random_region(4, n_blobs=3).geoms))
     seg = perimeter_segments(reg, 30.0)

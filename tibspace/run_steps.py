@@ -78,8 +78,89 @@ def _thread_copy(obj):
     return None if obj is None else pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-class _Run:
-    """The steps of :func:`analyze_cells`, sharing the run's parameters, skips and metrics."""
+class _TumourSteps:
+    """The tumour-geometry step of a :class:`_Run` (nests, annotation, profiles, background thread).
+
+    A mixin: uses the run's ``params``, ``panel``, ``defined``, ``seed``,
+    ``progress``, ``skipped``, ``metrics`` and ``timer``; sets ``steps``.
+    """
+
+    # ---- tumour region, annotation, profiles; exclusion and per-nest profile in the background
+    def tumour_geometry(self, result, image, channel_index, pixel_size_um):
+        x, y, is_tumour = _positions_and_tumour(result.cells, self.roles)
+        with self.timer("geometry"):
+            result.region = self._tumour_region(result.tissue, x, y, is_tumour)
+        if result.region is None:
+            return self._no_tumour_region(result)
+        with self.timer("geometry"):
+            result.cells, result.segments = _annotate(result.cells, result.region, x, y, self.params)
+        self.metrics["tumour_region"] = _region_summary(result.region)
+        report(self.progress, "tissue geometry", 1, 1)
+        self.steps = list(_analysis_steps(result, self.panel, self.params, self.defined, image, channel_index,
+                                          pixel_size_um, self.seed, self.progress, self.skipped, self.timer))
+        return self._profiles_and_background(result)
+
+    def _tumour_region(self, tissue, x, y, is_tumour):
+        """Nests from the tumour cells, clipped to the tissue, tumour nests only (None: skipped)."""
+        try:
+            region = _tumour_region_from_params(x[is_tumour], y[is_tumour], self.params)
+        except NoTumourRegionError as exc:
+            self.skipped["tumour_geometry"] = str(exc)
+            return None
+        if tissue is not None:
+            region = _clip_region(region, tissue, self.skipped)
+        if region is not None:
+            region = _tumour_nests_only(region, x, y, is_tumour, self.params, self.metrics, self.skipped)
+        return region
+
+    def _no_tumour_region(self, result):
+        cells = result.cells.copy()
+        cells["signed_dist_um"] = np.nan
+        cells["compartment"] = "no_tumour_region"
+        cells["nest_id"] = 0
+        result.cells = cells
+        report(self.progress, "tissue geometry", 1, 1)
+        self.steps = []
+        return {}
+
+    def _profiles_and_background(self, result):
+        """The infiltration profile here; exclusion, then the per-nest profile, in one background thread.
+
+        The exclusion analysis (numpy, scipy, GEOS: no numba kernels) needs only the
+        annotated cells, so it starts first, beside the infiltration profile and the
+        barrier and shield analyses, on its own copies of the geometries.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tibspace.stats import infiltration_profile
+
+        cells, region = result.cells, result.region
+        pool = ThreadPoolExecutor(1, thread_name_prefix="tibspace-background")
+        own_region, own_tissue = _thread_copy(region), _thread_copy(result.tissue)
+        pending = {name: pool.submit(step, None, own_region, own_tissue) for name, step in self.steps
+                   if name == "exclusion" and len(self.steps) > 1}
+        edges = _profile_edges(self.params)
+        with self.timer("profiles"):
+            result.profiles = infiltration_profile(cells, region, result.tissue, edges_um=edges)
+
+        def profiles_by_nest(cells=cells, region=own_region, tissue=own_tissue):
+            with self.timer("profiles_by_nest"):
+                return infiltration_profile(cells, region, tissue, edges_um=edges, by_nest=True)
+
+        pending["_profiles_by_nest"] = pool.submit(profiles_by_nest)
+        pool.shutdown(wait=False)  # no more work; the thread ends with its tasks
+        return pending
+
+
+class _Run(_TumourSteps):
+    """The steps of :func:`analyze_cells`, sharing the run's parameters, skips and metrics.
+
+    Outline (called in this order by :func:`tibspace.pipeline.analyze_cells`):
+    :meth:`phenotype` → :meth:`tissue_and_statistics` (statistics start in a
+    thread) → :meth:`tumour_geometry` (nests, annotation, profiles; exclusion
+    and per-nest profile start in a thread) → :meth:`collect_statistics` →
+    :meth:`analyses` → :meth:`finish`.
+    """
 
     def __init__(self, panel, seed, progress, timings):
         self.panel = panel
@@ -96,142 +177,38 @@ class _Run:
 
     # ---- phenotypes
     def phenotype(self, cells, image, channel_index, gate):
-        from tibspace.cells import gate_cells, phenotype_counts
+        from tibspace.cells import phenotype_counts
 
-        panel, metrics = self.panel, self.metrics
         if gate:
-            report(self.progress, "phenotyping", 0, 1)
-            channel_names = list(image.channel_names) if image is not None else None
-            with self.timer("phenotyping"):
-                channel_of = ({m: channel_names[channel_index[m]] for m in panel.markers}
-                              if channel_index is not None and channel_names is not None else None)
-                gating = gate_cells(cells, panel, channel_of, seed=self.seed)
-            cells = cells.copy()
-            cells["phenotype"] = gating.phenotype
-            self.gates_used = {m: g.value for m, g in gating.gates.items()}
-            metrics["gates"] = {m: g.to_dict() for m, g in gating.gates.items()}
-            metrics["warnings"] = list(metrics.get("warnings", [])) + list(gating.warnings)
-            report(self.progress, "phenotyping", 1, 1)
-        metrics["phenotype_counts"] = phenotype_counts(cells["phenotype"].to_numpy())
-        metrics["n_cells"] = int(len(cells))
-        self.defined = set(panel.phenotypes) | {panel.default_phenotype} | set(metrics["phenotype_counts"])
+            cells = self._gate(cells, image, channel_index)
+        self.metrics["phenotype_counts"] = phenotype_counts(cells["phenotype"].to_numpy())
+        self.metrics["n_cells"] = int(len(cells))
+        self.defined = (set(self.panel.phenotypes) | {self.panel.default_phenotype}
+                        | set(self.metrics["phenotype_counts"]))
+        return cells
+
+    def _gate(self, cells, image, channel_index):
+        report(self.progress, "phenotyping", 0, 1)
+        with self.timer("phenotyping"):
+            gating = _gate_cells(cells, self.panel, image, channel_index, self.seed)
+        cells = cells.copy()
+        cells["phenotype"] = gating.phenotype
+        self.gates_used = {m: g.value for m, g in gating.gates.items()}
+        self.metrics["gates"] = {m: g.to_dict() for m, g in gating.gates.items()}
+        self.metrics["warnings"] = list(self.metrics.get("warnings", [])) + list(gating.warnings)
+        report(self.progress, "phenotyping", 1, 1)
         return cells
 
     # ---- tissue window, and the statistics in a background thread
     def tissue_and_statistics(self, result):
-        from concurrent.futures import ThreadPoolExecutor
-
-        from tibspace import tissue as geo
-
         report(self.progress, "tissue geometry", 0, 1)
-        cells = result.cells
         with self.timer("geometry"):
-            result.tissue = geo.tissue_region_from_cells(cells["x_um"].to_numpy(dtype=float),
-                                                         cells["y_um"].to_numpy(dtype=float))
-            if self.frame is not None and result.tissue is not None:
-                import shapely
-
-                result.tissue = shapely.intersection(result.tissue, self.frame)
-                self.metrics["imaged_area_mm2"] = float(self.frame.area) / 1e6
+            result.tissue = _tissue_window(result.cells, self.frame, self.metrics)
         self.metrics["tissue_area_mm2"] = float(result.tissue.area) / 1e6 if result.tissue is not None else None
         self.stats_skipped: dict[str, str] = {}
-        pool = ThreadPoolExecutor(1, thread_name_prefix="tibspace-statistics")
-        job = pool.submit(_statistics_and_nearest, cells, _thread_copy(result.tissue),
-                          dict(self.params, _roles=self.roles), self.seed, self.stats_skipped, self.timer)
-        pool.shutdown(wait=False)
-        return job
-
-    # ---- tumour region, annotation, profiles; exclusion and per-nest profile in the background
-    def tumour_geometry(self, result, image, channel_index, pixel_size_um):
-        from concurrent.futures import ThreadPoolExecutor
-
-        from tibspace import tissue as geo
-
-        params, cells = self.params, result.cells
-        is_tumour = cells["phenotype"].isin(list(self.roles.get("tumour", []))).to_numpy()
-        x = cells["x_um"].to_numpy(dtype=float)
-        y = cells["y_um"].to_numpy(dtype=float)
-        with self.timer("geometry"):
-            try:
-                result.region = geo.tumour_region_from_cells(
-                    x[is_tumour], y[is_tumour],
-                    tumour_cell_radius_um=float(params["tumour_cell_radius_um"]),
-                    closing_um=float(params["closing_um"]), min_hole_um2=float(params["min_hole_um2"]),
-                    min_nest_area_um2=float(params["min_nest_area_um2"]))
-            except NoTumourRegionError as exc:
-                self.skipped["tumour_geometry"] = str(exc)
-            if result.region is not None and result.tissue is not None:
-                result.region = _clip_region(result.region, result.tissue, self.skipped)
-            if result.region is not None:
-                result.region = self._tumour_nests_only(result.region, x, y, is_tumour)
-        region = result.region
-        if region is None:
-            cells = cells.copy()
-            cells["signed_dist_um"] = np.nan
-            cells["compartment"] = "no_tumour_region"
-            cells["nest_id"] = 0
-            result.cells = cells
-            report(self.progress, "tissue geometry", 1, 1)
-            self.steps = []
-            return {}
-        with self.timer("geometry"):
-            cells = geo.annotate_cells(cells, region, margin_um=float(params["margin_um"]))
-            segs = geo.perimeter_segments(region, segment_um=float(params["segment_um"]))
-            cells["segment_id"] = geo.assign_segments(x, y, segs)
-        result.segments = segs
-        self.metrics["tumour_region"] = {
-            "n_nests": int(region.n_nests),
-            "tumour_area_mm2": float(region.union.area) / 1e6,
-            "perimeter_um": float(sum(p.length for p in region.nests)),
-            "source": region.source,
-        }
-        report(self.progress, "tissue geometry", 1, 1)
-        result.cells = cells
-
-        # The exclusion analysis (numpy, scipy, GEOS: no numba kernels) needs only
-        # the annotated cells, so it starts now, beside the infiltration profile
-        # and the barrier and shield analyses, on its own copies of the geometries;
-        # the per-nest profile follows it in the same thread.
-        self.steps = list(_analysis_steps(result, self.panel, params, self.defined, image, channel_index,
-                                          pixel_size_um, self.seed, self.progress, self.skipped, self.timer))
-        pool = ThreadPoolExecutor(1, thread_name_prefix="tibspace-background")
-        own_region, own_tissue = _thread_copy(region), _thread_copy(result.tissue)
-        pending = {name: pool.submit(step, None, own_region, own_tissue) for name, step in self.steps
-                   if name == "exclusion" and len(self.steps) > 1}
-
-        from tibspace.stats import infiltration_profile
-
-        edges = np.arange(float(params["profile_min_um"]), float(params["profile_max_um"]) + 1e-9,
-                          float(params["profile_step_um"]))
-        with self.timer("profiles"):
-            result.profiles = infiltration_profile(cells, region, result.tissue, edges_um=edges)
-
-        def profiles_by_nest(cells=cells, region=own_region, tissue=own_tissue):
-            with self.timer("profiles_by_nest"):
-                return infiltration_profile(cells, region, tissue, edges_um=edges, by_nest=True)
-
-        pending["_profiles_by_nest"] = pool.submit(profiles_by_nest)
-        pool.shutdown(wait=False)  # no more work; the thread ends with its tasks
-        return pending
-
-    def _tumour_nests_only(self, region, x, y, is_tumour):
-        """Drop nests that are not made of tumour (:mod:`tibspace.tissue.composition`); reasons to metrics."""
-        from tibspace.tissue import filter_nests
-
-        p = self.params
-        kept, comp = filter_nests(region, x, y, is_tumour, min_tumour_cells=int(p["min_nest_tumour_cells"]),
-                                  min_tumour_density=float(p["min_nest_tumour_density"]),
-                                  min_purity=float(p["min_nest_purity"]))
-        dropped = comp[~comp["kept"]]
-        self.metrics["nest_composition"] = {
-            "n_candidates": int(len(comp)), "n_dropped": int(len(dropped)),
-            "dropped": dropped[["area_um2", "n_cells", "n_tumour", "purity", "tumour_density_per_mm2",
-                                "reason"]].to_dict(orient="list"),
-            "purity_kept": comp.loc[comp["kept"], "purity"].tolist()}
-        if kept is None:
-            self.skipped["tumour_geometry"] = (f"no tumour nest: all {len(comp)} candidate regions fail the nest test "
-                                               f"({dropped['reason'].iloc[0]})")
-        return kept
+        return _in_thread("tibspace-statistics", _statistics_and_nearest, result.cells,
+                          _thread_copy(result.tissue), dict(self.params, _roles=self.roles), self.seed,
+                          self.stats_skipped, self.timer)
 
     # ---- statistics from their thread
     def collect_statistics(self, result, job):
@@ -248,31 +225,30 @@ class _Run:
 
     # ---- the three analyses
     def analyses(self, result, pending):
-        analyses: dict[str, Any] = {}
         if result.region is None:
             for name in ("barrier", "shield", "exclusion"):
                 self.skipped[name] = "no tumour region: " + self.skipped.get("tumour_geometry", "")
-            result.analyses = analyses
+            result.analyses = {}
             return
+        analyses: dict[str, Any] = {}
         for name, step in self.steps:
-            if name in pending:
-                continue
-            try:
-                analyses[name] = step()
-            except InputError as exc:  # data the analysis cannot use: say why, keep the rest
-                self.skipped[name] = str(exc)
+            if name not in pending:
+                self._keep(analyses, name, step)
         for name, fut in pending.items():
-            if name.startswith("_"):
-                continue
-            report(self.progress, name, 0, 1)
-            try:
-                analyses[name] = fut.result()
-            except InputError as exc:
-                self.skipped[name] = str(exc)
-            report(self.progress, name, 1, 1)
+            if not name.startswith("_"):
+                report(self.progress, name, 0, 1)
+                self._keep(analyses, name, fut.result)
+                report(self.progress, name, 1, 1)
         result.profiles_by_nest = pending["_profiles_by_nest"].result()
         # keep the analyses in their fixed order (metrics.json is byte-identical run to run)
         result.analyses = {name: analyses[name] for name, _ in self.steps if name in analyses}
+
+    def _keep(self, analyses, name, step):
+        """``analyses[name] = step()``; data the analysis cannot use: say why, keep the rest."""
+        try:
+            analyses[name] = step()
+        except InputError as exc:
+            self.skipped[name] = str(exc)
 
     def finish(self, result):
         metrics = self.metrics
@@ -286,9 +262,102 @@ class _Run:
         return result
 
 
+def _gate_cells(cells, panel, image, channel_index, seed):
+    """Gate the panel's markers (channel names from the image when known)."""
+    from tibspace.cells import gate_cells
+
+    channel_names = list(image.channel_names) if image is not None else None
+    channel_of = ({m: channel_names[channel_index[m]] for m in panel.markers}
+                  if channel_index is not None and channel_names is not None else None)
+    return gate_cells(cells, panel, channel_of, seed=seed)
+
+
+def _tissue_window(cells, frame, metrics):
+    """The tissue covered by the cells, clipped to the imaged ``frame`` (its area to metrics)."""
+    from tibspace import tissue as geo
+
+    tissue = geo.tissue_region_from_cells(cells["x_um"].to_numpy(dtype=float),
+                                          cells["y_um"].to_numpy(dtype=float))
+    if frame is not None and tissue is not None:
+        import shapely
+
+        tissue = shapely.intersection(tissue, frame)
+        metrics["imaged_area_mm2"] = float(frame.area) / 1e6
+    return tissue
+
+
+def _in_thread(name, fn, *args):
+    """``fn(*args)`` started in its own one-worker thread pool; returns the future."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+    job = pool.submit(fn, *args)
+    pool.shutdown(wait=False)
+    return job
+
+
+def _positions_and_tumour(cells, roles):
+    """(x_um, y_um, is_tumour) arrays of the cells."""
+    is_tumour = cells["phenotype"].isin(list(roles.get("tumour", []))).to_numpy()
+    return cells["x_um"].to_numpy(dtype=float), cells["y_um"].to_numpy(dtype=float), is_tumour
+
+
+def _tumour_region_from_params(x, y, params):
+    from tibspace import tissue as geo
+
+    return geo.tumour_region_from_cells(
+        x, y, tumour_cell_radius_um=float(params["tumour_cell_radius_um"]),
+        closing_um=float(params["closing_um"]), min_hole_um2=float(params["min_hole_um2"]),
+        min_nest_area_um2=float(params["min_nest_area_um2"]))
+
+
+def _tumour_nests_only(region, x, y, is_tumour, params, metrics, skipped):
+    """Drop nests that are not made of tumour (:mod:`tibspace.tissue.composition`); reasons to metrics."""
+    from tibspace.tissue import filter_nests
+
+    p = params
+    kept, comp = filter_nests(region, x, y, is_tumour, min_tumour_cells=int(p["min_nest_tumour_cells"]),
+                              min_tumour_density=float(p["min_nest_tumour_density"]),
+                              min_purity=float(p["min_nest_purity"]))
+    dropped = comp[~comp["kept"]]
+    metrics["nest_composition"] = {
+        "n_candidates": int(len(comp)), "n_dropped": int(len(dropped)),
+        "dropped": dropped[["area_um2", "n_cells", "n_tumour", "purity", "tumour_density_per_mm2",
+                            "reason"]].to_dict(orient="list"),
+        "purity_kept": comp.loc[comp["kept"], "purity"].tolist()}
+    if kept is None:
+        skipped["tumour_geometry"] = (f"no tumour nest: all {len(comp)} candidate regions fail the nest test "
+                                      f"({dropped['reason'].iloc[0]})")
+    return kept
+
+
+def _annotate(cells, region, x, y, params):
+    """Cells with signed distance, compartment, nest and segment ids; and the perimeter segments."""
+    from tibspace import tissue as geo
+
+    cells = geo.annotate_cells(cells, region, margin_um=float(params["margin_um"]))
+    segs = geo.perimeter_segments(region, segment_um=float(params["segment_um"]))
+    cells["segment_id"] = geo.assign_segments(x, y, segs)
+    return cells, segs
+
+
+def _region_summary(region):
+    return {
+        "n_nests": int(region.n_nests),
+        "tumour_area_mm2": float(region.union.area) / 1e6,
+        "perimeter_um": float(sum(p.length for p in region.nests)),
+        "source": region.source,
+    }
+
+
+def _profile_edges(params):
+    """Band edges (µm) of the infiltration profiles."""
+    return np.arange(float(params["profile_min_um"]), float(params["profile_max_um"]) + 1e-9,
+                     float(params["profile_step_um"]))
+
+
 def _run_statistics(cells, tissue, params, seed, progress, skipped):
-    from tibspace.stats import neighbourhood_enrichment
-    from tibspace.stats import cross_l_all_pairs
+    from tibspace.stats import cross_l_all_pairs, neighbourhood_enrichment
 
     stats: dict[str, pd.DataFrame] = {}
     out: dict[str, Any] = {}

@@ -52,7 +52,7 @@ def filter_nests(region, x_um, y_um, is_tumour, *, min_tumour_cells: int = 10, m
 
     The region is returned unchanged when every nest passes, and None when none does.
     """
-    from tibspace.tissue.geometry import TumourRegion
+    from tibspace.tissue.nests import TumourRegion
 
     comp = nest_composition(region, x_um, y_um, is_tumour)
     reasons = []
