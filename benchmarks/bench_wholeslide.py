@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TIBSPACE = [sys.executable, "-m", "tibspace"]
 
 
-def timed(cmd: list[str]) -> dict:
-    """Run ``cmd`` under /usr/bin/time -v; wall, CPU seconds and peak RSS (GB)."""
+def timed(cmd: list[str], cwd: Path = ROOT) -> dict:
+    """Run ``cmd`` under /usr/bin/time -v (in ``cwd``); wall, CPU seconds and peak RSS (GB)."""
     t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")

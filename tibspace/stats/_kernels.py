@@ -303,14 +303,15 @@ def _radii_spacing(radii):
 
 
 @njit(parallel=True, cache=True)
-def _pairs_rows(xs, ys, start, nx, ny, reach2, offs, pi, pj, fill):
-    """Pairs within sqrt(reach2) per grid row, each unordered pair once (half
-    stencil). ``fill=False``: returns the number of pairs of every row;
-    ``fill=True``: writes row cy's pairs (sorted positions) to
-    ``pi, pj[offs[cy]:]`` in the order the count visited them."""
+def _pairs_rows(xs, ys, start, nx, ny, reach2, offs, pi, pj, fill, row0, row1):
+    """Pairs within sqrt(reach2) per grid row ``row0 <= cy < row1``, each
+    unordered pair once (half stencil). ``fill=False``: returns the number of
+    pairs of every row; ``fill=True``: writes row cy's pairs (sorted
+    positions) to ``pi, pj[offs[cy] - offs[row0]:]`` in the order the count
+    visited them."""
     cnt = np.zeros(ny, dtype=np.int64)
-    for cy in prange(ny):
-        c = offs[cy] if fill else 0
+    for cy in prange(row0, row1):
+        c = offs[cy] - offs[row0] if fill else 0
         for cx in range(nx):
             cell = cy * nx + cx
             for i in range(start[cell], start[cell + 1]):
@@ -337,7 +338,7 @@ def _pairs_rows(xs, ys, start, nx, ny, reach2, offs, pi, pj, fill):
 def _count_pairs_rows(xs, ys, start, nx, ny, reach2):
     """Number of pairs within sqrt(reach2) per grid row (see :func:`_pairs_rows`)."""
     none = np.zeros(0, dtype=np.int64)
-    return _pairs_rows(xs, ys, start, nx, ny, reach2, np.zeros(ny, dtype=np.int64), none, none, False)
+    return _pairs_rows(xs, ys, start, nx, ny, reach2, np.zeros(ny, dtype=np.int64), none, none, False, 0, ny)
 
 
 def neighbour_pairs(x_um, y_um, reach_um):
@@ -361,14 +362,18 @@ def neighbour_pairs(x_um, y_um, reach_um):
     return _grid_pairs(grid, r2, _count_pairs_rows(grid.xs, grid.ys, grid.start, grid.nx, grid.ny, r2))
 
 
-def _grid_pairs(grid: _Grid, r2, cnt):
+def _grid_pairs(grid: _Grid, r2, cnt, row0: int = 0, row1: int | None = None):
     """Pairs within sqrt(r2) of a cell list (original indices) given the
-    per-row pair counts of :func:`_count_pairs_rows` (see :func:`neighbour_pairs`)."""
+    per-row pair counts of :func:`_count_pairs_rows` (see :func:`neighbour_pairs`);
+    only those of grid rows ``row0 <= cy < row1`` (default all), which are
+    that slice of the full list."""
+    row1 = grid.ny if row1 is None else int(row1)
     offs = np.zeros(grid.ny + 1, dtype=np.int64)
     np.cumsum(cnt, out=offs[1:])
-    pi = np.empty(offs[-1], dtype=np.int64)
-    pj = np.empty(offs[-1], dtype=np.int64)
-    _pairs_rows(grid.xs, grid.ys, grid.start, grid.nx, grid.ny, r2, offs, pi, pj, True)
+    m = offs[row1] - offs[row0]
+    pi = np.empty(m, dtype=np.int64)
+    pj = np.empty(m, dtype=np.int64)
+    _pairs_rows(grid.xs, grid.ys, grid.start, grid.nx, grid.ny, r2, offs, pi, pj, True, int(row0), row1)
     return grid.order[pi], grid.order[pj]
 
 

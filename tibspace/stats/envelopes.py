@@ -29,21 +29,26 @@ from tibspace.progress import report
 from tibspace.stats._inputs import _table_xy_types
 from tibspace.stats._kernels import (_Grid, _accumulate, _bin_guessed, _cell_list, _count_pairs_rows, _edge_weight,
                                      _grid_pairs, _n_chunks, _pair_weights, _radii_spacing)
-from tibspace.stats.edge_correction import (_EDGE_MODES, _EdgeSetup, _edge_setup, _hist_with_setup,
-                                            _memoised_edge_setup)
+from tibspace.stats.edge_correction import (_EDGE_MODES, _EdgeSetup, _edge_setup, _memoised_edge_setup)
 from tibspace.stats.estimators import _stoyan_bandwidth
 from tibspace.stats.windows import _as_radii, _as_window, _check_inside
 
 __all__ = ["random_labelling_envelope"]
 
 
-@njit(parallel=True, cache=True)
 def _labelled_sums(pi, pj, dd, wij, wji, labels, a, b, edges2, radii, kernel_h):
     """For each simulation row of ``labels``: sum over ordered pairs with
     label[i] == a and label[j] == b of their weight, binned like _pair_hist."""
+    out = np.zeros((labels.shape[0], 1, 1, edges2.shape[0]))
+    _labelled_sums_into(out, pi, pj, dd, wij, wji, labels, a, b, edges2, radii, kernel_h)
+    return out[:, 0, 0, :]
+
+
+@njit(parallel=True, cache=True)
+def _labelled_sums_into(out, pi, pj, dd, wij, wji, labels, a, b, edges2, radii, kernel_h):
+    """:func:`_labelled_sums` added to ``out`` (nsim, 1, 1, nb): pairs given in
+    consecutive slices add up to the sums of the whole list, bit for bit."""
     nsim = labels.shape[0]
-    nb = edges2.shape[0]
-    out = np.zeros((nsim, 1, 1, nb))
     for s in prange(nsim):
         lab = labels[s]
         h = out[s]
@@ -55,7 +60,6 @@ def _labelled_sums(pi, pj, dd, wij, wji, labels, a, b, edges2, radii, kernel_h):
                 _accumulate(h, 0, 0, d, d * d, wij[k], edges2, radii, kernel_h)
             if lj == a and li == b:
                 _accumulate(h, 0, 0, d, d * d, wji[k], edges2, radii, kernel_h)
-    return out[:, 0, 0, :]
 
 
 _LANES = 64    # simulations per bit mask (uint64)
@@ -102,7 +106,6 @@ def _label_bits(labels, s, t, gstart, only_s_t):
     return sbits, tbits
 
 
-@njit(parallel=True, cache=True)
 def _labelled_sums_lanes(rowptr, other, w, binidx, sbits, tbits, gstart, nb):
     """For each simulation (group g, lane l): sum of ``w`` over the directed
     entries (row cell c, other cell o) with bit l set in ``sbits[g, c]`` and in
@@ -115,20 +118,32 @@ def _labelled_sums_lanes(rowptr, other, w, binidx, sbits, tbits, gstart, nb):
     entries in row order then entry order, as a loop over that simulation
     alone would, so its sums are bit-identical to that loop's.
     """
+    acc = _lane_accumulator(gstart, nb)
+    _lanes_add(acc, rowptr, other, w, binidx, sbits, tbits, gstart, 0)
+    return _lanes_out(acc, gstart)
+
+
+def _lane_accumulator(gstart, nb):
+    """Zeroed sums (group, bin, lane) for :func:`_lanes_add`."""
+    return np.zeros((gstart.size - 1, nb, max(1, int(np.diff(gstart).max()))))
+
+
+@njit(parallel=True, cache=True)
+def _lanes_add(acc, rowptr, other, w, binidx, sbits, tbits, gstart, c0):
+    """Add to ``acc`` the entries of the CSR rows of cells ``c0, c0 + 1, ...``
+    (see :func:`_labelled_sums_lanes`): rows given in consecutive blocks add
+    up to the sums over all rows, bit for bit."""
     n = rowptr.shape[0] - 1
     G = gstart.shape[0] - 1
-    L = 1
-    for g in range(G):
-        L = max(L, gstart[g + 1] - gstart[g])
-    acc = np.zeros((G, nb, L))
+    L = acc.shape[2]
     one = np.uint64(1)
     for g in prange(G):
         h = acc[g]
-        for c in range(n):
-            sc = sbits[g, c]
+        for r in range(n):
+            sc = sbits[g, c0 + r]
             if sc == 0:
                 continue
-            for e in range(rowptr[c], rowptr[c + 1]):
+            for e in range(rowptr[r], rowptr[r + 1]):
                 hit = sc & tbits[g, other[e]]
                 if hit == 0:
                     continue
@@ -136,10 +151,14 @@ def _labelled_sums_lanes(rowptr, other, w, binidx, sbits, tbits, gstart, nb):
                 hk = h[binidx[e]]
                 for l in range(L):
                     hk[l] += we if (hit >> np.uint64(l)) & one else 0.0
-    out = np.empty((gstart[G], nb))
+
+
+def _lanes_out(acc, gstart):
+    """Sums per simulation (row q = simulation ``gstart[g] + lane``) from the accumulator."""
+    G = gstart.size - 1
+    out = np.empty((int(gstart[G]), acc.shape[1]))
     for g in range(G):
-        for q in range(gstart[g], gstart[g + 1]):
-            out[q] = acc[g, :, q - gstart[g]]
+        out[gstart[g]:gstart[g + 1]] = acc[g, :, :gstart[g + 1] - gstart[g]].T
     return out
 
 
@@ -152,6 +171,19 @@ def _labelled_sums_rows(csr, labels, s, t, nb, only_s_t=False):
     gstart = _lane_groups(labels.shape[0], labels.shape[1])
     sbits, tbits = _label_bits(labels, s, t, gstart, bool(only_s_t))
     return _labelled_sums_lanes(rowptr, other, w, binidx, sbits, tbits, gstart, nb)
+
+
+def _labelled_sums_row_blocks(make_csr, blocks, labels, s, t, nb, only_s_t=False):
+    """:func:`_labelled_sums_rows` over the CSR built block by block
+    (``make_csr(c0, c1)``: the rows of cells c0..c1-1), so that only one
+    block's entries are in memory; the same sums, bit for bit."""
+    gstart = _lane_groups(labels.shape[0], labels.shape[1])
+    sbits, tbits = _label_bits(labels, s, t, gstart, bool(only_s_t))
+    acc = _lane_accumulator(gstart, nb)
+    for c0, c1 in blocks:
+        rowptr, other, w, binidx = make_csr(c0, c1)
+        _lanes_add(acc, rowptr, other, w, binidx, sbits, tbits, gstart, c0)
+    return _lanes_out(acc, gstart)
 
 
 @njit(parallel=True, cache=True)
@@ -179,16 +211,21 @@ def _row_bounds(xs, ys, order, start, nx, ny, reach2, n_chunks):
 
 @njit(parallel=True, cache=True)
 def _fill_rows(xs, ys, bnd, tidx, order, start, nx, ny, reach2, edges2, r0, inv_step, uniform, centre_side,
-               mode, rect, iso_tab, iso_R, cov, cov_step, cov_P, cov0, rowptr, other, w, bins, used, n_chunks):
-    """Fill the rows of :func:`_rows_by_label_side` (offsets ``rowptr``); ``used``
-    gets each row's entry count (below its bound when a distance rounds into no bin)."""
+               mode, rect, iso_tab, iso_R, cov, cov_step, cov_P, cov0, rowptr, other, w, bins, used, n_chunks,
+               c0, c1):
+    """Fill the rows of cells ``c0 <= c < c1`` of :func:`_rows_by_label_side`
+    (offsets ``rowptr``, from 0 at row c0); ``used`` gets each row's entry
+    count (below its bound when a distance rounds into no bin)."""
     nb = edges2.shape[0]
     for ch in prange(n_chunks):
         for cy in range(ch, ny, n_chunks):
             for cx in range(nx):
                 for p in range(start[cy * nx + cx], start[cy * nx + cx + 1]):
-                    e = rowptr[order[p]]
-                    cap = rowptr[order[p] + 1] - e      # the row's bound (never written past)
+                    r = order[p] - c0
+                    if r < 0 or r >= c1 - c0:
+                        continue
+                    e = rowptr[r]
+                    cap = rowptr[r + 1] - e      # the row's bound (never written past)
                     c = 0
                     for qy in range(max(cy - 1, 0), min(cy + 2, ny)):
                         for qx in range(max(cx - 1, 0), min(cx + 2, nx)):
@@ -215,7 +252,7 @@ def _fill_rows(xs, ys, bnd, tidx, order, start, nx, ny, reach2, edges2, r0, inv_
                                 w[e + c] = wt
                                 bins[e + c] = k
                                 c += 1
-                    used[order[p]] = c
+                    used[r] = c
 
 
 def _row_counts(grid: _Grid, reach):
@@ -223,7 +260,7 @@ def _row_counts(grid: _Grid, reach):
     return _row_bounds(grid.xs, grid.ys, grid.order, grid.start, grid.nx, grid.ny, float(reach) ** 2, _n_chunks())
 
 
-def _rows_by_label_side(grid: _Grid, es: _EdgeSetup, radii, centre_side, row_counts):
+def _rows_by_label_side(grid: _Grid, es: _EdgeSetup, radii, centre_side, row_counts, c0=0, c1=None):
     """Directed neighbour entries grouped by row cell (CSR) for :func:`_labelled_sums_rows`.
 
     Rows are the cells in their original order. ``centre_side=True``: rows
@@ -239,11 +276,12 @@ def _rows_by_label_side(grid: _Grid, es: _EdgeSetup, radii, centre_side, row_cou
     order), which is the order in which the pair list of
     :func:`neighbour_pairs` (increasing (i, j), i < j) meets p's pairs: each
     row, and so every sum over the rows, is bit-identical to a CSR filled
-    from that list.
+    from that list. ``c0, c1``: only the rows of cells c0..c1-1 (default all).
     """
-    n = grid.xs.size
+    c1 = grid.xs.size if c1 is None else int(c1)
+    n = c1 - int(c0)
     rowptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(row_counts, out=rowptr[1:])
+    np.cumsum(row_counts[c0:c1], out=rowptr[1:])
     other = np.empty(rowptr[-1], dtype=np.int32)
     w = np.empty(rowptr[-1], dtype=np.float64)
     bins = np.empty(rowptr[-1], dtype=np.uint8 if radii.size < 256 else np.int32)
@@ -253,7 +291,7 @@ def _rows_by_label_side(grid: _Grid, es: _EdgeSetup, radii, centre_side, row_cou
     # float(reach) ** 2 as _row_counts (and neighbour_pairs) square it
     _fill_rows(grid.xs, grid.ys, bnd, tidx, grid.order, grid.start, grid.nx, grid.ny, float(es.reach) ** 2,
                radii * radii, r0, inv_step, uniform, bool(centre_side), es.mode, es.rect, es.iso_tab, es.reach,
-               es.cov, es.cov_step, es.cov_P, es.cov0, rowptr, other, w, bins, used, _n_chunks())
+               es.cov, es.cov_step, es.cov_P, es.cov0, rowptr, other, w, bins, used, _n_chunks(), int(c0), c1)
     if used.sum() < rowptr[-1]:
         # a distance within reach whose square rounds past the last radius: drop the gaps
         keep = np.arange(rowptr[-1]) - np.repeat(rowptr[:-1], np.diff(rowptr)) < np.repeat(used, np.diff(rowptr))
@@ -301,8 +339,9 @@ def random_labelling_envelope(cells, statistic="cross_L", type_a=None, type_b=No
     bandwidth_um : float, optional
         Kernel half-width for ``"cross_pcf"`` (default Stoyan's rule).
     max_pairs : int
-        Above this many neighbour pairs the pairs are not stored; every
-        simulation then re-runs the cell-list pass (memory stays linear).
+        Up to this many neighbour pairs are stored once; above, they are
+        built in blocks of at most ``max_pairs`` for every batch of
+        simulations (memory bounded by the block; the same numbers).
 
     Returns
     -------
@@ -417,7 +456,9 @@ def _envelope_edge_setup(pts: _EnvelopePoints, win, edge_correction, reach) -> _
 
 def _simulation_kernel(pts: _EnvelopePoints, es, radii, kernel_h, reach, population, max_pairs, n_sim, progress):
     """``stat_hist(labels)`` (per labelling row: the statistic's binned pair
-    weights) for the fastest kernel that fits in memory, and the batch size."""
+    weights) and the batch size. Up to ``max_pairs`` neighbour pairs are
+    stored once; above, they stream in blocks of at most ``max_pairs`` pairs
+    (rebuilt for every batch of simulations), with the same sums bit for bit."""
     grid = _cell_list(pts.x, pts.y, reach)
     report(progress, "neighbour pairs", 0, 1)
     two_labels = kernel_h == 0.0 and population == "pair" and not pts.same
@@ -425,56 +466,74 @@ def _simulation_kernel(pts: _EnvelopePoints, es, radii, kernel_h, reach, populat
     if two_labels:
         row_counts = _row_counts(grid, reach)       # per cell: its directed entries
         n_pairs = int(row_counts.sum()) // 2
+        stat_hist = _row_kernel(grid, es, radii, pts, row_counts, _blocks(row_counts, 2 * max_pairs))
+        # a batch's one-byte labels take n_cells bytes per simulation (at most ~256 MB)
+        batch = max(1, min(n_sim, _LANES * numba.get_num_threads(), int(2.5e8 // max(pts.x.size, 1))))
     else:
         row_counts = _count_pairs_rows(grid.xs, grid.ys, grid.start, grid.nx, grid.ny, r2)   # per grid row
         n_pairs = int(row_counts.sum())
-    batch = max(1, min(n_sim, int(2e8 // max(n_pairs + pts.x.size, 1)), 64))
-    if n_pairs <= max_pairs and two_labels:
-        stat_hist = _row_kernel(grid, es, radii, pts, row_counts)
-        # a batch's one-byte labels take n_cells bytes per simulation (at most ~256 MB)
-        batch = max(1, min(n_sim, _LANES * numba.get_num_threads(), int(2.5e8 // max(pts.x.size, 1))))
-    elif n_pairs <= max_pairs:
-        stat_hist = _pair_kernel(grid, es, radii, kernel_h, reach, pts, r2, row_counts)
-    else:
-        stat_hist = _cell_list_kernel(grid, es, radii, kernel_h, pts)
+        blocks = _blocks(row_counts, max_pairs)
+        stat_hist = _pair_kernel(grid, es, radii, kernel_h, reach, pts, r2, row_counts, blocks)
+        batch = max(1, min(n_sim, int(2e8 // max(n_pairs + pts.x.size, 1)), 64))
+        if len(blocks) > 1:     # pairs rebuilt per batch: batches as large as the labels allow
+            batch = max(1, min(n_sim, 64, int(2.5e8 // max(pts.x.size, 1))))
     report(progress, "neighbour pairs", 1, 1)
     return stat_hist, batch
 
 
-def _row_kernel(grid, es, radii, pts: _EnvelopePoints, row_counts):
+def _blocks(counts, budget):
+    """Consecutive ranges [i0, i1) of ``counts`` each summing to at most ``budget``
+    (or holding one item that alone exceeds it); one range when the total fits."""
+    n = len(counts)
+    cum = np.cumsum(counts)
+    out, i0 = [], 0
+    while i0 < n:
+        base = cum[i0 - 1] if i0 else 0
+        i1 = max(i0 + 1, int(np.searchsorted(cum, base + budget, side="right")))
+        out.append((i0, min(i1, n)))
+        i0 = i1
+    return out or [(0, 0)]
+
+
+def _row_kernel(grid, es, radii, pts: _EnvelopePoints, row_counts, blocks):
     """Two labels only (a, b): visit the rows of the rarer label and sum the
-    weights of their neighbours carrying the other label (26 bytes/pair).
+    weights of their neighbours carrying the other label (26 bytes/pair),
+    stored when ``blocks`` (ranges of cells) is one range, else built block by block.
     Same sums as :func:`_pair_kernel`, in another order (equal to ~1e-15 relative)."""
     s_lab, t_lab = (pts.a, pts.b) if pts.n_a <= pts.n_b else (pts.b, pts.a)
-    csr = _rows_by_label_side(grid, es, radii, s_lab == pts.a, row_counts)
+    centre_side = s_lab == pts.a
+    if len(blocks) == 1:
+        csr = _rows_by_label_side(grid, es, radii, centre_side, row_counts)
+
+        def stat_hist(labels):
+            return _labelled_sums_rows(csr, labels, s_lab, t_lab, radii.size, only_s_t=True)
+        return stat_hist
+
+    def make_csr(c0, c1):
+        return _rows_by_label_side(grid, es, radii, centre_side, row_counts, c0, c1)
 
     def stat_hist(labels):
-        return _labelled_sums_rows(csr, labels, s_lab, t_lab, radii.size, only_s_t=True)
+        return _labelled_sums_row_blocks(make_csr, blocks, labels, s_lab, t_lab, radii.size, only_s_t=True)
     return stat_hist
 
 
-def _pair_kernel(grid, es, radii, kernel_h, reach, pts: _EnvelopePoints, r2, row_counts):
-    """Pairs and weights once (40 bytes/pair); each simulation is a masked weighted sum."""
-    pi, pj = _grid_pairs(grid, r2, row_counts)
-    dd, wij, wji = _pair_weights(pts.x, pts.y, pi, pj, es.bnd, es.tidx, es.mode, es.rect, es.iso_tab, reach,
-                                 es.cov, es.cov_step, es.cov_P, es.cov0)
+def _pair_kernel(grid, es, radii, kernel_h, reach, pts: _EnvelopePoints, r2, row_counts, blocks):
+    """Pairs and weights (40 bytes/pair), stored when ``blocks`` (ranges of grid
+    rows) is one range, else built block by block; each simulation is a masked
+    weighted sum over them."""
+    def pairs(row0, row1):
+        pi, pj = _grid_pairs(grid, r2, row_counts, row0, row1)
+        return (pi, pj, *_pair_weights(pts.x, pts.y, pi, pj, es.bnd, es.tidx, es.mode, es.rect, es.iso_tab,
+                                       reach, es.cov, es.cov_step, es.cov_P, es.cov0))
+
+    stored = pairs(*blocks[0]) if len(blocks) == 1 else None
 
     def stat_hist(labels):
-        return _labelled_sums(pi, pj, dd, wij, wji, labels, pts.a, pts.b, radii * radii, radii, kernel_h)
-    return stat_hist
-
-
-def _cell_list_kernel(grid, es, radii, kernel_h, pts: _EnvelopePoints):
-    """Too many pairs to keep: one cell-list pass per simulation (memory linear in cells)."""
-    a, b = pts.a, pts.b
-
-    def stat_hist(labels):
-        out = np.empty((labels.shape[0], radii.size))
-        for s_, lab in enumerate(labels):
-            c3 = np.where(lab == a, 0, np.where(lab == b, 1, 2)).astype(np.int64)
-            h = _hist_with_setup(grid, np.ascontiguousarray(c3[grid.order]), 3, radii, es, kernel_h)
-            out[s_] = h[0, 1] if not pts.same else h[0, 0]
-        return out
+        out = np.zeros((labels.shape[0], 1, 1, radii.size))
+        for block in blocks:
+            pi, pj, dd, wij, wji = stored if stored is not None else pairs(*block)
+            _labelled_sums_into(out, pi, pj, dd, wij, wji, labels, pts.a, pts.b, radii * radii, radii, kernel_h)
+        return out[:, 0, 0, :]
     return stat_hist
 
 
