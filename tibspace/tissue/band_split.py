@@ -146,11 +146,56 @@ def _intersection_areas(a, b, n_threads: int = 2, chunk: int = 2048):
     return np.concatenate(res)
 
 
+#: Parts of a set with more coordinates than this are cut into spatial blocks
+#: before the overlay with the partition (:func:`_split_large_parts`).
+_BLOCK_MAX_COORDS = 20_000
+
+
+def _split_large_parts(parts, max_coords: int | None = None):
+    """``parts`` with every part of more than ``max_coords`` coordinates cut, by
+    recursive halving of its bounding box, into pieces of at most about that many.
+
+    A sublevel set {d <= e > 0} of many nests merges into a few parts of
+    millions of coordinates; overlaying each partition region with a whole
+    such part costs the part's size per region (quadratic in the slide). The
+    pieces tile the part (areas add up to it, to rounding), and each region
+    meets only the few pieces near it. Parts within the bound are returned as
+    they are (then the areas are the same, bit for bit).
+    """
+    max_coords = _BLOCK_MAX_COORDS if max_coords is None else int(max_coords)
+    ncoords = shapely.get_num_coordinates(parts)
+    if len(parts) == 0 or ncoords.max() <= max_coords:
+        return parts
+    out = [parts[ncoords <= max_coords]]
+    todo = list(parts[ncoords > max_coords])
+    while todo:
+        g = todo.pop()
+        x0, y0, x1, y1 = shapely.bounds(g)
+        if max(x1 - x0, y1 - y0) < 1.0:     # a µm-sized knot of vertices: keep it whole
+            out.append(np.array([g], dtype=object))
+            continue
+        if x1 - x0 >= y1 - y0:
+            xm = 0.5 * (x0 + x1)
+            halves = shapely.intersection(g, [shapely.box(x0 - 1, y0 - 1, xm, y1 + 1),
+                                              shapely.box(xm, y0 - 1, x1 + 1, y1 + 1)])
+        else:
+            ym = 0.5 * (y0 + y1)
+            halves = shapely.intersection(g, [shapely.box(x0 - 1, y0 - 1, x1 + 1, ym),
+                                              shapely.box(x0 - 1, ym, x1 + 1, y1 + 1)])
+        pieces = shapely.get_parts(halves)
+        pieces = pieces[(shapely.get_type_id(pieces) == 3) & ~shapely.is_empty(pieces)]
+        n = shapely.get_num_coordinates(pieces)
+        out.append(pieces[n <= max_coords])
+        todo.extend(pieces[n > max_coords])
+    return np.concatenate(out)
+
+
 def _areas_by_partition(parts, regions, n_out):
     """Area of the band (given as parts) inside each partition region (index = label)."""
     out = np.zeros(n_out)
     if len(parts) == 0:
         return out
+    parts = _split_large_parts(np.asarray(parts, dtype=object))
     tree = shapely.STRtree(parts)
     ri, pi = tree.query(regions, predicate="intersects")
     if ri.size:
