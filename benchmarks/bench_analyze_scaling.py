@@ -29,13 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_wholeslide import timed  # noqa: E402
 
 
-def run_sizes(sizes, root: Path, tmp: str) -> list[dict]:
+def run_sizes(sizes, root: Path, tmp: str, warmup: int = 20_000) -> list[dict]:
     from tibspace.synthetic import make_clustered_cells
 
     rows = []
     with tempfile.TemporaryDirectory(dir=tmp) as d:
         d = Path(d)
         (d / "panel.toml").write_text("[parameters]\nseed = 0\n")
+        if warmup:   # compiles (and caches) the numba kernels, so the first size does not pay for it
+            make_clustered_cells(warmup, seed=0).to_parquet(d / "warmup.parquet", index=False)
+            timed([sys.executable, "-m", "tibspace", "analyze", str(d / "warmup.parquet"), "--panel",
+                   str(d / "panel.toml"), "--out", str(d / "out_warmup"), "--quiet"], cwd=root)
         for n in sizes:
             make_clustered_cells(n, seed=0).to_parquet(d / f"cells_{n}.parquet", index=False)
             r = timed([sys.executable, "-m", "tibspace", "analyze", str(d / f"cells_{n}.parquet"),
@@ -69,8 +73,9 @@ def main():
                     help="checkout whose tibspace runs (default: this one)")
     ap.add_argument("--tmp", default=os.environ.get("TMPDIR", "/tmp"), help="scratch folder (needs space)")
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--warmup", type=int, default=20_000, help="cells of an unreported first run (0: none)")
     a = ap.parse_args()
-    rows = run_sizes(a.sizes, Path(a.root), a.tmp)
+    rows = run_sizes(a.sizes, Path(a.root), a.tmp, a.warmup)
     print_growth(rows)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))

@@ -352,7 +352,7 @@ def test_bad_input_raises_input_error(call, match):
 
 
 def test_envelope_without_stored_pairs_is_identical():
-    """The memory-bounded path (one cell-list pass per simulation) gives the same numbers."""
+    """The memory-bounded path (neighbour pairs streamed in blocks) gives the same numbers."""
     cells = _planted_cells(3)
     W = (0, 0, 300, 300)
     kw = dict(n_sim=19, seed=4, population="pair", edge_correction="translation")
