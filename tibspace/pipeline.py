@@ -211,7 +211,7 @@ def _stain_thumbnail(img, panel, channel_index, nuclear) -> dict:
         names = []
         for ph in panel.roles.get(role, []):
             rule = panel.phenotypes.get(ph)
-            names += [m for m in (rule_markers(rule) if rule else []) if m in channel_index]
+            names += [m for m in sorted(rule_markers(rule) if rule else []) if m in channel_index]
         return list(dict.fromkeys(names))
 
     groups = {"blue": [img.channel_names.index(n) for n in nuclear],

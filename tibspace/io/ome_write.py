@@ -8,6 +8,8 @@ in µm and as TIFF resolution in pixels per cm. Files are written atomically.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shutil
 import tempfile
@@ -17,6 +19,7 @@ from typing import Any, Iterator, Optional, Sequence
 import dask.array as da
 import numpy as np
 import tifffile
+import uuid
 
 from tibspace.errors import InputError
 from tibspace.io.files import atomic_path
@@ -161,6 +164,7 @@ def write_ome_tiff(path: str | Path, data: Any, channel_names: Sequence[str],
         "PhysicalSizeX": px, "PhysicalSizeXUnit": "µm",
         "PhysicalSizeY": px, "PhysicalSizeYUnit": "µm",
     }
+    metadata["UUID"] = _content_uuid(data, metadata, path.name)
     nbytes = sum(int(np.prod(sh)) for sh in shapes) * np.dtype(data.dtype).itemsize
     # Reduced levels are built while the level above is written: in memory
     # for numpy input (a quarter of its size), in a temporary zarr store next
@@ -220,6 +224,20 @@ def _level_sink(shape: tuple[int, int, int], dtype: np.dtype, tile: int,
     return zarr.create_array(
         store=str(scratch / f"L{lvl}"), shape=shape, dtype=dtype,
         chunks=(1, max(1, min(tile // 2, shape[1])), max(1, shape[2])), fill_value=0)
+
+
+def _content_uuid(data: Any, metadata: dict, name: str) -> str:
+    """OME UUID derived from the content (uuid5 over a SHA-256), so reruns are byte-identical.
+
+    numpy input hashes the pixel bytes; dask input (whole slides) hashes shape,
+    dtype, metadata and file name, so the data is not read twice.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps(metadata, sort_keys=True, default=str).encode())
+    h.update(f"{name}|{data.shape}|{data.dtype}".encode())
+    if isinstance(data, np.ndarray):
+        h.update(np.ascontiguousarray(data).tobytes())
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "tibspace:" + h.hexdigest()))
 
 
 def _write_levels(tw: tifffile.TiffWriter, data: Any, shapes: list[tuple[int, int, int]],

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import tifffile
 
 from tibspace.errors import InputError, positive_um
@@ -334,3 +335,45 @@ def _resolution_pixel_size(path: Path, page: Any) -> Optional[float]:
         # 72/96/300 dpi defaults written by generic software, not a microscope
         return None
     return val
+
+
+def _check_ome_against_ifds(path: Path, tf: tifffile.TiffFile, series: Any,
+                            pages: Sequence[Any]) -> None:
+    """Refuse OME-XML that declares planes, sizes or a pixel type the IFDs do not hold.
+
+    tifffile fills planes missing from the file with zeros; a panel naming such a
+    channel would then be analysed as an empty stain.
+    """
+    if not (tf.is_ome and tf.ome_metadata):
+        return
+    pixels = _ome_pixels(tf.ome_metadata)
+    if pixels is None:
+        return
+    try:
+        declared = [int(pixels.get(k, "1")) for k in ("SizeC", "SizeZ", "SizeT")]
+        sx, sy = int(pixels.get("SizeX", "0")), int(pixels.get("SizeY", "0"))
+    except ValueError:
+        raise InputError(f"{path}: the OME-XML sizes are not integers; re-export it") from None
+    n_decl = int(np.prod(declared))
+    spp = int(getattr(pages[0], "samplesperpixel", 1) or 1) if pages else 1
+    n_have = len(pages) * spp
+    if n_have < n_decl:
+        raise InputError(f"{path}: the OME metadata declares {n_decl} planes (SizeC={declared[0]}, "
+                         f"SizeZ={declared[1]}, SizeT={declared[2]}) but the file holds "
+                         f"{n_have} image planes; re-export it")
+    for page in pages:
+        key = getattr(page, "keyframe", None) or page
+        ny, nx = int(key.imagelength), int(key.imagewidth)
+        if sx and sy and (nx, ny) != (sx, sy):
+            raise InputError(f"{path}: the OME metadata declares {sx}×{sy} px planes but an IFD "
+                             f"holds {nx}×{ny} px; re-export it")
+    otype = pixels.get("Type")
+    if otype and pages:
+        try:
+            want = np.dtype({"float": "float32", "double": "float64", "bit": "bool"}.get(otype, otype))
+        except TypeError:
+            return
+        have = np.dtype((getattr(pages[0], "keyframe", None) or pages[0]).dtype)
+        if want != have and not (want == np.bool_ and have.kind in "ub"):
+            raise InputError(f"{path}: the OME metadata declares pixel type {otype} but the "
+                             f"IFDs hold {have.name}; re-export it")

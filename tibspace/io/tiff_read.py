@@ -30,7 +30,8 @@ import tifffile
 
 from tibspace.errors import InputError
 from tibspace.io.image import MultiplexImage
-from tibspace.io.tiff_meta import (_channel_names_from_file, _make_unique, _pixel_size_from_file,
+from tibspace.io.tiff_meta import (_channel_names_from_file, _check_ome_against_ifds, _make_unique,
+                                   _pixel_size_from_file,
                                    _resolve_pixel_size, _stem)
 from tibspace.io.views import _PageWindowReader, _Plane, _StackView, _ZarrView, _as_dask, _first_line
 
@@ -196,6 +197,7 @@ def _open_series(path: Path, tf: tifffile.TiffFile, warn_unnamed: bool = True
 
     level0_pages = [p for p in series.pages if p is not None]
     _check_data_within_file(path, tf, level0_pages)
+    _check_ome_against_ifds(path, tf, series, level0_pages)
 
     views: list[_ZarrView] = []
     token = uuid.uuid4().hex[:12]
