@@ -143,3 +143,23 @@ def test_run_scratch_folder_is_beside_out_and_removed(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
     lab = np.asarray(res.labels)
     assert lab.shape == (500, 500) and int(lab.max()) == len(res.cells)
+
+
+def test_statistics_of_a_large_pyramid_level_are_a_bounded_tiled_sample(tmp_path, monkeypatch):
+    """Above the in-process limit the statistics come from strided tile samples of the same
+    pyramid level (not of full resolution): same level, nearly the same threshold."""
+    from tibspace.segment import tiling
+
+    path = _write(tmp_path, (2048, 2048), 6, n_nests=2)
+    whole = segment_image(path, "DAPI", nucleus_diameter_um=7.0, scheduler="synchronous")
+    assert whole.parameters["statistics_pyramid_level"] == 1  # 1024² level read at once
+    monkeypatch.setattr(tiling, "_STATS_MAX_PX", 0.3e6)
+    calls = []
+    tiled = segment_image(path, "DAPI", nucleus_diameter_um=7.0, scheduler="synchronous",
+                          tile_size_px=512, progress=lambda s, d, n: calls.append((s, d, n)))
+    assert tiled.parameters["statistics_pyramid_level"] == 1
+    assert ("nuclear statistics", 16, 16) in calls  # one strided sample per tile
+    assert tiled.parameters["threshold"] == pytest.approx(whole.parameters["threshold"], rel=0.03)
+    assert tiled.parameters["nuclear_channel_scales"][0] == pytest.approx(
+        whole.parameters["nuclear_channel_scales"][0], rel=0.03)
+    assert abs(len(tiled.cells) - len(whole.cells)) <= 0.01 * len(whole.cells)

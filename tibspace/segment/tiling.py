@@ -32,6 +32,9 @@ from tibspace.segment.scheduler import run_tasks
 
 __all__ = ["tile_grid"]
 
+# The global statistics use at most this many pixel values per channel.
+_STATS_MAX_PX = 16e6
+
 
 def tile_grid(shape_yx: tuple[int, int], tile_size_px: int,
               overlap_px: int) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
@@ -105,15 +108,17 @@ def _open(path: str, pixel_size_um: float) -> Any:
 
 
 def _tile_stats(path: str, pixel_size_um: float, channels: Sequence[int],
-                core: tuple[int, int, int, int], sigma_px: float, stride: int) -> np.ndarray:
-    """Smoothed nuclear-channel values of a tile core, subsampled (``(c, n)``)."""
+                core: tuple[int, int, int, int], sigma_px: float, stride: int,
+                level: int = 0) -> np.ndarray:
+    """Smoothed channel values of a tile core (in ``level``'s pixels), subsampled (``(c, n)``)."""
     img = _open(path, pixel_size_um)
     try:
         y0, y1, x0, x1 = core
         out = []
         for c in channels:
-            a = img.read_region([c], y0, y1, x0, x1)[0].astype(np.float32)
-            a = ndi.gaussian_filter(a, sigma_px, mode="nearest", truncate=3.0)
+            a = img.read_region([c], y0, y1, x0, x1, level=level)[0].astype(np.float32)
+            if sigma_px >= 0.3:
+                a = ndi.gaussian_filter(a, sigma_px, mode="nearest", truncate=3.0)
             out.append(a[stride // 2::stride, stride // 2::stride].ravel())
         return np.stack(out)
     finally:
@@ -127,7 +132,8 @@ def _channel_sample(path: Path, px: float, channels: Sequence[int], grid: list,
 
     Uses the coarsest pyramid level on which a nucleus is still ≥ 4 px wide,
     read in this process when it has ≤ 16 Mpx; otherwise every tile task
-    returns a strided sample of its core at full resolution.
+    returns a strided sample (≤ 16 M values in all) of its core on that level,
+    so memory is bounded and the work is that of the level, not of the image.
     """
     from tibspace.io import open_image
 
@@ -140,7 +146,7 @@ def _channel_sample(path: Path, px: float, channels: Sequence[int], grid: list,
             if f <= max(1.0, d_px / 4.0) and f > nx / float(img.levels[best].shape[2]):
                 best = lvl
         _, ly, lx = (int(v) for v in img.levels[best].shape)
-        if ly * lx <= 16e6:
+        if ly * lx <= _STATS_MAX_PX:
             f = nx / float(lx)
             out = []
             for c in channels:
@@ -153,10 +159,16 @@ def _channel_sample(path: Path, px: float, channels: Sequence[int], grid: list,
     finally:
         img.close()
     ny = img.shape[1]
-    stride = max(1, int(math.ceil(math.sqrt(ny * nx / 16e6))))
-    stats = run_tasks(_tile_stats, [(str(path), px, list(channels), core, sigma_px, stride)
-                                     for core, _ in grid], client, step, progress)
-    return np.concatenate(stats, axis=1), 0
+    stride = max(1, int(math.ceil(math.sqrt(ly * lx / _STATS_MAX_PX))))
+
+    def on_level(core):  # a partition of the image stays a partition of the level
+        y0, y1, x0, x1 = core
+        return (round(y0 * ly / ny), round(y1 * ly / ny), round(x0 * lx / nx), round(x1 * lx / nx))
+
+    cores = [c for c in (on_level(core) for core, _ in grid) if c[1] > c[0] and c[3] > c[2]]
+    stats = run_tasks(_tile_stats, [(str(path), px, list(channels), core, sigma_px * lx / nx, stride,
+                                     best) for core in cores], client, step, progress)
+    return np.concatenate(stats, axis=1), best
 
 
 def _segment_tile(index: int, path: str, pixel_size_um: float,
