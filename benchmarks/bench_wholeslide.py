@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,8 +111,7 @@ def bench_one(side: int, a, d: Path) -> dict:
               f"{mpx / r['wall_s']:.2f} Mpx/s wall, {mpx / r['cpu_s']:.2f} Mpx per CPU-s; load {row['seg_load']}",
               flush=True)
         print("  stages (s): " + ", ".join(f"{k[8:]} {v:.1f}" for k, v in qc.items() if k.startswith("seconds_")))
-        for f in (d / "seg").iterdir():
-            f.unlink()
+        shutil.rmtree(d / "seg")
     if a.stage in ("run", "both"):
         panel = ROOT / "sample_data" / "hcc_sample_panel.toml"
         load0 = _load()

@@ -95,7 +95,7 @@ def test_zarr_labels_live_in_the_work_folder_and_go_with_the_arrays(small, held,
     assert not list(tmp_path.rglob("*.npy"))
     del res
     gc.collect()
-    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_segmentation_leaves_no_temp_files(tmp_path):

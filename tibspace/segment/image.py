@@ -423,8 +423,17 @@ def _keep_or_clean(tmp: str, in_memory: bool, labels: Any, nuclei: Any) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         return
     shutil.rmtree(os.path.join(tmp, "tiles"), ignore_errors=True)
-    weakref.finalize(labels, shutil.rmtree, os.path.join(tmp, "cells.zarr"), True)
-    weakref.finalize(nuclei, shutil.rmtree, os.path.join(tmp, "nuclei.zarr"), True)
+    weakref.finalize(labels, _remove_store, os.path.join(tmp, "cells.zarr"), tmp)
+    weakref.finalize(nuclei, _remove_store, os.path.join(tmp, "nuclei.zarr"), tmp)
+
+
+def _remove_store(store: str, tmp: str) -> None:
+    """Remove a zarr store, and the temp dir once it is empty (the last store gone)."""
+    shutil.rmtree(store, ignore_errors=True)
+    try:
+        os.rmdir(tmp)
+    except OSError:
+        pass
 
 
 def _parameters(inp: _Inputs, method: str, threshold: Optional[float], stats: dict,
