@@ -2,14 +2,18 @@
 
 Usage::
 
-    python benchmarks/bench_wholeslide.py image --side 32768        # mosaic image, tibspace run
+    python benchmarks/bench_wholeslide.py image --sides 8192 16384 32768 [--stage segment|run|both]
     python benchmarks/bench_wholeslide.py tables --sizes 1000000 3000000 5000000
 
-``image``: a ``side`` x ``side`` x 12-channel tiled OME-TIFF mosaic of
-4096² synthetic tiles (``tibspace.synthetic.make_tissue``, two seeds
-alternating) is written to a temporary folder, then ``tibspace run`` runs on
-it under ``/usr/bin/time -v``; printed: wall, CPU seconds, peak RSS, cells,
-Mpx/s and the pipeline's own stage timings (``run_log.json``).
+``image``: for each side, a ``side`` x ``side`` x 12-channel tiled pyramidal
+OME-TIFF mosaic of 4096² synthetic tiles (``tibspace.synthetic.make_tissue``,
+two seeds in a checkerboard) is written to a temporary folder, tile-bounded (a
+dask mosaic written one 512-row band of one channel at a time), then
+``segment_image`` alone (``--stage segment``, labels written as OME-TIFF)
+and/or the whole ``tibspace run`` runs on it under ``/usr/bin/time -v``;
+printed: wall, CPU seconds, peak RSS, cells, Mpx/s and the stage timings
+(segmentation qc / ``run_log.json``), the load average before and after, and
+throughput and peak-RSS ratios against the first side.
 
 ``tables``: clustered synthetic cell tables of each size through
 ``tibspace analyze`` (every output written), each under ``/usr/bin/time -v``;
@@ -25,6 +29,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,55 +43,110 @@ TIBSPACE = [sys.executable, "-m", "tibspace"]
 def timed(cmd: list[str], cwd: Path = ROOT) -> dict:
     """Run ``cmd`` under /usr/bin/time -v (in ``cwd``); wall, CPU seconds and peak RSS (GB)."""
     t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=cwd)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=cwd, env=env)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
     user = float(re.search(r"User time \(seconds\): ([\d.]+)", p.stderr).group(1))
     system = float(re.search(r"System time \(seconds\): ([\d.]+)", p.stderr).group(1))
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
-    return {"wall_s": wall, "cpu_s": user + system, "peak_rss_gb": rss_kb / 1024**2}
+    return {"wall_s": wall, "cpu_s": user + system, "peak_rss_gb": rss_kb / 1024**2, "stdout": p.stdout}
 
 
-def write_mosaic(path: Path, side: int, tile: int = 4096) -> None:
+def mosaic(side: int, tile: int = 4096):
+    """A lazy ``(12, side, side)`` dask mosaic of two synthetic 4096² tiles (checkerboard)."""
+    import dask.array as da
     import numpy as np
-    import tifffile
 
-    from tibspace.synthetic import CHANNELS, make_tissue
+    from tibspace.synthetic import make_tissue
 
-    bases = [make_tissue(shape=(tile, tile), pixel_size_um=0.5, seed=s, n_nests=8).image for s in (1, 2)]
+    if side % tile:
+        sys.exit(f"--sides must be multiples of {tile}, got {side}")
+    bases = [da.from_array(np.ascontiguousarray(
+        make_tissue(shape=(tile, tile), pixel_size_um=0.5, seed=s, n_nests=8).image), chunks=(1, 512, 512))
+        for s in (1, 2)]
     n = side // tile
+    return da.block([[bases[(i + j) % 2] for j in range(n)] for i in range(n)])
 
-    def blocks():
-        for c in range(len(CHANNELS)):
-            for ty in range(0, side, 512):
-                for tx in range(0, side, 512):
-                    base = bases[((ty // tile) + (tx // tile)) % 2]
-                    yield base[c, ty % tile: ty % tile + 512, tx % tile: tx % tile + 512]
 
-    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
-        tw.write(blocks(), shape=(len(CHANNELS), n * tile, n * tile), dtype=bases[0].dtype, tile=(512, 512),
-                 compression="zlib", metadata={"axes": "CYX", "Channel": {"Name": list(CHANNELS)},
-                                               "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+def write_mosaic(path: Path, side: int) -> None:
+    """The mosaic as a tiled pyramidal OME-TIFF, one 512-row band of one channel at a time."""
+    from tibspace.io import write_ome_tiff
+    from tibspace.synthetic import CHANNELS
+
+    write_ome_tiff(path, mosaic(side), list(CHANNELS), 0.5)
+
+
+def run_segment(a) -> None:
+    """(Child process) segment_image on the slide with the default scheduler; prints its qc."""
+    from tibspace.segment import segment_image
+
+    out = Path(a.out)
+    res = segment_image(a.image, "DAPI", "NaKATPase", labels_path=out / "cell_labels.ome.tif", work_dir=out)
+    print(json.dumps({"n_cells": int(len(res.cells)), "n_tiles": res.n_tiles,
+                      **{k: v for k, v in res.qc.items() if k.startswith("seconds_")}}))
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def bench_one(side: int, a, d: Path) -> dict:
+    slide = d / f"slide_{side}.ome.tif"
+    t0 = time.perf_counter()
+    write_mosaic(slide, side)
+    print(f"mosaic {side}² x 12 written in {time.perf_counter() - t0:.0f} s ({slide.stat().st_size / 1e9:.1f} GB)",
+          flush=True)
+    mpx = side * side / 1e6
+    row = {"side": side, "mpx": mpx}
+    if a.stage in ("segment", "both"):
+        (d / "seg").mkdir(exist_ok=True)
+        load0 = _load()
+        r = timed([sys.executable, __file__, "_segment", str(slide), str(d / "seg")])
+        qc = json.loads(r.pop("stdout").strip().splitlines()[-1])
+        row.update({f"seg_{k}": v for k, v in r.items()}, cells=qc["n_cells"], seg_load=f"{load0} -> {_load()}")
+        print(f"segment_image {side}²: wall {r['wall_s']:.0f} s, CPU {r['cpu_s']:.0f} s, peak RSS "
+              f"{r['peak_rss_gb']:.2f} GB, {qc['n_cells']:,} cells in {qc['n_tiles']} tiles, "
+              f"{mpx / r['wall_s']:.2f} Mpx/s wall, {mpx / r['cpu_s']:.2f} Mpx per CPU-s; load {row['seg_load']}",
+              flush=True)
+        print("  stages (s): " + ", ".join(f"{k[8:]} {v:.1f}" for k, v in qc.items() if k.startswith("seconds_")))
+        shutil.rmtree(d / "seg")
+    if a.stage in ("run", "both"):
+        panel = ROOT / "sample_data" / "hcc_sample_panel.toml"
+        load0 = _load()
+        r = timed(TIBSPACE + ["run", str(slide), "--panel", str(panel), "--out", str(d / f"out_{side}"), "--quiet"])
+        r.pop("stdout")
+        m = json.loads((d / f"out_{side}" / "metrics.json").read_text())
+        stages = json.loads((d / f"out_{side}" / "run_log.json").read_text())["timings_s"]
+        row.update({f"run_{k}": v for k, v in r.items()}, cells=m["n_cells"], run_load=f"{load0} -> {_load()}")
+        print(f"tibspace run {side}²: wall {r['wall_s']:.0f} s, CPU {r['cpu_s']:.0f} s, peak RSS "
+              f"{r['peak_rss_gb']:.2f} GB, {m['n_cells']:,} cells, "
+              f"{mpx / stages.get('segmentation', r['wall_s']):.2f} Mpx/s segmentation; load {row['run_load']}",
+              flush=True)
+        print("  stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    slide.unlink()
+    return row
 
 
 def bench_image(a) -> None:
+    import pandas as pd
+
+    rows = []
     with tempfile.TemporaryDirectory(dir=a.tmp) as d:
-        d = Path(d)
-        t0 = time.perf_counter()
-        write_mosaic(d / "slide.ome.tif", a.side)
-        print(f"mosaic {a.side}² x 12 written in {time.perf_counter() - t0:.0f} s "
-              f"({(d / 'slide.ome.tif').stat().st_size / 1e9:.1f} GB)", flush=True)
-        panel = ROOT / "sample_data" / "hcc_sample_panel.toml"
-        r = timed(TIBSPACE + ["run", str(d / "slide.ome.tif"), "--panel", str(panel), "--out", str(d / "out"),
-                              "--quiet"])
-        m = json.loads((d / "out" / "metrics.json").read_text())
-        stages = json.loads((d / "out" / "run_log.json").read_text())["timings_s"]
-        mpx = a.side * a.side / 1e6
-        print(f"tibspace run {a.side}²: wall {r['wall_s']:.0f} s, CPU {r['cpu_s']:.0f} s, peak RSS "
-              f"{r['peak_rss_gb']:.2f} GB, {m['n_cells']:,} cells, {mpx / stages.get('segmentation', r['wall_s']):.2f} "
-              "Mpx/s segmentation")
-        print("  stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+        for side in a.sides:
+            rows.append(bench_one(side, a, Path(d)))
+    base = rows[0]
+    for r in rows[1:]:
+        for st in ("seg", "run"):
+            if f"{st}_wall_s" not in r:
+                continue
+            thr = (r["mpx"] / r[f"{st}_wall_s"]) / (base["mpx"] / base[f"{st}_wall_s"])
+            thr_cpu = (r["mpx"] / r[f"{st}_cpu_s"]) / (base["mpx"] / base[f"{st}_cpu_s"])
+            rss = r[f"{st}_peak_rss_gb"] / base[f"{st}_peak_rss_gb"]
+            print(f"{st} {r['side']}² vs {base['side']}²: throughput x{thr:.2f} (wall), x{thr_cpu:.2f} (CPU), "
+                  f"peak RSS x{rss:.2f} ({r[f'{st}_peak_rss_gb']:.2f} vs {base[f'{st}_peak_rss_gb']:.2f} GB)")
+    print(pd.DataFrame(rows).to_string(index=False))
 
 
 def bench_tables(a) -> None:
@@ -102,6 +162,7 @@ def bench_tables(a) -> None:
             (d / "panel.toml").write_text("[parameters]\nseed = 0\n")
             r = timed(TIBSPACE + ["analyze", str(d / f"cells_{n}.parquet"), "--panel", str(d / "panel.toml"),
                                   "--out", str(d / f"out_{n}"), "--quiet"])
+            r.pop("stdout")
             rows.append({"cells": n, **r, "gb_per_million": r["peak_rss_gb"] / (n / 1e6)})
             print(f"{n:>10,} cells: wall {r['wall_s']:7.1f} s  CPU {r['cpu_s']:7.1f} s  peak RSS "
                   f"{r['peak_rss_gb']:5.2f} GB ({rows[-1]['gb_per_million']:.2f} GB per million)", flush=True)
@@ -116,11 +177,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
     i = sub.add_parser("image")
-    i.add_argument("--side", type=int, default=32768)
+    i.add_argument("--sides", type=int, nargs="+", default=[8192, 16384, 32768],
+                   help="mosaic sides (multiples of 4096); ratios are against the first")
+    i.add_argument("--stage", choices=["segment", "run", "both"], default="segment",
+                   help="segment_image alone, the whole tibspace run, or both (each under /usr/bin/time -v)")
     t = sub.add_parser("tables")
     t.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000, 5_000_000])
     for p in (i, t):
         p.add_argument("--tmp", default=os.environ.get("TMPDIR", "/tmp"), help="scratch folder (needs space)")
+    if len(sys.argv) == 4 and sys.argv[1] == "_segment":
+        return run_segment(argparse.Namespace(image=sys.argv[2], out=sys.argv[3]))
     a = ap.parse_args()
     bench_image(a) if a.what == "image" else bench_tables(a)
 

@@ -10,6 +10,8 @@ with its reason recorded in ``metrics["skipped"]``; everything else still runs.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,34 +173,53 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
     nuclear = [names[channel_index[c]] for c in panel.nuclear]
     membrane = [names[channel_index[c]] for c in panel.membrane]
     tile = int(tile_size_px or params.get("tile_size_px", 2048))
-    with timer("segmentation"):
-        seg = segment_image(
-            img, nuclear, membrane,
-            expansion_um=float(params["cell_expansion_um"]),
-            nucleus_diameter_um=(None if params["nucleus_diameter_um"] == "auto"
-                                 else float(params["nucleus_diameter_um"])),
-            tile_size_px=tile, scheduler=scheduler, n_workers=n_workers, progress=progress)
-    cells = seg.cells
-    if len(cells) == 0:
-        raise InputError(f"{image_path}: segmentation found no cells in channel(s) {', '.join(nuclear)}")
+    # Temporary tile crops and zarr label images live beside out_dir and go with the run.
+    from tibspace.io import work_folder
 
-    result = analyze_cells(
-        cells, panel, pixel_size_um=img.pixel_size_um, labels=seg.labels, image=img,
-        channel_index=channel_index, seed=seed, progress=progress, timings=timings)
-    result.image_path = image_path
-    result.nuclei = seg.nuclei
-    with timer("thumbnail"):
-        result.thumbnail = _stain_thumbnail(img, panel, channel_index, nuclear)
-    result.image_shape = tuple(int(s) for s in img.shape[-2:])
-    result.metrics["segmentation"] = dict(seg.parameters) | {"n_cells": int(len(cells)), "n_tiles": int(seg.n_tiles)}
-    result.metrics["input"] = {
-        "path": str(image_path), "sha256": _checksum(image_path), "channels": list(names),
-        "shape_yx": list(result.image_shape), "pixel_size_um": float(img.pixel_size_um),
-    }
-    result.metrics["sample_id"] = sample_id or _sample_id(image_path)
-    if out_dir is not None:
-        write_outputs(result, out_dir, progress=progress, extra_files=extra_files, spatialdata=spatialdata)
+    with (work_folder(out_dir) if out_dir is not None else contextlib.nullcontext(None)) as work:
+        with timer("segmentation"):
+            seg = segment_image(
+                img, nuclear, membrane,
+                expansion_um=float(params["cell_expansion_um"]),
+                nucleus_diameter_um=(None if params["nucleus_diameter_um"] == "auto"
+                                     else float(params["nucleus_diameter_um"])),
+                tile_size_px=tile, scheduler=scheduler, n_workers=n_workers, progress=progress,
+                work_dir=work)
+        cells = seg.cells
+        if len(cells) == 0:
+            raise InputError(f"{image_path}: segmentation found no cells in channel(s) {', '.join(nuclear)}")
+
+        result = analyze_cells(
+            cells, panel, pixel_size_um=img.pixel_size_um, labels=seg.labels, image=img,
+            channel_index=channel_index, seed=seed, progress=progress, timings=timings)
+        result.image_path = image_path
+        result.nuclei = seg.nuclei
+        with timer("thumbnail"):
+            result.thumbnail = _stain_thumbnail(img, panel, channel_index, nuclear)
+        result.image_shape = tuple(int(s) for s in img.shape[-2:])
+        result.metrics["segmentation"] = dict(seg.parameters) | {"n_cells": int(len(cells)), "n_tiles": int(seg.n_tiles)}
+        result.metrics["input"] = {
+            "path": str(image_path), "sha256": _checksum(image_path), "channels": list(names),
+            "shape_yx": list(result.image_shape), "pixel_size_um": float(img.pixel_size_um),
+        }
+        result.metrics["sample_id"] = sample_id or _sample_id(image_path)
+        if out_dir is not None:
+            write_outputs(result, out_dir, progress=progress, extra_files=extra_files, spatialdata=spatialdata)
+            _labels_from_outputs(result, out_dir)
     return result
+
+
+def _labels_from_outputs(result, out_dir) -> None:
+    """Label images held in the run's scratch folder (zarr, large images) are about to go:
+    the cell labels are read lazily from the written ``cell_labels.ome.tif`` instead."""
+    if result.labels is not None and not isinstance(result.labels, np.ndarray):
+        import tifffile
+        import zarr
+
+        store = tifffile.imread(Path(out_dir) / "cell_labels.ome.tif", aszarr=True, level=0)
+        result.labels = zarr.open(store, mode="r")
+    if result.nuclei is not None and not isinstance(result.nuclei, np.ndarray):
+        result.nuclei = None
 
 
 def _stain_thumbnail(img, panel, channel_index, nuclear) -> dict:

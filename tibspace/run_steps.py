@@ -544,6 +544,12 @@ _IN_OTHER_FILES = {("barrier", "segments"): "segments.csv",
 
 
 def _with_file_references(analyses: dict) -> dict:
+    # Every analysis' per-nest table is a set of columns of nests.csv (_per_nest_table).
+    for name, value in analyses.items():
+        pn = value.get("per_nest") if isinstance(value, dict) else None
+        if isinstance(pn, dict) and "nest_id" in pn:
+            analyses[name]["per_nest"] = {"file": "nests.csv", "n": int(len(pn["nest_id"])),
+                                          "columns": sorted(pn)}
     for (name, key), file in _IN_OTHER_FILES.items():
         value = analyses.get(name, {}).get(key)
         if value is None:

@@ -1,7 +1,8 @@
 """Input and output of raw data: lazy multiplex images (OME-TIFF, named TIFF pages, folders), cell tables from other tools, channel-name matching, QuPath's pixel convention, and atomic file writes."""
 
 from tibspace.io.files import atomic_path
-from tibspace.io.resultset import MANIFEST, check_free_space, result_set, safe_name, safe_path
+from tibspace.io.resultset import (MANIFEST, check_free_space, result_set, safe_name, safe_path,
+                                   work_folder)
 from tibspace.io.channels import normalise_name
 from tibspace.io.qupath import um_to_qupath_px, qupath_px_to_um
 from tibspace.io.image import MultiplexImage, check_not_empty
@@ -16,6 +17,7 @@ __all__ = [
     "atomic_path",
     "MANIFEST",
     "result_set",
+    "work_folder",
     "check_free_space",
     "safe_name",
     "safe_path",

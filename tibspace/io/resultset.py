@@ -11,7 +11,7 @@ they survive; every file the previous result listed is replaced or dropped.
 Where the file system cannot exchange folders (``EINVAL``/``ENOSYS``), the
 swap falls back to two renames with the old set parked under a recovery name;
 :func:`recover` (run at the start of every write) restores or finishes an
-interrupted swap and removes stale staging folders.
+interrupted swap and removes stale staging and scratch folders (:func:`work_folder`).
 
 Every output name is checked by :func:`safe_path`: it must resolve inside the
 result folder (names from panels, channels, phenotypes and sample ids are made
@@ -36,6 +36,7 @@ from tibspace.errors import InputError
 MANIFEST = "tibspace_manifest.json"
 _STAGE_TAG = ".tibspace-staging-"
 _OLD_TAG = ".tibspace-previous-"
+_WORK_TAG = ".tibspace-work-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -146,6 +147,32 @@ def recover(out_dir: str | os.PathLike) -> None:
         if pid is not None and pid != os.getpid() and _pid_alive(pid):
             continue
         shutil.rmtree(stage, ignore_errors=True)
+    for work in _siblings(out_dir, _WORK_TAG):  # this process's own are still in use
+        pid = _owner_pid(work)
+        if pid is not None and _pid_alive(pid):
+            continue
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def work_folder(out_dir: str | os.PathLike) -> Iterator[Path | None]:
+    """Yield a hidden scratch folder beside ``out_dir`` (same file system), removed on exit.
+
+    A run's temporary files (segmentation tile crops, zarr label images) live
+    there; a killed run's folder is removed by the next :func:`recover`. Yields
+    ``None`` (use the system temp folder) when the folder cannot be made.
+    """
+    out_dir = Path(out_dir)
+    work = out_dir.parent / f".{out_dir.name}{_WORK_TAG}{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        work.mkdir()
+    except OSError:  # e.g. no parent yet or read-only: the write reports it in one line later
+        work = None
+    try:
+        yield work
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def read_manifest(folder: Path) -> set[str]:

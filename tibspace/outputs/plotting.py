@@ -154,7 +154,11 @@ def plot_overview(result, ax, *, max_points: int = 200_000, seed: int = 0, max_l
         ax.invert_yaxis()  # y down, as in the image
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("y (µm)")
-    handles = [ax.scatter([], [], s=12, color=palette[k], label=p) for k, p in enumerate(names)]
+    from matplotlib.lines import Line2D
+
+    # Legend proxies stay off the axes (the axes hold one artist per layer).
+    handles = [Line2D([], [], ls="", marker="o", ms=3.5, mew=0, color=palette[k], label=p)
+               for k, p in enumerate(names)]
     ax.legend(handles=handles, fontsize=7, loc="upper right", markerscale=1.5, frameon=True)
     ax.set_title("Cells, tumour nests (black), barrier covered (blue) / gaps (red), exclusion zones (yellow)",
                  fontsize=9)

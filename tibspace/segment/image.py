@@ -5,7 +5,8 @@ largest cell); compute the global statistics once (per-channel scale = 99.5th
 percentile, and the foreground threshold on the normalised smoothed nuclear
 signal), so that every tile uses the same ones; segment and measure the tiles
 (Dask tasks, each reading only its window); assemble global ids ``1..N`` and
-the label images (numpy up to 64 Mpx, zarr on disk above).
+the label images (numpy up to 64 Mpx, zarr on disk above) as the tiles finish
+(each tile's label crops go to a temp folder first, in every scheduler).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tibspace.errors import InputError
 from tibspace.segment.nuclei import FOREGROUND_FRACTION_OF_OTSU, nucleus_params, otsu
 from tibspace.segment.scale import estimate_nucleus_diameter, sample_windows
 from tibspace.segment.scheduler import run_tasks, scheduler_name, start_scheduler
-from tibspace.segment.tiling import (_channel_sample, _segment_tile, assemble_labels,
+from tibspace.segment.tiling import (LabelAssembler, _channel_sample, _segment_tile,
                                      new_label_array, tile_grid)
 
 __all__ = ["segment_image", "SegmentationResult"]
@@ -37,6 +38,9 @@ _IN_MEMORY_MAX_PX = 64 * 1024 * 1024
 # The nucleus size is estimated from this many windows of this side (bounded cost).
 _ESTIMATE_WINDOWS = 16
 _ESTIMATE_WINDOW_PX = 512
+# Tiles save their label crops to the temp folder and are pasted as they finish
+# (False: in-process tiles return crops in memory; kept to test the equality).
+_STREAM_TILES = True
 
 
 @dataclass
@@ -97,7 +101,8 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
                   labels_path: Optional[str | os.PathLike] = None,
                   progress: Any = None, pixel_size_um: Optional[float] = None,
                   threshold: Optional[float] = None, min_area_um2: Optional[float] = None,
-                  method: str = "classical") -> SegmentationResult:
+                  method: str = "classical",
+                  work_dir: Optional[str | os.PathLike] = None) -> SegmentationResult:
     """Segment nuclei and cells of a whole image in overlapping tiles, and measure them.
 
     Parameters
@@ -147,6 +152,10 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
         Smallest nucleus kept (default 20 % of a disc of the nucleus diameter).
     method : {"classical"}
         Only the classical watershed is built in.
+    work_dir : str or Path, optional
+        Folder for the temporary tile crops and (above 64 Mpx) the zarr label
+        images (default: the system temp folder). Crops are removed as they
+        are pasted; the zarr stores live as long as the returned arrays.
 
     Returns
     -------
@@ -183,22 +192,22 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
     e_um = _check_expansion(expansion_um)
     plan = _plan_tiles(inp, p, e_um, tile_size_px, overlap_px)
     client, close, in_process = start_scheduler(scheduler, len(plan["grid"]), n_workers)
-    tmp = tempfile.mkdtemp(prefix="tibspace-seg-")
+    tmp = tempfile.mkdtemp(prefix="tibspace-seg-", dir=work_dir)
     qc: dict[str, Any] = {}
     try:
         t0 = time.perf_counter()
         stats = _global_statistics(inp, p, plan["grid"], threshold, client, progress)
         qc["seconds_statistics"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        results = _run_tiles(inp, p, e_um, plan["grid"], stats, client, in_process, tmp,
-                             progress)
+        asm, in_memory = _new_assembly(inp, len(plan["grid"]), tmp, progress)
+        _run_tiles(inp, p, e_um, plan["grid"], stats, client, in_process, tmp, asm, progress)
         qc["seconds_tiles"] = time.perf_counter() - t0
     except BaseException:
         close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     close()
-    cells_df, labels, nuclei, in_memory = _assemble(inp, results, tmp, qc, progress)
+    cells_df, labels, nuclei = _assemble(inp, asm, tmp, qc)
     out_path = _write_labels(labels, labels_path, inp.px, qc, progress)
     _keep_or_clean(tmp, in_memory, labels, nuclei)
     qc["seconds_total"] = time.perf_counter() - t_start
@@ -350,38 +359,49 @@ def _global_statistics(inp: _Inputs, p: dict, grid: list, threshold: Optional[fl
 
 
 def _run_tiles(inp: _Inputs, p: dict, e_um: float, grid: list, stats: dict, client: Any,
-               in_process: bool, tmp: str, progress: Any) -> list[dict]:
-    """Segment and measure every tile; workers in other processes write .npy crops to ``tmp``."""
+               in_process: bool, tmp: str, asm: LabelAssembler, progress: Any) -> None:
+    """Segment and measure every tile; tiles save .npy crops in ``tmp`` and ``asm`` pastes them."""
     tile_dir = os.path.join(tmp, "tiles")
     os.makedirs(tile_dir)
-    out_dir = tile_dir if client is not None and not in_process else None
+    stream = _STREAM_TILES or (client is not None and not in_process)
+    out_dir = tile_dir if stream else None
     measure_names = inp.names(inp.measure_idx)
     args = [(k, str(inp.path), inp.px, core, win, inp.nuclear, stats["scales"], inp.membrane,
              stats["membrane_scales"], inp.measure_idx, measure_names, stats["threshold"],
              p["nucleus_diameter_um"], e_um, p["min_area_um2"], out_dir)
             for k, (core, win) in enumerate(grid)]
-    return run_tasks(_segment_tile, args, client, "segment tiles", progress)
+    on_result = asm.add if stream else None
+    results = run_tasks(_segment_tile, args, client, "segment tiles", progress, on_result)
+    if not stream:
+        for k, r in enumerate(results):
+            asm.add(k, r)
 
 
-def _assemble(inp: _Inputs, results: list[dict], tmp: str, qc: dict,
-              progress: Any) -> tuple[pd.DataFrame, Any, Any, bool]:
-    """Global cell table and label images from the tile results."""
-    t0 = time.perf_counter()
-    n_total = int(sum(len(r["table"]) for r in results))
-    if n_total == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _no_nuclei(inp)
+def _new_assembly(inp: _Inputs, n_tiles: int, tmp: str,
+                  progress: Any) -> tuple[LabelAssembler, bool]:
+    """Empty label images (numpy up to 64 Mpx, zarr in ``tmp`` above) and their assembler."""
     ny, nx = inp.shape
     in_memory = ny * nx <= _IN_MEMORY_MAX_PX
     labels = new_label_array((ny, nx), in_memory, tmp, "cells")
     nuclei = new_label_array((ny, nx), in_memory, tmp, "nuclei")
-    tables, conflicts = assemble_labels(results, labels, nuclei, progress)
-    cells_df = pd.concat(tables, ignore_index=True)
+    return LabelAssembler(labels, nuclei, n_tiles, progress), in_memory
+
+
+def _assemble(inp: _Inputs, asm: LabelAssembler, tmp: str,
+              qc: dict) -> tuple[pd.DataFrame, Any, Any]:
+    """Global cell table from the assembled tiles (the labels are already pasted)."""
+    t0 = time.perf_counter()
+    n_total = int(sum(len(t) for t in asm.tables))
+    if n_total == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _no_nuclei(inp)
+    cells_df = pd.concat(asm.tables, ignore_index=True)
+    asm.tables = []
     qc["seconds_assemble"] = time.perf_counter() - t0
-    qc["pixels_claimed_twice"] = conflicts
-    qc["cells_segmented_in_windows"] = int(sum(r["n_segmented"] for r in results))
+    qc["pixels_claimed_twice"] = asm.conflicts
+    qc["cells_segmented_in_windows"] = asm.n_segmented
     qc["cells"] = n_total
-    return cells_df, labels, nuclei, in_memory
+    return cells_df, asm.labels, asm.nuclei
 
 
 def _write_labels(labels: Any, labels_path: Any, px: float, qc: dict,
@@ -403,8 +423,17 @@ def _keep_or_clean(tmp: str, in_memory: bool, labels: Any, nuclei: Any) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         return
     shutil.rmtree(os.path.join(tmp, "tiles"), ignore_errors=True)
-    weakref.finalize(labels, shutil.rmtree, os.path.join(tmp, "cells.zarr"), True)
-    weakref.finalize(nuclei, shutil.rmtree, os.path.join(tmp, "nuclei.zarr"), True)
+    weakref.finalize(labels, _remove_store, os.path.join(tmp, "cells.zarr"), tmp)
+    weakref.finalize(nuclei, _remove_store, os.path.join(tmp, "nuclei.zarr"), tmp)
+
+
+def _remove_store(store: str, tmp: str) -> None:
+    """Remove a zarr store, and the temp dir once it is empty (the last store gone)."""
+    shutil.rmtree(store, ignore_errors=True)
+    try:
+        os.rmdir(tmp)
+    except OSError:
+        pass
 
 
 def _parameters(inp: _Inputs, method: str, threshold: Optional[float], stats: dict,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from tibspace.progress import report
 
@@ -98,14 +98,21 @@ def _client_of(cluster: Any) -> tuple[Any, Callable[[], None]]:
 
 
 def run_tasks(fn: Callable, arg_list: list[tuple], client: Any, step: str,
-               progress: Any) -> list[Any]:
-    """Run ``fn(*args)`` for each args, in-process or on ``client``; results in order."""
+              progress: Any, on_result: Optional[Callable[[int, Any], Any]] = None) -> list[Any]:
+    """Run ``fn(*args)`` for each args, in-process or on ``client``; results in order.
+
+    ``on_result(k, result)``, when given, is called in this thread as each
+    task finishes (in completion order) and its return value is kept in
+    place of the result, so large results can be consumed (e.g. written to
+    disk) as they arrive instead of being held until the end.
+    """
     total = len(arg_list)
     out: list[Any] = [None] * total
+    keep = on_result if on_result is not None else (lambda k, r: r)
     report(progress, step, 0, total)
     if client is None:
         for k, args in enumerate(arg_list):
-            out[k] = fn(*args)
+            out[k] = keep(k, fn(*args))
             report(progress, step, k + 1, total)
         return out
     import distributed
@@ -117,8 +124,10 @@ def run_tasks(fn: Callable, arg_list: list[tuple], client: Any, step: str,
     done = 0
     try:
         for fut in distributed.as_completed(futures):
-            out[pos[fut.key]] = fut.result()
+            res = fut.result()
             fut.release()
+            out[pos[fut.key]] = keep(pos[fut.key], res)
+            del res
             done += 1
             report(progress, step, done, total)
     except BaseException:

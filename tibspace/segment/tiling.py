@@ -6,8 +6,12 @@ grown by the overlap on each side, clipped to the image), both
 from the file, segments and measures it, and keeps the cells whose centroid
 (rounded to the nearest pixel) lies in its core, so every cell is owned by
 exactly one tile. Local ids 1..k follow the (row, column) order of the owned
-centroids; :func:`assemble_labels` offsets them to global ids in tile order
-and writes the label images, the earlier tile keeping a contested pixel.
+centroids. Workers save their owned label crops as .npy files in a temp
+folder as they finish (in every scheduler), and :class:`LabelAssembler`
+pastes them into the label images (numpy, or zarr on disk) in tile order
+while later tiles still run, offsetting local ids to global ids, the earlier
+tile keeping a contested pixel: memory holds the cell tables and a few tile
+crops, never all of them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from tibspace.segment.nuclei import segment_nuclei
 from tibspace.segment.scheduler import run_tasks
 
 __all__ = ["tile_grid"]
+
+# The global statistics use at most this many pixel values per channel.
+_STATS_MAX_PX = 16e6
 
 
 def tile_grid(shape_yx: tuple[int, int], tile_size_px: int,
@@ -101,15 +108,17 @@ def _open(path: str, pixel_size_um: float) -> Any:
 
 
 def _tile_stats(path: str, pixel_size_um: float, channels: Sequence[int],
-                core: tuple[int, int, int, int], sigma_px: float, stride: int) -> np.ndarray:
-    """Smoothed nuclear-channel values of a tile core, subsampled (``(c, n)``)."""
+                core: tuple[int, int, int, int], sigma_px: float, stride: int,
+                level: int = 0) -> np.ndarray:
+    """Smoothed channel values of a tile core (in ``level``'s pixels), subsampled (``(c, n)``)."""
     img = _open(path, pixel_size_um)
     try:
         y0, y1, x0, x1 = core
         out = []
         for c in channels:
-            a = img.read_region([c], y0, y1, x0, x1)[0].astype(np.float32)
-            a = ndi.gaussian_filter(a, sigma_px, mode="nearest", truncate=3.0)
+            a = img.read_region([c], y0, y1, x0, x1, level=level)[0].astype(np.float32)
+            if sigma_px >= 0.3:
+                a = ndi.gaussian_filter(a, sigma_px, mode="nearest", truncate=3.0)
             out.append(a[stride // 2::stride, stride // 2::stride].ravel())
         return np.stack(out)
     finally:
@@ -123,7 +132,8 @@ def _channel_sample(path: Path, px: float, channels: Sequence[int], grid: list,
 
     Uses the coarsest pyramid level on which a nucleus is still ≥ 4 px wide,
     read in this process when it has ≤ 16 Mpx; otherwise every tile task
-    returns a strided sample of its core at full resolution.
+    returns a strided sample (≤ 16 M values in all) of its core on that level,
+    so memory is bounded and the work is that of the level, not of the image.
     """
     from tibspace.io import open_image
 
@@ -136,7 +146,7 @@ def _channel_sample(path: Path, px: float, channels: Sequence[int], grid: list,
             if f <= max(1.0, d_px / 4.0) and f > nx / float(img.levels[best].shape[2]):
                 best = lvl
         _, ly, lx = (int(v) for v in img.levels[best].shape)
-        if ly * lx <= 16e6:
+        if ly * lx <= _STATS_MAX_PX:
             f = nx / float(lx)
             out = []
             for c in channels:
@@ -149,10 +159,16 @@ def _channel_sample(path: Path, px: float, channels: Sequence[int], grid: list,
     finally:
         img.close()
     ny = img.shape[1]
-    stride = max(1, int(math.ceil(math.sqrt(ny * nx / 16e6))))
-    stats = run_tasks(_tile_stats, [(str(path), px, list(channels), core, sigma_px, stride)
-                                     for core, _ in grid], client, step, progress)
-    return np.concatenate(stats, axis=1), 0
+    stride = max(1, int(math.ceil(math.sqrt(ly * lx / _STATS_MAX_PX))))
+
+    def on_level(core):  # a partition of the image stays a partition of the level
+        y0, y1, x0, x1 = core
+        return (round(y0 * ly / ny), round(y1 * ly / ny), round(x0 * lx / nx), round(x1 * lx / nx))
+
+    cores = [c for c in (on_level(core) for core, _ in grid) if c[1] > c[0] and c[3] > c[2]]
+    stats = run_tasks(_tile_stats, [(str(path), px, list(channels), core, sigma_px * lx / nx, stride,
+                                     best) for core in cores], client, step, progress)
+    return np.concatenate(stats, axis=1), best
 
 
 def _segment_tile(index: int, path: str, pixel_size_um: float,
@@ -263,37 +279,72 @@ def new_label_array(shape: tuple[int, int], in_memory: bool, tmp: Optional[str],
                              chunks=(1024, 1024), dtype="int32", fill_value=0)
 
 
-def assemble_labels(results: list[dict], labels: Any, nuclei: Any,
-                    progress: Any) -> tuple[list, int]:
-    """Write every tile's crops into ``labels`` / ``nuclei`` with global ids.
+class LabelAssembler:
+    """Pastes tile label crops into the whole-image label images as the tiles finish.
 
-    Global ids are the local ids offset by the cells of the earlier tiles;
-    each table's ``cell_id`` is offset likewise. A pixel claimed by two tiles'
-    cells stays with the earlier tile. Returns the tables in tile order and
-    the number of contested cell pixels. Crop files are removed once read.
+    :meth:`add` is handed each tile result in completion order (the
+    ``on_result`` of :func:`tibspace.segment.scheduler.run_tasks`); crops are
+    pasted in tile order, so a tile that finishes early waits (its crops on
+    disk when the worker wrote them there) until every earlier tile is in.
+    Global ids are the local ids offset by the cells of the earlier tiles and
+    each table's ``cell_id`` is offset likewise; a pixel claimed by two tiles'
+    cells stays with the earlier tile. Only the tables stay in memory; crop
+    files are removed once pasted.
     """
-    counts = [len(r["table"]) for r in results]
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    conflicts = 0
-    tables = []
-    for k, r in enumerate(results):
-        off = int(offsets[k])
+
+    def __init__(self, labels: Any, nuclei: Any, n_tiles: int, progress: Any = None):
+        self.labels, self.nuclei = labels, nuclei
+        self.n_tiles = int(n_tiles)
+        self.tables: list = []
+        self.conflicts = 0
+        self.n_segmented = 0
+        self._offset = 0
+        self._pending: dict[int, dict] = {}
+        self._progress = progress
+
+    def add(self, index: int, result: dict) -> None:
+        """Take tile ``index``'s result; paste it and every waiting successor now in order."""
+        self._pending[int(index)] = result
+        while len(self.tables) in self._pending:
+            self._paste_tile(self._pending.pop(len(self.tables)))
+            report(self._progress, "assemble labels", len(self.tables), self.n_tiles)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.tables) == self.n_tiles
+
+    def _paste_tile(self, r: dict) -> None:
+        off = self._offset
         tab = r["table"]
         tab["cell_id"] = tab["cell_id"].to_numpy() + off
-        tables.append(tab)
-        crop_c = np.load(r["cells"]) if isinstance(r["cells"], str) else r["cells"]
-        crop_n = np.load(r["nuclei"]) if isinstance(r["nuclei"], str) else r["nuclei"]
+        self.tables.append(tab)
+        self._offset += len(tab)
+        self.n_segmented += int(r["n_segmented"])
+        on_disk = isinstance(r["cells"], str)
+        crop_c = np.load(r["cells"]) if on_disk else r["cells"]
+        crop_n = np.load(r["nuclei"]) if on_disk else r["nuclei"]
         if crop_c.size:
             oy, ox = r["origin"]
             sl = (slice(oy, oy + crop_c.shape[0]), slice(ox, ox + crop_c.shape[1]))
-            conflicts += _paste(labels, sl, crop_c, off)
-            _paste(nuclei, sl, crop_n, off)
-        if isinstance(r["cells"], str):
+            self.conflicts += _paste(self.labels, sl, crop_c, off)
+            _paste(self.nuclei, sl, crop_n, off)
+        if on_disk:
             os.remove(r["cells"])
             os.remove(r["nuclei"])
         r["cells"] = r["nuclei"] = None
-        report(progress, "assemble labels", k + 1, len(results))
-    return tables, conflicts
+
+
+def assemble_labels(results: list[dict], labels: Any, nuclei: Any,
+                    progress: Any) -> tuple[list, int]:
+    """Write every tile's crops into ``labels`` / ``nuclei`` with global ids (all at once).
+
+    Returns the tables in tile order and the number of contested cell
+    pixels (see :class:`LabelAssembler`, which does the same as tiles finish).
+    """
+    asm = LabelAssembler(labels, nuclei, len(results), progress)
+    for k, r in enumerate(results):
+        asm.add(k, r)
+    return asm.tables, asm.conflicts
 
 
 def _paste(target: Any, sl: tuple[slice, slice], crop: np.ndarray, off: int) -> int:
