@@ -100,3 +100,39 @@ def test_bad_masks_one_line(tmp_path, arr, msg):
     with pytest.raises(InputError, match=msg) as e:
         read_label_mask(tmp_path / "bad.tif", shape=(40, 50))
     assert "\n" not in str(e.value) and "bad.tif" in str(e.value)
+
+
+
+def test_labels_round_trip_identical_cell_table(tmp_path, sample_data):
+    """Labels written by one run, read back by the next (CLI, with its nuclei): identical cell table."""
+    import json
+
+    import pandas as pd
+
+    from tibspace.cli import main
+    from tibspace.pipeline import run_image
+
+    img, panel = sample_data / "hcc_sample.ome.tif", sample_data / "hcc_sample_panel.toml"
+    a = run_image(img, panel, out_dir=tmp_path / "a", seed=0)
+    np.save(tmp_path / "nuc_seg.npy", {"masks": np.asarray(a.nuclei), "outlines": None}, allow_pickle=True)
+    rc = main(["run", str(img), "--panel", str(panel), "--out", str(tmp_path / "b"), "--seed", "0", "--quiet",
+               "--labels", str(tmp_path / "a" / "cell_labels.ome.tif"), "--nuclei", str(tmp_path / "nuc_seg.npy")])
+    assert rc == 0
+    ca = pd.read_parquet(tmp_path / "a" / "cells.parquet")
+    cb = pd.read_parquet(tmp_path / "b" / "cells.parquet")
+    assert np.array_equal(cb["label_id"], cb["cell_id"]) and len(ca) == len(cb) > 100
+    pd.testing.assert_frame_equal(ca, cb[ca.columns], check_exact=True)
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    src = m["segmentation"]["labels"]
+    assert src["cells"]["format"] == "tiff" and src["nuclei"]["format"] == "cellpose"
+    assert len(src["cells"]["sha256"]) == 64
+
+
+def test_cli_bad_mask_exit_2_one_line(tmp_path, sample_data, capsys):
+    from tibspace.cli import main
+
+    tifffile.imwrite(tmp_path / "bad.tif", np.full((40, 50), 0.5, np.float32))
+    rc = main(["run", str(sample_data / "hcc_sample.ome.tif"), "--panel", str(sample_data / "hcc_sample_panel.toml"),
+               "--out", str(tmp_path / "o"), "--quiet", "--labels", str(tmp_path / "bad.tif")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "bad.tif" in err and "1600x1600" in err

@@ -66,8 +66,11 @@ def _tiff_pages(path: Path) -> tuple[list[np.ndarray], list[str], Optional[float
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
-        pages = [pg.asarray() for pg in tf.pages]
         desc = [str(pg.description or "") for pg in tf.pages]
+        if any("<segmentationimage>" in d.lower() for d in desc):
+            pages = [pg.asarray() for pg in tf.pages]  # inForm: one page per compartment
+        else:
+            pages = [tf.series[0].asarray()]  # level 0 of a pyramid / the whole stack
         px = None
         if tf.is_ome:
             import re
@@ -75,6 +78,19 @@ def _tiff_pages(path: Path) -> tuple[list[np.ndarray], list[str], Optional[float
             if m:
                 px = float(m.group(1))
     return pages, desc, px
+
+
+def _sniff(path: Path) -> str:
+    """``inform`` when the pages carry inForm SegmentationImage descriptions."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            if any("<segmentationimage>" in str(pg.description or "").lower() for pg in tf.pages[:4]):
+                return "inform"
+    except Exception:  # noqa: BLE001 - unreadable: reported by _raw
+        pass
+    return "tiff"
 
 
 def _raw(path: Path, fmt: str, nuclei: bool) -> tuple[np.ndarray, Optional[float]]:
@@ -94,8 +110,7 @@ def _raw(path: Path, fmt: str, nuclei: bool) -> tuple[np.ndarray, Optional[float
             if key in d.lower().replace(" ", ""):
                 return a, px
         raise InputError(f"{path}: inForm seg map has no {'Nucleus' if nuclei else 'Membrane'} page")
-    arr = pages[0] if len(pages) == 1 else np.stack(pages)
-    arr = np.squeeze(arr)
+    arr = np.squeeze(pages[0])
     if fmt == "deepcell" and arr.ndim == 3:
         ch = int(nuclei)
         arr = arr[..., ch] if arr.shape[-1] == 2 else arr[ch]
@@ -111,6 +126,8 @@ def read_label_mask(path: Any, *, fmt: str = "auto", nuclei: bool = False,
         raise InputError(f"--labels-format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "auto":
         fmt = detect_label_format(path)
+        if fmt == "tiff" and path.suffix.lower() in (".tif", ".tiff"):
+            fmt = _sniff(path)
     arr, px = _raw(path, fmt, nuclei)
     if arr.ndim != 2:
         raise InputError(f"{path}: expected a 2-D label image, got shape {arr.shape}")
