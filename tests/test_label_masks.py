@@ -136,3 +136,31 @@ def test_cli_bad_mask_exit_2_one_line(tmp_path, sample_data, capsys):
                "--out", str(tmp_path / "o"), "--quiet", "--labels", str(tmp_path / "bad.tif")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "bad.tif" in err and "1600x1600" in err
+
+
+def test_cohort_manifest_labels_column_runs_and_resumes(tmp_path, sample_data):
+    """A manifest row with labels runs on them; rerun is cached; a changed mask reruns."""
+    import pandas as pd
+    from skimage.filters import threshold_otsu
+    from skimage.measure import label
+
+    from tibspace.cohort import read_manifest, run_cohort
+    from tibspace.io import open_image
+
+    img = open_image(sample_data / "hcc_sample.ome.tif")
+    dapi = np.asarray(img.read_region([0], 0, 1600, 0, 1600))[0]
+    img.close()
+    lab = label(dapi > threshold_otsu(dapi)).astype(np.uint16) * 5  # ids 5, 10, ...: relabelled
+    tifffile.imwrite(tmp_path / "nuc_cp_masks.tif", lab)
+    (tmp_path / "m.csv").write_text(f"sample_id,image,labels\ns1,{sample_data / 'hcc_sample.ome.tif'},"
+                                    "nuc_cp_masks.tif\n")
+    panel = sample_data / "hcc_sample_panel.toml"
+    run = lambda: run_cohort(read_manifest(tmp_path / "m.csv"), panel, tmp_path / "out",  # noqa: E731
+                             scheduler="synchronous", progress=lambda line: None)
+    assert run()["status"].tolist() == ["done"]
+    cells = pd.read_parquet(tmp_path / "out" / "s1" / "cells.parquet")
+    assert len(cells) == int((np.unique(lab) > 0).sum()) and set(cells["label_id"]) <= set(np.unique(lab))
+    assert run()["status"].tolist() == ["cached"]
+    lab[lab == lab.max()] = 0
+    tifffile.imwrite(tmp_path / "nuc_cp_masks.tif", lab)
+    assert run()["status"].tolist() == ["done"]
