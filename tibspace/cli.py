@@ -121,7 +121,8 @@ def cmd_run(args) -> int:
     return _run_many(_path_items(args.images), args, lambda inp, target, sid: run_image(
         inp, args.panel, out_dir=target, pixel_size_um=args.pixel_size_um, seed=args.seed, sample_id=sid,
         scheduler=args.scheduler, progress=_progress(args), tile_size_px=args.tile_size_px,
-        spatialdata=args.spatialdata, n_workers=args.workers))
+        spatialdata=args.spatialdata, n_workers=args.workers,
+        labels=args.labels, nuclei=args.nuclei, labels_format=args.labels_format))
 
 
 def cmd_analyze(args) -> int:
@@ -242,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Dask scheduler address, or threads / processes for a local cluster (default: threads)")
     r.add_argument("--workers", type=_WORKERS, default=2, help="local Dask workers (default 2)")
     r.add_argument("--tile-size-px", type=_TILE, default=None, help="segmentation tile size (default 2048)")
+    r.add_argument("--labels", default=None, help="cell label mask (or MCMICRO/steinbock run folder): skip segmentation")
+    r.add_argument("--nuclei", default=None, help="nucleus label mask (with or without --labels)")
+    r.add_argument("--labels-format", default="auto",
+                   choices=["auto", "deepcell", "cellpose", "stardist", "qupath", "inform", "mcmicro",
+                            "steinbock", "tiff"], help="layout of the label files (default: detected)")
     common(r)
     r.set_defaults(func=cmd_run)
 

@@ -120,7 +120,8 @@ def unique_sample_ids(paths: list[Path]) -> list[str]:
 def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = None, seed: int | None = None,
               scheduler: str | None = None, progress: ProgressFn | None = None,
               tile_size_px: int | None = None, n_workers: int = 2, sample_id: str | None = None,
-              extra_files: Mapping[str, str] | None = None, spatialdata: bool = False) -> PipelineResult:
+              extra_files: Mapping[str, str] | None = None, spatialdata: bool = False,
+              labels=None, nuclei=None, labels_format: str = "auto") -> PipelineResult:
     """Run the full pipeline on one multiplex image.
 
     Parameters
@@ -148,6 +149,11 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         ``{file name: text}`` written into the same result set (the cohort's run key).
     spatialdata : bool
         Also write ``<sample_id>.zarr`` (SpatialData) into ``out_dir``.
+    labels, nuclei : path, optional
+        Bring your own masks: cell / nucleus label files (or an MCMICRO / steinbock run
+        folder) used instead of segmentation (:func:`tibspace.io.read_label_mask`).
+    labels_format : str
+        Layout of the label files (default: detected from name and content).
 
     Returns
     -------
@@ -178,7 +184,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
 
     with (work_folder(out_dir) if out_dir is not None else contextlib.nullcontext(None)) as work:
         with timer("segmentation"):
-            seg = segment_image(
+            seg = (_given_labels(img, image_path, labels, nuclei, labels_format, params)
+                   if labels is not None or nuclei is not None else None) or segment_image(
                 img, nuclear, membrane,
                 expansion_um=float(params["cell_expansion_um"]),
                 nucleus_diameter_um=(None if params["nucleus_diameter_um"] == "auto"
@@ -314,6 +321,25 @@ def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
 
 
 # ---------------------------------------------------------------------------
+def _given_labels(img, image_path, labels, nuclei, fmt, params):
+    """Segmentation result from user masks (``--labels`` / ``--nuclei``)."""
+    from tibspace.io import label_source, read_label_mask, resolve_label_path
+    from tibspace.segment import segment_from_labels
+
+    shape = tuple(int(v) for v in img.shape[-2:])
+    read, ids, source = {}, None, {}
+    for key, path in (("cells", labels), ("nuclei", nuclei)):
+        if path is None:
+            continue
+        p = resolve_label_path(path, Path(image_path).name, nuclei=key == "nuclei")
+        read[key], key_ids = read_label_mask(p, fmt=fmt, nuclei=key == "nuclei", shape=shape,
+                                             pixel_size_um=float(img.pixel_size_um))
+        ids = key_ids if key == "cells" or ids is None else ids
+        source[key] = label_source(p, fmt)
+    return segment_from_labels(img, read.get("cells"), read.get("nuclei"), label_ids=ids,
+                               expansion_um=float(params["cell_expansion_um"]), source=source)
+
+
 def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, labels=None, image=None,
                   channel_index: Mapping[str, int] | None = None, seed: int = 0,
                   progress: ProgressFn | None = None, timings: dict | None = None,

@@ -39,6 +39,15 @@ class SampleStatus:
     result: str = ""
 
 
+def _path_sha256(p, file_sha256) -> str:
+    """sha256 of a file, or of every file of a folder (an MCMICRO / steinbock labels folder)."""
+    p = Path(p)
+    if not p.is_dir():
+        return file_sha256(p)
+    return hashlib.sha256("".join(f"{q.relative_to(p)}:{file_sha256(q)}"
+                                  for q in sorted(p.rglob("*")) if q.is_file()).encode()).hexdigest()
+
+
 def run_key(sample: Sample, panel_text: str, seed: int | None, options: str = "") -> str:
     """SHA-256 over what decides a sample's result (inputs, panel, seed, version, output options)."""
     from tibspace import __version__
@@ -46,7 +55,7 @@ def run_key(sample: Sample, panel_text: str, seed: int | None, options: str = ""
 
     h = hashlib.sha256()
     for p in (sample.image, sample.table, sample.labels):
-        h.update(b"|" + (file_sha256(p).encode() if p is not None else b"-"))
+        h.update(b"|" + (_path_sha256(p, file_sha256).encode() if p is not None else b"-"))
     h.update(panel_text.encode())
     h.update(f"|seed={seed}|tibspace={__version__}|{options}".encode())
     return h.hexdigest()
@@ -100,8 +109,7 @@ def _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata):
     kwargs = dict(out_dir=out, seed=seed, sample_id=sample.sample_id, spatialdata=spatialdata,
                   extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"})
     if sample.labels is not None:
-        raise InputError(f"{sample.labels}: the manifest's labels column needs bring-your-own masks "
-                         "(run --labels), which this version does not have yet; leave it empty")
+        kwargs["labels"] = sample.labels
     if segmentation == "worker":
         import distributed
 

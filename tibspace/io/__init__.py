@@ -37,3 +37,7 @@ __all__ = [
     "thumbnail",
     "composite_rgb",
 ]
+from tibspace.io.label_masks import (detect_label_format, label_source, read_label_mask,  # noqa: E402
+                                     resolve_label_path)
+
+__all__ += ["read_label_mask", "detect_label_format", "resolve_label_path", "label_source"]

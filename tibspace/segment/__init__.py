@@ -15,6 +15,7 @@ from tibspace.segment.tiling import tile_grid
 from tibspace.segment.image import SegmentationResult, segment_image
 from tibspace.segment.matching import match_labels, match_points
 from tibspace.segment.scale import estimate_nucleus_diameter
+from tibspace.segment.given import segment_from_labels
 
 __all__ = [
     "segment_nuclei",
@@ -28,4 +29,5 @@ __all__ = [
     "distance_to_background",
     "expand_labels_fast",
     "estimate_nucleus_diameter",
+    "segment_from_labels",
 ]

@@ -237,6 +237,9 @@ class TibspaceWidget(QWidget):
         self.membrane_combo = QComboBox()
         form.addRow("Nuclear channel", self.nuclear_combo)
         form.addRow("Membrane channel", self.membrane_combo)
+        self.labels_edit = QLineEdit()
+        self.labels_edit.setPlaceholderText("mask file or run folder: skips segmentation")
+        form.addRow("Cell labels (optional)", self.labels_edit)
         root.addWidget(box)
 
         box = QGroupBox("Parameters")
@@ -647,8 +650,9 @@ class TibspaceWidget(QWidget):
             create_worker(_warm_up_once, _ignore_errors=True)
         # Connecting "errored" ourselves stops napari re-raising worker errors
         # in the event loop: they are shown in the dock instead.
+        labels = self.labels_edit.text().strip() or None
         self.worker = create_worker(run_image, image_path, panel, pixel_size_um=px,
-                                    seed=int(self.seed_spin.value()), progress=_progress,
+                                    seed=int(self.seed_spin.value()), progress=_progress, labels=labels,
                                     _start_thread=False,
                                     _connect={"returned": self._on_returned,
                                               "errored": self._on_errored,

@@ -259,3 +259,21 @@ def test_screenshot_after_analysis(make_napari_viewer, qtbot, run_cache):
     # The canvas shows the analysis: barrier-green and gap-red pixels are present.
     assert np.any((rgb[:, 1] > 180) & (rgb[:, 0] < 40) & (rgb[:, 2] < 40))
     assert np.any((rgb[:, 0] > 200) & (rgb[:, 1] < 30) & (rgb[:, 2] < 30))
+
+
+def test_cell_labels_field_is_used(sample_viewer, qtbot, tmp_path, monkeypatch):
+    """The 'Cell labels (optional)' file goes to run_image: a wrong-shape mask is the dock's error."""
+    import tifffile
+
+    monkeypatch.setattr("napari.utils.notifications.show_error", lambda *a: None)
+    bad = tmp_path / "cells_masks.tif"
+    tifffile.imwrite(bad, np.ones((30, 30), np.uint16))
+    _, panel = sample_paths()
+    widget = TibspaceWidget(sample_viewer)
+    widget.panel_edit.setText(str(panel))
+    widget.labels_edit.setText(str(bad))
+    widget.run()
+    with qtbot.waitSignal(widget.worker.finished, timeout=RUN_TIMEOUT_MS):
+        pass
+    assert "cells_masks.tif" in widget.error_label.text() and "does not match" in widget.error_label.text()
+    assert widget.result is None
