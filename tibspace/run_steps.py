@@ -250,8 +250,10 @@ class _Run:
     def analyses(self, result, pending):
         analyses: dict[str, Any] = {}
         if result.region is None:
+            why = self.skipped.get("tumour_geometry", "")
+            why = why if why.startswith("no tumour") else f"no tumour region: {why}".rstrip(": ")
             for name in ("barrier", "shield", "exclusion"):
-                self.skipped[name] = "no tumour region: " + self.skipped.get("tumour_geometry", "")
+                self.skipped[name] = why
             result.analyses = analyses
             return
         for name, step in self.steps:
