@@ -14,9 +14,10 @@ planted barrier flags) and measures, in one napari viewer:
 - ``add_s``: adding those layers to the viewer and drawing the first frame;
 - ``frame_ms``: median time of a pan/zoom step (camera change → slicing →
   rendered frame), over 12 steps at 3 zoom levels;
-- the same for the *naive* alternative a peer plugin uses: one Points layer
-  holding every cell (napari-spatialdata style) and one Shapes path per
-  perimeter segment.
+- the same for a *plain* Points layer holding every cell (nothing else), and
+  for the *naive* alternative a peer plugin uses: one Points layer holding
+  every cell (napari-spatialdata style) and one Shapes path per perimeter
+  segment.
 
 Numbers depend on the GPU (here: Mesa llvmpipe software rendering, so a real
 GPU is much faster for both). Printed as a table; nothing is asserted.
@@ -150,6 +151,7 @@ def run_one(n_cells: int, px: float, app, naive: bool) -> list[dict]:
     gc.collect()
 
     if naive:
+        rows.append(_plain_points(result, app, extent, n_cells, t_build))
         viewer = napari.Viewer(show=True)
         viewer.window._qt_window.resize(1400, 900)
         _settle(app, 10)
@@ -175,6 +177,28 @@ def run_one(n_cells: int, px: float, app, naive: bool) -> list[dict]:
         del viewer
         gc.collect()
     return rows
+
+
+def _plain_points(result, app, extent: float, n_cells: int, t_build: float) -> dict:
+    """The baseline: one plain Points layer holding every cell, nothing else."""
+    import napari
+    from napari.layers import Layer
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    _settle(app, 10)
+    t0 = time.perf_counter()
+    viewer.add_layer(Layer.create(result.cells[["y_um", "x_um"]].to_numpy(), {"name": "cells", "size": 6.0},
+                                  "points"))
+    viewer.reset_view()
+    _frame(viewer, app)
+    row = {"n_cells": n_cells, "approach": "plain points", "layers_s": 0.0, "add_s": time.perf_counter() - t0,
+           "frame_ms": measure_redraw(viewer, app, extent), "n_shapes": "0", "detail": "cells=points",
+           "build_s": t_build}
+    viewer.close()
+    del viewer
+    gc.collect()
+    return row
 
 
 def main(argv=None) -> int:
