@@ -154,3 +154,16 @@ def test_cell_detections_round_trip_through_the_qupath_reader(tmp_path):
     xy = np.array([[o["geometry"].x, o["geometry"].y] for o in objs])
     np.testing.assert_allclose(xy, np.c_[X, Y] / 0.5 + 0.5, atol=1e-3)
     assert json.loads(out.read_text())["features"][2]["properties"].get("classification") is None
+
+
+def test_no_tumour_region_is_said_once():
+    from tibspace.pipeline import analyze_table
+
+    rng = np.random.default_rng(0)
+    n = 300
+    cells = pd.DataFrame({"Class": np.where(np.arange(n) % 2, "CD8_T", "other"),
+                          "Centroid X µm": rng.uniform(0, 500, n), "Centroid Y µm": rng.uniform(0, 500, n)})
+    m = analyze_table(cells, Panel.from_dict({"parameters": {"n_envelope_sim": 0}}), seed=0).metrics
+    for name in ("barrier", "shield", "exclusion"):
+        assert m["skipped"][name].count("no tumour region") == 1, m["skipped"][name]
+        assert "0 tumour cells" in m["skipped"][name]
