@@ -325,11 +325,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def kernels_compiled() -> bool:
-    """Whether numba has cached tibspace's compiled kernels (``__pycache__/*.nbi``) already."""
-    import tibspace
+    """Whether numba's on-disk cache holds tibspace's compiled kernels (``*.nbi`` index files) already.
 
-    root = Path(tibspace.__file__).parent
-    return any(root.glob("*/__pycache__/*.nbi")) or any(root.glob("__pycache__/*.nbi"))
+    Asks numba where it keeps each kernel module's cache: beside the source
+    (``__pycache__``) when that is writable, else ``NUMBA_CACHE_DIR`` or the
+    user cache (``~/.cache/numba``), as for a read-only installed package.
+    """
+    import importlib
+
+    for module in ("tibspace.tissue._cellarea", "tibspace.stats._kernels"):
+        try:
+            mod = importlib.import_module(module)
+            kernel = next(v for v in vars(mod).values() if getattr(v, "_cache", None) is not None
+                          and hasattr(v._cache, "_cache_path"))
+            if any(Path(kernel._cache._cache_path).glob(f"{Path(mod.__file__).stem}.*.nbi")):
+                return True
+        except Exception:  # noqa: BLE001 - numba internals: a hint only, never an error
+            continue
+    return False
 
 
 def main(argv=None) -> int:

@@ -293,7 +293,7 @@ def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
     seed : int, optional
         Seed of every random step (default: the panel's ``seed``).
     """
-    from tibspace.io import read_cell_table, standardise_cell_table
+    from tibspace.io import check_table_classes, read_cell_table, standardise_cell_table
 
     panel = _as_panel(panel)
     params = panel.parameters
@@ -307,8 +307,11 @@ def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
         raw = cells
     std, pixel_size_um, needs_gating = standardise_cell_table(raw, panel, source=source)
     check_coordinates(std, str(source or "cell table"))
+    class_warnings = [] if needs_gating else check_table_classes(std["phenotype"], panel, source)
     result = analyze_cells(std, panel, pixel_size_um=pixel_size_um, seed=seed, progress=progress,
                            timings=timings, gate=needs_gating)
+    if class_warnings:
+        result.metrics["warnings"] = class_warnings + list(result.metrics.get("warnings", []))
     if source is not None:
         result.metrics["input"] = {"path": str(source), "sha256": _checksum(source), "n_rows": int(len(raw))}
         result.metrics["sample_id"] = sample_id or _sample_id(source)

@@ -226,8 +226,10 @@ class _Run(_TumourSteps):
     # ---- the three analyses
     def analyses(self, result, pending):
         if result.region is None:
+            why = self.skipped.get("tumour_geometry", "")
+            why = why if why.startswith("no tumour") else f"no tumour region: {why}".rstrip(": ")
             for name in ("barrier", "shield", "exclusion"):
-                self.skipped[name] = "no tumour region: " + self.skipped.get("tumour_geometry", "")
+                self.skipped[name] = why
             result.analyses = {}
             return
         analyses: dict[str, Any] = {}

@@ -10,7 +10,7 @@ from tibspace.io.channels import normalise_name as normalise_channel_name
 from tibspace.io.tiff_meta import LENGTH_UNITS_UM, check_pixel_size_um
 from tibspace.io.tiff_read import open_image
 from tibspace.io.ome_write import write_labels_ome_tiff, write_ome_tiff
-from tibspace.io.tables import read_cell_table, standardise_cell_table
+from tibspace.io.tables import UNCLASSIFIED, check_table_classes, read_cell_table, standardise_cell_table
 from tibspace.io.thumbnail import composite_rgb, thumbnail
 
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "LENGTH_UNITS_UM",
     "check_pixel_size_um",
     "read_cell_table",
+    "check_table_classes",
+    "UNCLASSIFIED",
     "standardise_cell_table",
     "thumbnail",
     "composite_rgb",

@@ -7,6 +7,7 @@ tool                       x / y columns                               units
 =========================  ==========================================  ========
 tibspace                   ``x_um``, ``y_um``                          µm
 QuPath (measurement TSV)   ``Centroid X µm``, ``Centroid Y µm``        µm
+QuPath, no pixel size      ``Centroid X px``, ``Centroid Y px``        px
 inForm / phenoptr          ``Cell X Position``, ``Cell Y Position``    µm [#]_
 MCMICRO / scimap           ``X_centroid``, ``Y_centroid``              px
 HALO                       ``XMin``/``XMax``, ``YMin``/``YMax``        px
@@ -14,6 +15,25 @@ HALO                       ``XMin``/``XMax``, ``YMin``/``YMax``        px
 
 .. [#] inForm writes µm when the image has a pixel size; say ``units = "px"``
    in the panel's ``[table]`` section otherwise.
+
+QuPath's *Measure › Export measurements* (0.3, 0.4, 0.5) writes one row per
+object with the columns ``Image``, [``Object ID`` (0.4+, a UUID), ``Object
+type`` (0.5)], ``Name``, ``Class`` (0.3/0.4) or ``Classification`` (0.5),
+``Parent``, ``ROI``, ``Centroid X µm``/``Centroid Y µm`` (``px`` when the
+image has no pixel size; the µ is U+00B5, files are UTF-8 or, from old
+Windows installs, Latin-1), then the measurement list. Its intensity
+measurements ``<Compartment>: <channel>: Mean`` (and the older
+``<Compartment>: <channel> mean``) become tibspace channel columns: ``Cell``
+→ ``<channel>`` (the whole-cell mean the gates use), ``Nucleus`` →
+``<channel>_nucleus``, ``Cytoplasm``/``Membrane`` → ``<channel>_cytoplasm``/
+``<channel>_membrane``. An empty class is an unclassified object
+(:data:`UNCLASSIFIED`); a table whose class column is empty throughout is
+phenotyped by the panel's gates. Derived classes keep QuPath's spelling
+(``CD3: CD8``); map them with ``phenotype_map``.
+
+Panel markers are found among the table's channel columns with the same
+matching as image channels (case, ``- _ space / .`` ignored, then
+``[channels.aliases]``), so a panel's ``PanCK`` gates a table's ``PanKRT``.
 
 The panel's ``[table]`` section overrides any of this: ``cell_id``, ``x``,
 ``y``, ``units`` (``"um"``/``"px"``), ``pixel_size_um``, ``phenotype`` and
@@ -24,6 +44,7 @@ a pixel size; tibspace never assumes 1 µm/px.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +52,11 @@ import pandas as pd
 
 from tibspace.errors import InputError
 
-_XY_CANDIDATES = [
+UNCLASSIFIED = "unclassified"
+"""Phenotype of a cell whose class cell is empty (QuPath's unclassified objects)."""
+
+_XY_CANDIDATES = [  # keys as :func:`_key` spells them
     ("x_um", "y_um", "um"),
-    ("centroid x µm", "centroid y µm", "um"),
     ("centroid x um", "centroid y um", "um"),
     ("cell x position", "cell y position", "um"),
     ("x_centroid", "y_centroid", "px"),
@@ -42,6 +65,14 @@ _XY_CANDIDATES = [
 ]
 _ID_CANDIDATES = ["cell_id", "cell id", "cellid", "object id", "object_id", "id"]
 _PHENOTYPE_CANDIDATES = ["phenotype", "class", "classification", "cell type", "cell_type", "celltype"]
+_QUPATH_INTENSITY = re.compile(r"^(cell|nucleus|cytoplasm|membrane):\s*(.+?)(?::\s*|\s+)mean$", re.IGNORECASE)
+_COMPARTMENT_SUFFIX = {"cell": "", "nucleus": "_nucleus", "cytoplasm": "_cytoplasm", "membrane": "_membrane"}
+_MISSING_LABELS = {"", "nan", "none", "null", "<na>"}
+
+
+def _key(column) -> str:
+    """A column name for matching: stripped, lower case, µm (micro sign or Greek mu) as ``um``."""
+    return str(column).strip().lower().replace("\u03bc", "\u00b5").replace("\u00b5m", "um")
 
 
 def read_cell_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -53,10 +84,8 @@ def read_cell_table(path: str | os.PathLike) -> pd.DataFrame:
     try:
         if suffix == ".parquet":
             df = pd.read_parquet(path)
-        elif suffix in (".tsv", ".txt"):
-            df = pd.read_csv(path, sep="\t", low_memory=False)
-        elif suffix == ".csv":
-            df = pd.read_csv(path, low_memory=False)
+        elif suffix in (".tsv", ".txt", ".csv"):
+            df = _read_text_table(path, "\t" if suffix != ".csv" else ",")
         else:
             raise InputError(f"{path}: unknown cell-table format {suffix!r}; expected .parquet, .csv, .tsv or .txt")
     except InputError:
@@ -64,17 +93,26 @@ def read_cell_table(path: str | os.PathLike) -> pd.DataFrame:
     except Exception as exc:  # pandas/pyarrow raise many kinds; say which file
         raise InputError(f"{path}: could not read the cell table ({type(exc).__name__}: {exc})") from None
     if len(df.columns) == 1 and suffix != ".parquet":  # wrong separator guess
-        df = pd.read_csv(path, sep=None, engine="python")
+        df = _read_text_table(path, None)
     return df
 
 
+def _read_text_table(path: Path, sep: str | None) -> pd.DataFrame:
+    """UTF-8 (with or without a byte-order mark), else Latin-1 (older QuPath on Windows writes µ as 0xB5)."""
+    kw = {"engine": "python"} if sep is None else {"low_memory": False}
+    try:
+        return pd.read_csv(path, sep=sep, encoding="utf-8-sig", **kw)
+    except UnicodeDecodeError:
+        return pd.read_csv(path, sep=sep, encoding="latin-1", **kw)
+
+
 def _find(columns, wanted: str | None, candidates, *, what: str, source) -> str | None:
-    lower = {str(c).strip().lower(): c for c in columns}
+    lower = {_key(c): c for c in columns}
     if wanted is not None:
         if wanted in columns:
             return wanted
-        if wanted.strip().lower() in lower:
-            return lower[wanted.strip().lower()]
+        if _key(wanted) in lower:
+            return lower[_key(wanted)]
         raise InputError(f"{source or 'cell table'}: the panel's [table] {what} = {wanted!r} is not a column; "
                          f"columns are: {', '.join(map(str, list(columns)[:40]))}")
     for c in candidates:
@@ -130,15 +168,102 @@ def standardise_cell_table(raw: pd.DataFrame, panel=None, *, source=None) -> tup
     out.insert(0, "cell_id", ids)
     out["x_um"] = x
     out["y_um"] = y
-    needs_gating = phcol is None
-    if phcol is not None:
-        ph = raw[phcol].astype(str).str.strip()
-        pmap = get("phenotype_map") or {}
-        if pmap:
-            ph = ph.map(lambda v: pmap.get(v, v))
-        out["phenotype"] = ph.to_numpy(dtype=object)
+    out = _marker_columns(_qupath_channel_columns(out), panel, name)
+    ph = _phenotypes(raw[phcol], get("phenotype_map") or {}) if phcol is not None else None
+    needs_gating = ph is None
+    if ph is not None:
+        out["phenotype"] = ph
     out = out.loc[:, ~out.columns.duplicated(keep="last")]
     return out.reset_index(drop=True), (float(px) if px else None), needs_gating
+
+
+def _phenotypes(labels: pd.Series, pmap) -> np.ndarray | None:
+    """Stripped labels; empty ones :data:`UNCLASSIFIED`; ``pmap`` applied. None when every label is empty."""
+    text = labels.astype(object).where(labels.notna(), "").astype(str).str.strip()
+    missing = text.str.lower().isin(_MISSING_LABELS).to_numpy()
+    if missing.all():
+        return None
+    ph = np.where(missing, UNCLASSIFIED, text.to_numpy(dtype=object)).astype(object)
+    if pmap:
+        ph = np.array([pmap.get(v, v) for v in ph], dtype=object)
+    return ph
+
+
+def _qupath_channel_columns(cells: pd.DataFrame) -> pd.DataFrame:
+    """Add ``<channel>[_nucleus|_cytoplasm|_membrane]`` columns from QuPath's ``<Compartment>: <channel>: Mean``."""
+    new = {}
+    for c in cells.columns:
+        m = _QUPATH_INTENSITY.match(str(c).strip())
+        if m is None:
+            continue
+        target = m.group(2).strip() + _COMPARTMENT_SUFFIX[m.group(1).lower()]
+        if target not in cells.columns and target not in new:
+            new[target] = pd.to_numeric(cells[c], errors="coerce").to_numpy(dtype=float)
+    return cells.assign(**new) if new else cells
+
+
+def _marker_columns(cells: pd.DataFrame, panel, name: str) -> pd.DataFrame:
+    """Each panel marker's intensity under the marker's own name, found through the panel's channel matching.
+
+    A marker column the table already has is kept; otherwise the table column
+    the panel's matching (case, punctuation, ``[channels.aliases]``) finds is
+    copied, with its ``_nucleus`` etc. companions.
+    """
+    markers = list(getattr(panel, "markers", None) or [])
+    missing = [m for m in markers if m not in cells.columns]
+    if not missing or not hasattr(panel, "resolve_channels"):
+        return cells
+    base = [str(c) for c in cells.columns if not str(c).endswith(tuple(s for s in _COMPARTMENT_SUFFIX.values() if s))]
+    found = panel.resolve_channels(base, name, optional_roles=("nuclear", "membrane", "marker", "mask"))
+    new = {}
+    for m in missing:
+        if m not in found:
+            continue
+        col = base[found[m]]
+        new[m] = cells[col].to_numpy()
+        for suffix in (s for s in _COMPARTMENT_SUFFIX.values() if s):
+            if col + suffix in cells.columns and m + suffix not in cells.columns:
+                new[m + suffix] = cells[col + suffix].to_numpy()
+    return cells.assign(**new) if new else cells
+
+
+def check_table_classes(phenotypes, panel, source=None) -> list[str]:
+    """The table's classes against the panel's roles: raise when none maps, else warnings (one line).
+
+    A class maps when a role lists it; classes the panel defines (its
+    phenotype rules and default) are known; any other class is reported.
+
+    Raises
+    ------
+    InputError
+        No class of the table is a phenotype any panel role uses (every analysis
+        would be skipped); the message lists the classes found and the roles.
+
+    Returns
+    -------
+    list of str
+        One warning naming the classes that map to no role (empty when all map).
+    """
+    name = source or "cell table"
+    roles = {r: list(v) for r, v in (getattr(panel, "roles", None) or {}).items()}
+    used = {p for v in roles.values() for p in v}
+    known = used | set(getattr(panel, "phenotypes", None) or {}) | {getattr(panel, "default_phenotype", "other")}
+    counts = pd.Series(np.asarray(phenotypes, dtype=object)).value_counts()
+    classes = [str(c) for c in counts.index if c != UNCLASSIFIED]
+    unmapped = [c for c in classes if c not in known]
+    if any(c in used for c in classes) and not unmapped:
+        return []
+    found = "; ".join(f"{c!r} ({int(counts[c]):,})" for c in counts.index)
+    role_text = "; ".join(f"{r} = {', '.join(v)}" for r, v in roles.items() if v)
+    first = (unmapped or classes or [UNCLASSIFIED])[0]
+    hint = f"[table] phenotype_map = {{ {first!r} = \"<phenotype>\" }}".replace("'", '"')
+    if not any(c in used for c in classes):
+        raise InputError(f"{name}: no class in the table is a phenotype of the panel's roles, so no analysis "
+                         f"could run; classes found: {found}; panel roles: {role_text}; map them in the panel "
+                         f"with {hint}")
+    return [f"{name}: {len(unmapped)} of {len(classes)} classes are in no panel role and count as other cells: "
+            f"{', '.join(repr(c) for c in unmapped)} (classes found: {found}; panel roles: {role_text}; "
+            f"map them with {hint})"]
 
 
 def _xy_columns(raw: pd.DataFrame, get, source) -> tuple[pd.DataFrame, str, str, str]:
@@ -152,7 +277,7 @@ def _xy_columns(raw: pd.DataFrame, get, source) -> tuple[pd.DataFrame, str, str,
     ycol = _find(cols, get("y"), [], what="y", source=source) if get("y") else None
     units = get("units")
     if xcol is None or ycol is None:
-        lower = {str(c).strip().lower(): c for c in cols}
+        lower = {_key(c): c for c in cols}
         for cx, cy, u in _XY_CANDIDATES:
             if cx in lower and cy in lower:
                 xcol, ycol = lower[cx], lower[cy]

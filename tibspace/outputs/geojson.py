@@ -18,7 +18,7 @@ import shapely
 from shapely.geometry import mapping, shape
 
 from tibspace.errors import InputError
-from tibspace.io import atomic_path
+from tibspace.io import UNCLASSIFIED, atomic_path
 from tibspace.io.qupath import qupath_px_to_um, um_to_qupath_px
 from tibspace.jsonable import to_jsonable
 from tibspace.outputs.colours import STRUCTURE_COLOURS
@@ -142,7 +142,10 @@ def write_cell_detections(cells, path: str | os.PathLike, *, pixel_size_um: floa
     xs, ys = (np.char.mod("%.3f", xy[:, k]) for k in (0, 1))
     ph = cells["phenotype"].astype(str).to_numpy() if "phenotype" in cells else np.full(len(cells), "cell")
     names, inverse = np.unique(ph, return_inverse=True)
-    cls = np.array([json.dumps({"name": n, "color": list(phenotype_colour(n))}) for n in names], dtype=object)[inverse]
+    # an unclassified cell (an empty QuPath class read back) carries no classification, as in QuPath
+    cls = np.array(["" if n == UNCLASSIFIED else
+                    '"classification":' + json.dumps({"name": n, "color": list(phenotype_colour(n))}) + ","
+                    for n in names], dtype=object)[inverse]
     ids = cells["cell_id"].astype(str).to_numpy() if "cell_id" in cells else np.arange(1, len(cells) + 1).astype(str)
     meas_cols = [c for c in measurements if c in cells and np.issubdtype(cells[c].dtype, np.number)]
     parts = []
@@ -153,7 +156,7 @@ def write_cell_detections(cells, path: str | os.PathLike, *, pixel_size_um: floa
         parts.append(txt)
     meas = [",".join(p for p in row if p) for row in zip(*parts)] if parts else [""] * len(cells)
     feats = [f'{{"type":"Feature","id":"cell-{i}","geometry":{{"type":"Point","coordinates":[{x},{y}]}},'
-             f'"properties":{{"objectType":"detection","classification":{c},"measurements":{{{m}}}}}}}'
+             f'"properties":{{"objectType":"detection",{c}"measurements":{{{m}}}}}}}'
              for i, x, y, c, m in zip(ids, xs, ys, cls, meas)]
     path = Path(path)
     with atomic_path(path) as tmp:

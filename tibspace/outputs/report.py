@@ -83,6 +83,8 @@ def summary_lines(result) -> list[str]:
                      f" vs unshielded {r3(c.get('contact_rate_unshielded'))} (Fisher p {r3(c.get('fisher_p_two_sided'))})")
     for name, why in (m.get("skipped") or {}).items():
         lines.append(f"  skipped {name}: {why}")
+    for text in m.get("warnings") or []:
+        lines.append(f"  warning: {text}")
     return lines
 
 

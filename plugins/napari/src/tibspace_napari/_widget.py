@@ -139,6 +139,27 @@ def _warm_up_once() -> None:
         warm_up_napari()
 
 
+NO_IMAGE_TEXT = "Open an image (File › Open, or File › Open Sample › tibspace)."
+
+
+def image_status(meta: dict) -> str:
+    """The dock's status line for an open image (its name, channels, pixel size, what to do next).
+
+    Examples
+    --------
+    >>> image_status({"path": "/d/s.ome.tif", "channels": ["DAPI", "CD8"], "pixel_size_um": 0.5})
+    's.ome.tif open: 2 channels, 0.5 µm/pixel. Check the panel and press Run analysis.'
+    >>> image_status({"path": "/d/s.ome.tif", "channels": ["DAPI"], "pixel_size_um": None})
+    's.ome.tif: no pixel size in the file; set it above before running.'
+    """
+    name = Path(meta["path"]).name
+    px = meta.get("pixel_size_um")
+    if px is None:
+        return f"{name}: no pixel size in the file; set it above before running."
+    n = len(meta.get("channels") or [])
+    return f"{name} open: {n} channel{'s' if n != 1 else ''}, {px:g} µm/pixel. Check the panel and press Run analysis."
+
+
 class _ProgressRelay(QObject):
     """Carries progress from the worker thread to the GUI thread (queued signal)."""
 
@@ -194,7 +215,7 @@ class TibspaceWidget(QWidget):
         self.progress_bar.setRange(0, 100)
         self.progress_bar.setValue(0)
         top.addWidget(self.progress_bar)
-        self.status_label = QLabel("Open an image (File › Open, or File › Open Sample › tibspace).")
+        self.status_label = QLabel(NO_IMAGE_TEXT)
         self.status_label.setWordWrap(True)
         top.addWidget(self.status_label)
         self.error_label = QLabel("")
@@ -205,13 +226,17 @@ class TibspaceWidget(QWidget):
         top.addWidget(self.error_label)
         outer.addLayout(top)
 
+        # Vertical scrolling only: the dock is as wide as its widest row, so
+        # nothing (spin-box buttons, browse buttons) is ever cut off sideways.
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setMinimumHeight(160)
         inner = QWidget()
         scroll.setWidget(inner)
         outer.addWidget(scroll)
+        self._scroll, self._inner = scroll, inner
         root = QVBoxLayout(inner)
 
         box = QGroupBox("Input")
@@ -250,7 +275,7 @@ class TibspaceWidget(QWidget):
             spin.setSuffix(" µm")
             self.param_spins[key] = spin
             form.addRow(label.replace(" (µm)", ""), spin)
-        self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
+        self.seed_spin = QSpinBox(minimum=0, maximum=999_999_999, value=0)
         form.addRow("Seed", self.seed_spin)
         root.addWidget(box)
 
@@ -262,11 +287,12 @@ class TibspaceWidget(QWidget):
         self.gate_slider = QSlider(Qt.Orientation.Horizontal)
         self.gate_slider.setRange(0, _SLIDER_STEPS)
         self.gate_slider.valueChanged.connect(self._on_slider)
-        self.gate_spin = QDoubleSpinBox(decimals=3, minimum=0.0, maximum=1e9)
+        self.gate_spin = QDoubleSpinBox(decimals=3, minimum=0.0, maximum=1e6)
         self.gate_spin.valueChanged.connect(self._on_gate_value)
         row = QHBoxLayout()
-        row.addWidget(self.gate_slider, 3)
-        row.addWidget(self.gate_spin, 1)
+        self.gate_spin.setMinimumWidth(self.gate_spin.minimumSizeHint().width())  # every digit shown
+        row.addWidget(self.gate_slider, 1)
+        row.addWidget(self.gate_spin, 0)
         form.addRow("Gate", row)
         self.use_gate = QCheckBox("use this gate in the next run")
         form.addRow(self.use_gate)
@@ -292,6 +318,25 @@ class TibspaceWidget(QWidget):
         form.addRow(self.export_button)
         root.addWidget(box)
         root.addStretch(1)
+        for combo in inner.findChildren(QComboBox):
+            # Long channel or image names are elided in their field instead of widening the dock.
+            combo.setMinimumContentsLength(12)
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self._fit_width()
+
+    def _fit_width(self) -> None:
+        """Minimum width = the controls' preferred width plus a vertical scroll bar: never clipped sideways.
+
+        Measured again when shown (the style and fonts are known only then).
+        """
+        bar = self._scroll.verticalScrollBar().sizeHint().width()
+        inner = self._inner.layout()
+        inner.activate()
+        self.setMinimumWidth(max(inner.sizeHint().width(), inner.minimumSize().width()) + bar + 4)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        self._fit_width()
+        super().showEvent(event)
 
     # ------------------------------------------------------------ images
     def _images(self) -> dict[str, dict]:
@@ -328,15 +373,16 @@ class TibspaceWidget(QWidget):
             combo.clear()
             combo.addItem(_FROM_PANEL, None)
         if meta is None:
+            if self.worker is None:
+                self.status_label.setText(NO_IMAGE_TEXT)
             return
         for combo in (self.nuclear_combo, self.membrane_combo):
             for ch in meta["channels"]:
                 combo.addItem(ch, ch)
         px = meta.get("pixel_size_um")
         self.pixel_size.setValue(0.0 if px else self.pixel_size.value())
-        if px is None:
-            self.status_label.setText(f"{Path(meta['path']).name}: no pixel size in the file; "
-                                      "set it above before running.")
+        if self.worker is None:
+            self.status_label.setText(image_status(meta))
         if meta.get("panel") and not self.panel_edit.text():
             self.panel_edit.setText(str(meta["panel"]))
             self._on_panel_changed()
@@ -587,8 +633,22 @@ class TibspaceWidget(QWidget):
             self.results_widget = ResultsWidget(self.viewer)
             self.results_dock = self.viewer.window.add_dock_widget(
                 self.results_widget, name="tibspace results", area="right", tabify=False)
+            own = self._own_dock()
+            if own is not None:
+                # Beside the analysis dock, both full height: stacked under it, the
+                # controls were squeezed into a short scroll area after a run.
+                self.viewer.window._qt_window.splitDockWidget(own, self.results_dock, Qt.Orientation.Horizontal)
         self.results_widget.set_result(result)
         self.results_dock.setVisible(True)
+
+    def _own_dock(self) -> Any:
+        """The QDockWidget holding this widget (None when it is not docked)."""
+        from qtpy.QtWidgets import QDockWidget
+
+        w = self.parent()
+        while w is not None and not isinstance(w, QDockWidget):
+            w = w.parent()
+        return w
 
     # ---------------------------------------------------------------- run
     def _run_arguments(self) -> tuple[str, Any, Optional[float]]:

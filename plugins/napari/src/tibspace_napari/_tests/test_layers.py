@@ -215,6 +215,11 @@ def test_layers_load_into_viewer(make_napari_viewer, result):
     text = status["coordinates"] if isinstance(status, dict) else str(status)
     assert str(int(result.cells["cell_id"].iat[i])) in text
     assert result.cells["phenotype"].iat[i] in text
+    # The cheapest point rendering (see scripts/napari_scale_check.py): colours as one
+    # RGBA array, no borders, no antialiasing, no text, no out-of-slice drawing.
+    assert pts.antialiasing == 0 and np.all(pts.border_width == 0) and "".join(np.atleast_1d(pts.text.values)) == ""
+    assert pts.face_color.shape == (len(result.cells), 4) and pts.out_of_slice_display is False
+    assert str(pts.shading) == "none"
     # Labels and points share a world: the layer extents agree (µm).
     ext_l = viewer.layers["cells"].extent.world
     assert ext_l[1][0] == pytest.approx((result.labels.shape[0] - 0.5) * 0.5, abs=0.5)

@@ -225,6 +225,31 @@ def test_no_pixel_size_is_asked_for(make_napari_viewer, qtbot, tmp_path):
         assert viewer.layers[name].metadata["tibspace"]["pixel_size_um"] == 0.39
 
 
+def _assert_dock_fits(widget, viewer):
+    """Nothing of the dock is cut off on a 1920×1080 screen, also after a run."""
+    from qtpy.QtWidgets import QAbstractSpinBox
+
+    hint = widget.minimumSizeHint()
+    assert hint.width() <= 1920 // 3 and hint.height() <= 1080 // 2, (hint.width(), hint.height())
+    assert not widget._scroll.horizontalScrollBar().isVisible()
+    assert widget.width() >= widget.minimumWidth()
+    for spin in widget.findChildren(QAbstractSpinBox):  # arrows and digits fully shown
+        assert spin.width() >= spin.minimumSizeHint().width(), spin.objectName()
+    # The results dock sits beside the analysis dock, not under it squeezing it.
+    assert widget.height() >= 0.6 * viewer.window._qt_window.height()
+    assert widget.results_dock.height() >= 0.6 * viewer.window._qt_window.height()
+    assert viewer.window._qt_viewer.canvas.size[1] >= 0.4 * 1920  # the canvas keeps a good part of the width
+
+
+def test_status_names_the_open_sample(sample_viewer):
+    widget = TibspaceWidget(sample_viewer)
+    text = widget.status_label.text()
+    assert not text.startswith("Open an image") and text.startswith("hcc_sample.ome.tif open:")
+    assert "µm/pixel" in text and "Run analysis" in text
+    sample_viewer.layers.clear()
+    assert widget.status_label.text().startswith("Open an image")
+
+
 # --------------------------------------------------------------------- screenshot
 # Last in this file: it reuses the run of test_sample_run_end_to_end when that ran.
 OUT = Path(__file__).resolve().parents[5] / "docs" / "images" / "napari_analysis.png"
@@ -235,7 +260,8 @@ def test_screenshot_after_analysis(make_napari_viewer, qtbot, run_cache):
     viewer.open_sample("tibspace-napari", "hcc_sample")
     widget = TibspaceWidget(viewer)
     dock = viewer.window.add_dock_widget(widget, name="tibspace", area="right")
-    viewer.window._qt_window.resize(1400, 900)
+    viewer.window._qt_window.resize(1920, 1080)  # a full-HD screen
+    assert widget.status_label.text().startswith("hcc_sample.ome.tif open:")
     if "sample" in run_cache:
         widget._on_returned(run_cache["sample"])  # as if the run had just finished
     else:
@@ -249,11 +275,12 @@ def test_screenshot_after_analysis(make_napari_viewer, qtbot, run_cache):
     QApplication.processEvents()
     viewer.reset_view()
     qtbot.wait(200)
+    _assert_dock_fits(widget, viewer)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     img = viewer.screenshot(str(OUT), canvas_only=False, flash=False)
     assert OUT.is_file()
     rgb = img[..., :3].reshape(-1, 3)
-    assert img.shape[1] >= 1300 and img.shape[0] >= 850
+    assert img.shape[1] >= 1900 and img.shape[0] >= 1000
     assert rgb.std() > 5
     assert len(np.unique(rgb, axis=0)) > 50
     # The canvas shows the analysis: barrier-green and gap-red pixels are present.
