@@ -163,6 +163,8 @@ def cmd_demo(args) -> int:
     image, panel = _sample_paths()
     args.images = [str(image)]
     args.panel = str(panel)
+    args.labels = args.nuclei = None  # the demo segments its own image
+    args.labels_format = "auto"
     print(f"tibspace demo: analysing the bundled synthetic HCC sample {image.name}")
     return cmd_run(args)
 
