@@ -137,3 +137,27 @@ def test_qupath_measurements_numeric_text_in_metadata(tmp_path):
     assert props["measurements"] == {"coverage": 0.5, "n": 3}
     assert props["metadata"] == {"link_exact": "true", "immune_phenotype": "excluded"}
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in props["measurements"].values())
+
+
+def test_write_table_keeps_column_order_and_text_columns(tmp_path):
+    """Geometry and list columns become WKT / JSON text in place; the frame is not modified."""
+    import json as _json
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    import shapely
+
+    from tibspace.outputs.tables import write_table
+
+    df = pd.DataFrame({"a": [1.5, np.nan], "geometry": [shapely.Point(0, 1), shapely.box(0, 0, 1, 1)],
+                       "phenotype": pd.Categorical(["CD8_T", "tumour"]), "ids": [[1, 2], [3]], "z": [1, 2]})
+    before = df.copy()
+    write_table(df, tmp_path / "t")
+    pd.testing.assert_frame_equal(df, before)
+    back = pq.read_table(tmp_path / "t.parquet").to_pandas()
+    assert list(back.columns) == list(df.columns)
+    assert back["geometry"].tolist() == ["POINT (0 1)", "POLYGON ((1 0, 1 1, 0 1, 0 0, 1 0))"]
+    assert [_json.loads(v) for v in back["ids"]] == [[1, 2], [3]]
+    csv = pacsv.read_csv(tmp_path / "t.csv").to_pandas()
+    assert list(csv.columns) == list(df.columns) and csv["phenotype"].tolist() == ["CD8_T", "tumour"]
+    assert np.isnan(csv["a"][1]) and csv["z"].tolist() == [1, 2]

@@ -27,13 +27,6 @@ def write_table(df: pd.DataFrame, path_stem: str | os.PathLike, *, formats: Sequ
     Geometry columns (shapely objects) are written as WKT text; categoricals
     as strings in CSV.
     """
-    stem = Path(path_stem)
-    out = df.copy()
-    for col in out.columns:
-        if out[col].dtype == object and len(out) and isinstance(out[col].iloc[0], shapely.Geometry):
-            out[col] = shapely.to_wkt(out[col].to_numpy(), rounding_precision=4)
-        elif out[col].dtype == object and len(out) and isinstance(out[col].iloc[0], (list, tuple, np.ndarray)):
-            out[col] = [json.dumps(to_jsonable(v)) for v in out[col]]
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -41,7 +34,13 @@ def write_table(df: pd.DataFrame, path_stem: str | os.PathLike, *, formats: Sequ
     for fmt in formats:
         if fmt not in ("parquet", "csv"):
             raise ValueError(f"unknown table format {fmt!r}")
-    table = pa.Table.from_pandas(out, preserve_index=False)
+    stem = Path(path_stem)
+    text = _text_columns(df)  # only these columns are converted: no copy of the whole table
+    table = pa.Table.from_pandas(df, columns=[c for c in df.columns if c not in text], preserve_index=False)
+    for i, col in enumerate(df.columns):
+        if col in text:
+            table = table.add_column(i, str(col), pa.array(text[col], type=pa.string()))
+    out = df
     written = []
     for fmt in formats:
         target = stem.with_suffix(f".{fmt}")
@@ -52,6 +51,20 @@ def write_table(df: pd.DataFrame, path_stem: str | os.PathLike, *, formats: Sequ
                 pacsv.write_csv(_csv_ready(table, out), tmp, pacsv.WriteOptions(quoting_style="needed"))
         written.append(target)
     return written
+
+
+def _text_columns(df: pd.DataFrame) -> dict:
+    """Geometry columns as WKT and list/array columns as JSON text, by column name."""
+    text = {}
+    for col in df.columns:
+        if df[col].dtype != object or not len(df):
+            continue
+        first = df[col].iloc[0]
+        if isinstance(first, shapely.Geometry):
+            text[col] = shapely.to_wkt(df[col].to_numpy(), rounding_precision=4)
+        elif isinstance(first, (list, tuple, np.ndarray)):
+            text[col] = [json.dumps(to_jsonable(v)) for v in df[col]]
+    return text
 
 
 def _csv_ready(table, df: pd.DataFrame):
