@@ -36,9 +36,8 @@ def _typed_obs(obs: pd.DataFrame) -> pd.DataFrame:
         col = obs[c]
         if col.dtype != object:
             continue
-        vals = col.dropna()
-        if len(vals) and vals.map(lambda v: isinstance(v, (bool, np.bool_))).all():
-            obs[c] = col.map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else False).astype(bool)
+        if col.notna().any() and pd.api.types.infer_dtype(col, skipna=True) == "boolean":  # C-level type scan
+            obs[c] = col.where(col.notna(), False).astype(bool)
         else:
             obs[c] = pd.Categorical(col.where(col.isna(), col.astype(str)))
     return obs
