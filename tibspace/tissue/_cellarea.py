@@ -2,10 +2,9 @@
 
 The nearest-segment band areas of the barrier analysis split thin bands
 around the tumour boundary by the Voronoi cells of points sampled along the
-boundary. Overlaying GEOS polygons cell by cell re-reads a band polygon of
-~1,000 vertices per call (1M cells: 112k sub-segments x 3 sets, ~11 s); the
-cells are convex and small, so each area is computed here directly from the
-few set edges that cross the cell (Green's theorem), in one pass:
+boundary. The cells are convex and small, so each area is computed here
+directly from the few set edges that cross the cell (Green's theorem), in one
+pass, instead of overlaying GEOS polygons cell by cell:
 
     area(C ∩ P) = ∮ x dy over (∂P inside C)  +  ∮ x dy over (∂C inside P)
 

@@ -30,10 +30,9 @@ def warm_up_napari() -> None:
 
     napari compiles (numba) its Shapes triangulation helpers and its direct
     label-colour mapping for 32/64-bit labels on first use: seconds per
-    function and dtype, once per process (measured 7–12 s for Shapes and
-    ~10 s for int32 labels on a loaded 2-core box). The widget calls this in
-    a worker thread while the analysis runs, so showing results does not
-    stall the viewer.
+    function and dtype, once per process (figures in
+    ``docs/validation/napari.md``). The widget calls this in a worker thread
+    while the analysis runs, so showing results does not stall the viewer.
     """
     try:
         from napari.layers import Shapes
