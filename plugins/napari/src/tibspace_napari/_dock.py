@@ -25,8 +25,11 @@ def build_dock(w: Any) -> None:
     """Create and connect the controls of the dock widget ``w``."""
     outer = _run_controls(w)
     root = _scroll_area(w, outer)
-    for box in (_input_box, _parameters_box, _gate_box, _export_box):
-        box(w, root)
+    for title, fill in (("Input", _input_box), ("Parameters", _parameters_box),
+                        ("Gate preview", _gate_box), ("Export", _export_box)):
+        box = QGroupBox(title)
+        fill(w, QFormLayout(box))
+        root.addWidget(box)
     root.addStretch(1)
     for combo in w._inner.findChildren(QComboBox):
         # Long channel or image names are elided in their field instead of widening the dock.
@@ -86,10 +89,8 @@ def _scroll_area(w, outer):
     return QVBoxLayout(inner)
 
 
-def _input_box(w, root):
+def _input_box(w, form):
     """Image, pixel size, panel, nuclear / membrane channels, given cell labels."""
-    box = QGroupBox("Input")
-    form = QFormLayout(box)
     w.image_combo = QComboBox()
     w.image_combo.currentIndexChanged.connect(w._on_image_changed)
     form.addRow("Image", w.image_combo)
@@ -107,13 +108,10 @@ def _input_box(w, root):
     w.labels_edit = QLineEdit()
     w.labels_edit.setPlaceholderText("mask file or run folder: skips segmentation")
     form.addRow("Cell labels (optional)", w.labels_edit)
-    root.addWidget(box)
 
 
-def _parameters_box(w, root):
+def _parameters_box(w, form):
     """The panel parameters of :data:`PARAMETERS` (µm) and the seed."""
-    box = QGroupBox("Parameters")
-    form = QFormLayout(box)
     w.param_spins: dict[str, QDoubleSpinBox] = {}
     for key, label, default, maximum in PARAMETERS:
         spin = QDoubleSpinBox(decimals=1, minimum=0.5, maximum=maximum, value=default)
@@ -122,13 +120,10 @@ def _parameters_box(w, root):
         form.addRow(label.replace(" (µm)", ""), spin)
     w.seed_spin = QSpinBox(minimum=0, maximum=999_999_999, value=0)
     form.addRow("Seed", w.seed_spin)
-    root.addWidget(box)
 
 
-def _gate_box(w, root):
+def _gate_box(w, form):
     """Marker, gate slider and spin box, "use this gate" and the preview line."""
-    box = QGroupBox("Gate preview")
-    form = QFormLayout(box)
     w.marker_combo = QComboBox()
     w.marker_combo.currentIndexChanged.connect(w._on_marker_changed)
     form.addRow("Marker", w.marker_combo)
@@ -147,20 +142,16 @@ def _gate_box(w, root):
     w.gate_info = QLabel("")
     w.gate_info.setWordWrap(True)
     form.addRow(w.gate_info)
-    root.addWidget(box)
 
 
-def _export_box(w, root):
+def _export_box(w, form):
     """Output folder and the Export button."""
-    box = QGroupBox("Export")
-    form = QFormLayout(box)
     w.out_edit = QLineEdit()
     form.addRow("Folder", _path_row(w.out_edit, "output folder", w._browse_out))
     w.export_button = QPushButton("Export results")
     w.export_button.setEnabled(False)
     w.export_button.clicked.connect(w.export)
     form.addRow(w.export_button)
-    root.addWidget(box)
 
 
 def _path_row(edit, placeholder, browse):
