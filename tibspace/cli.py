@@ -221,44 +221,60 @@ _TILE = _ranged(int, 256, 65536, "a tile size in pixels")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tibspace`` command line: one sub-command per job (run, analyze, cohort, compare, demo, synth)."""
     p = argparse.ArgumentParser(prog="tibspace", description=DESCRIPTION, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     from tibspace import __version__
 
     p.add_argument("--version", action="version", version=f"tibspace {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_analyze, _add_cohort, _add_compare, _add_demo, _add_synth):
+        add(sub)
+    return p
 
-    def common(sp, default_out=None):
-        sp.add_argument("--out", required=default_out is None, default=default_out, help="output folder")
-        sp.add_argument("--seed", type=_SEED, default=None,
-                        help="seed of every random step (default: the panel's seed parameter, 0 if unset)")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars")
-        if sp.prog.split()[-1] in ("run", "analyze", "cohort", "demo"):
-            sp.add_argument("--spatialdata", action="store_true",
-                            help="also write <sample_id>.zarr (SpatialData: image, labels, nests, zones, cell table)")
 
+def _add_common(sp, default_out=None):
+    """--out, --seed, --quiet (and --spatialdata where the command writes a sample's outputs)."""
+    sp.add_argument("--out", required=default_out is None, default=default_out, help="output folder")
+    sp.add_argument("--seed", type=_SEED, default=None,
+                    help="seed of every random step (default: the panel's seed parameter, 0 if unset)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    if sp.prog.split()[-1] in ("run", "analyze", "cohort", "demo"):
+        sp.add_argument("--spatialdata", action="store_true",
+                        help="also write <sample_id>.zarr (SpatialData: image, labels, nests, zones, cell table)")
+
+
+def _add_local_dask(sp, scheduler_help):
+    """--scheduler, --workers (default 2) and --tile-size-px of an image run."""
+    sp.add_argument("--scheduler", type=_scheduler, default=None, help=scheduler_help)
+    sp.add_argument("--workers", type=_WORKERS, default=2, help="local Dask workers (default 2)")
+    sp.add_argument("--tile-size-px", type=_TILE, default=None, help="segmentation tile size (default 2048)")
+
+
+def _add_run(sub):
     r = sub.add_parser("run", help="segment, phenotype and analyse multiplex image(s)")
     r.add_argument("images", nargs="+", help="OME-TIFF / named multi-page TIFF / folder of single-channel TIFFs")
     r.add_argument("--panel", required=True, help="marker panel (TOML)")
     r.add_argument("--pixel-size-um", type=_PIXEL, default=None, help="µm per pixel (overrides the file)")
-    r.add_argument("--scheduler", type=_scheduler, default=None,
-                   help="Dask scheduler address, or threads / processes for a local cluster (default: threads)")
-    r.add_argument("--workers", type=_WORKERS, default=2, help="local Dask workers (default 2)")
-    r.add_argument("--tile-size-px", type=_TILE, default=None, help="segmentation tile size (default 2048)")
+    _add_local_dask(r, "Dask scheduler address, or threads / processes for a local cluster (default: threads)")
     r.add_argument("--labels", default=None, help="cell label mask (or MCMICRO/steinbock run folder): skip segmentation")
     r.add_argument("--nuclei", default=None, help="nucleus label mask (with or without --labels)")
     r.add_argument("--labels-format", default="auto",
                    choices=["auto", "deepcell", "cellpose", "stardist", "qupath", "inform", "mcmicro",
                             "steinbock", "tiff"], help="layout of the label files (default: detected)")
-    common(r)
+    _add_common(r)
     r.set_defaults(func=cmd_run)
 
+
+def _add_analyze(sub):
     a = sub.add_parser("analyze", help="geometry, statistics and analyses on existing cell table(s)")
     a.add_argument("tables", nargs="+", help="cell table(s): tibspace, QuPath, inForm/phenoptr, HALO, MCMICRO")
     a.add_argument("--panel", required=True, help="panel (TOML) with roles and a [table] column mapping")
-    common(a)
+    _add_common(a)
     a.set_defaults(func=cmd_analyze)
 
+
+def _add_cohort(sub):
     c = sub.add_parser("cohort", help="run a manifest of samples (CSV) on Dask, with resume and cohort tables")
     c.add_argument("manifest", help="CSV: sample_id, image or table, optional labels, patient_id, clinical columns")
     c.add_argument("--panel", required=True, help="marker panel (TOML)")
@@ -267,9 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=_WORKERS, default=None, help="local Dask workers (default: one per core)")
     c.add_argument("--force", action="store_true", help="run every sample again, even if its result is current")
     c.add_argument("--by", default=None, help="manifest column to compare groups by (e.g. response)")
-    common(c)
+    _add_common(c)
     c.set_defaults(func=cmd_cohort)
 
+
+def _add_compare(sub):
     k = sub.add_parser("compare", help="compare groups of a finished cohort (per patient, BH FDR)")
     k.add_argument("folder", help="the cohort's output folder")
     k.add_argument("--by", required=True, help="manifest column with the groups (e.g. response)")
@@ -279,15 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--seed", type=_SEED, default=0, help="seed of the bootstrap (default 0)")
     k.set_defaults(func=cmd_compare)
 
+
+def _add_demo(sub):
     d = sub.add_parser("demo", help="run the whole pipeline on the bundled sample data")
     d.add_argument("--pixel-size-um", type=_PIXEL, default=None, help=argparse.SUPPRESS)
-    d.add_argument("--scheduler", type=_scheduler, default=None,
-                   help="Dask scheduler address, or threads / processes (default: threads)")
-    d.add_argument("--workers", type=_WORKERS, default=2, help="local Dask workers (default 2)")
-    d.add_argument("--tile-size-px", type=_TILE, default=None, help="segmentation tile size (default 2048)")
-    common(d, default_out="tibspace-demo-results")
+    _add_local_dask(d, "Dask scheduler address, or threads / processes (default: threads)")
+    _add_common(d, default_out="tibspace-demo-results")
     d.set_defaults(func=cmd_demo)
 
+
+def _add_synth(sub):
     s = sub.add_parser("synth", help="generate synthetic HCC tissue with ground truth")
     s.add_argument("--size", type=_ranged(int, 512, 32768, "an image side in pixels"), default=2048,
                    help="image side in pixels (default 2048)")
@@ -321,9 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nest outlines: smooth blobs, lobulated, or thin cords (default blob)")
     w.add_argument("--edge-nests", type=int, default=0,
                    help="how many nests are cut by the image frame (default 0)")
-    common(s)
+    _add_common(s)
     s.set_defaults(func=cmd_synth, seed=0)
-    return p
 
 
 def kernels_compiled() -> bool:

@@ -159,22 +159,14 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
     -------
     PipelineResult
     """
-    from tibspace.segment import segment_image
-
     panel = _as_panel(panel)
     params = panel.parameters
     seed = int(params.get("seed", 0) if seed is None else seed)
     image_path = Path(image_path)
     timings: dict[str, float] = {}
     timer = _Timer(timings)
-
     with timer("open_image"):
-        img = _open_with_panel_pixel_size(image_path, pixel_size_um, panel)
-        from tibspace.io import check_not_empty
-
-        check_not_empty(img)
-        channel_index = panel.resolve_channels(img.channel_names, image_path)
-
+        img, channel_index = _open_for_run(image_path, pixel_size_um, panel)
     names = img.channel_names
     nuclear = [names[channel_index[c]] for c in panel.nuclear]
     membrane = [names[channel_index[c]] for c in panel.membrane]
@@ -184,36 +176,60 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
 
     with (work_folder(out_dir) if out_dir is not None else contextlib.nullcontext(None)) as work:
         with timer("segmentation"):
-            seg = (_given_labels(img, image_path, labels, nuclei, labels_format, params)
-                   if labels is not None or nuclei is not None else None) or segment_image(
-                img, nuclear, membrane,
-                expansion_um=float(params["cell_expansion_um"]),
-                nucleus_diameter_um=(None if params["nucleus_diameter_um"] == "auto"
-                                     else float(params["nucleus_diameter_um"])),
-                tile_size_px=tile, scheduler=scheduler, n_workers=n_workers, progress=progress,
-                work_dir=work)
-        cells = seg.cells
-        if len(cells) == 0:
+            seg = _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_format,
+                           tile=tile, scheduler=scheduler, n_workers=n_workers, progress=progress,
+                           work_dir=work)
+        if len(seg.cells) == 0:
             raise InputError(f"{image_path}: segmentation found no cells in channel(s) {', '.join(nuclear)}")
-
         result = analyze_cells(
-            cells, panel, pixel_size_um=img.pixel_size_um, labels=seg.labels, image=img,
+            seg.cells, panel, pixel_size_um=img.pixel_size_um, labels=seg.labels, image=img,
             channel_index=channel_index, seed=seed, progress=progress, timings=timings)
-        result.image_path = image_path
-        result.nuclei = seg.nuclei
         with timer("thumbnail"):
             result.thumbnail = _stain_thumbnail(img, panel, channel_index, nuclear)
-        result.image_shape = tuple(int(s) for s in img.shape[-2:])
-        result.metrics["segmentation"] = dict(seg.parameters) | {"n_cells": int(len(cells)), "n_tiles": int(seg.n_tiles)}
-        result.metrics["input"] = {
-            "path": str(image_path), "sha256": _checksum(image_path), "channels": list(names),
-            "shape_yx": list(result.image_shape), "pixel_size_um": float(img.pixel_size_um),
-        }
-        result.metrics["sample_id"] = sample_id or _sample_id(image_path)
+        _record_image_run(result, img, image_path, seg, sample_id)
         if out_dir is not None:
             write_outputs(result, out_dir, progress=progress, extra_files=extra_files, spatialdata=spatialdata)
             _labels_from_outputs(result, out_dir)
     return result
+
+
+def _open_for_run(image_path: Path, pixel_size_um, panel):
+    """The image (pixel size from the call, the file or the panel) and the panel's channel indices."""
+    from tibspace.io import check_not_empty
+
+    img = _open_with_panel_pixel_size(image_path, pixel_size_um, panel)
+    check_not_empty(img)
+    return img, panel.resolve_channels(img.channel_names, image_path)
+
+
+def _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_format, *, tile,
+             scheduler, n_workers, progress, work_dir):
+    """Cells of the image: the given label masks when there are any, else :func:`segment_image`."""
+    from tibspace.segment import segment_image
+
+    seg = (_given_labels(img, image_path, labels, nuclei, labels_format, params)
+           if labels is not None or nuclei is not None else None)
+    return seg or segment_image(
+        img, nuclear, membrane,
+        expansion_um=float(params["cell_expansion_um"]),
+        nucleus_diameter_um=(None if params["nucleus_diameter_um"] == "auto"
+                             else float(params["nucleus_diameter_um"])),
+        tile_size_px=tile, scheduler=scheduler, n_workers=n_workers, progress=progress,
+        work_dir=work_dir)
+
+
+def _record_image_run(result, img, image_path: Path, seg, sample_id) -> None:
+    """The image-side fields of a result: path, nuclei, shape; segmentation and input metrics; sample id."""
+    result.image_path = image_path
+    result.nuclei = seg.nuclei
+    result.image_shape = tuple(int(s) for s in img.shape[-2:])
+    result.metrics["segmentation"] = dict(seg.parameters) | {"n_cells": int(len(seg.cells)),
+                                                             "n_tiles": int(seg.n_tiles)}
+    result.metrics["input"] = {
+        "path": str(image_path), "sha256": _checksum(image_path), "channels": list(img.channel_names),
+        "shape_yx": list(result.image_shape), "pixel_size_um": float(img.pixel_size_um),
+    }
+    result.metrics["sample_id"] = sample_id or _sample_id(image_path)
 
 
 def _labels_from_outputs(result, out_dir) -> None:

@@ -2,9 +2,10 @@
 
 Phenotypes → tissue window and statistics (background thread) → tumour nests
 (clipped to the imaged frame, tested for being tumour), annotation, profiles,
-exclusion and per-nest profile (background thread) → barrier and shield →
-metrics. Each background thread gets its own copies of the geometries it reads
-(:func:`_thread_copy`); see the concurrency rule in docs/architecture.md.
+exclusion and per-nest profile (background thread) → barrier and shield
+(:mod:`tibspace.run_analyses`) → metrics. Each background thread gets its own
+copies of the geometries it reads (:func:`_thread_copy`); see the concurrency
+rule in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 from tibspace import __version__
 from tibspace.errors import InputError, NoTumourRegionError
 from tibspace.progress import report
+from tibspace.run_analyses import _analysis_steps
 
 
 class _Timer:
@@ -443,102 +445,6 @@ def _statistics_and_nearest(cells, tissue, params, seed, skipped, timer):
     return stats, stat_metrics, nearest
 
 
-def _analysis_steps(result, panel, params, defined, image, channel_index, pixel_size_um, seed, progress,
-                    skipped, timer):
-    """Yield ``(name, run)`` for every analysis that can run; record the others in ``skipped``."""
-    roles = panel.roles
-
-    def missing_roles(*names):
-        return [r for r in names if not (set(roles.get(r, [])) & defined)]
-
-    miss = missing_roles("effector_t")
-    if miss:
-        skipped["exclusion"] = f"the panel defines no phenotype for role(s) {miss} (e.g. CD8_T = \"CD3+ & CD8+\")"
-    else:
-        def run_exclusion(progress=progress, region=None, tissue=None):
-            from tibspace.analyses import exclusion_analysis
-
-            region = result.region if region is None else region
-            tissue = result.tissue if tissue is None else tissue
-            with timer("exclusion"):
-                ex = exclusion_analysis(
-                    result.cells, region, tissue, t_types=tuple(roles["effector_t"]),
-                    margin_um=float(params["margin_um"]), outside_band_um=float(params["outside_band_um"]),
-                    desert_density=float(params["desert_density"]), excluded_ratio=float(params["excluded_ratio"]),
-                    bandwidth_um=float(params["exclusion_bandwidth_um"]), grid_um=float(params["exclusion_grid_um"]),
-                    exclusion_fraction=float(params["exclusion_fraction"]),
-                    min_zone_area_um2=float(params["exclusion_min_area_um2"]),
-                    zone_alpha=float(params["exclusion_zone_alpha"]), progress=progress)
-            result.exclusion_zones = list(getattr(ex, "zones", []) or [])
-            return ex
-
-        yield "exclusion", run_exclusion
-
-    miss = missing_roles("spp1_macrophage", "caf", "effector_t")
-    if miss:
-        skipped["barrier"] = (f"the panel defines no phenotype for role(s) {', '.join(miss)} "
-                              f"(a TIB needs SPP1+ macrophages and CAFs: add an SPP1 marker and e.g. "
-                              f"SPP1_macrophage = \"CD68+ & SPP1+\")")
-    else:
-        def run_barrier():
-            from tibspace.analyses import barrier_analysis
-
-            with timer("barrier"):
-                br = barrier_analysis(
-                    result.cells, result.region, result.tissue,
-                    barrier_types=tuple(roles["barrier"]), macrophage_types=tuple(roles["spp1_macrophage"]),
-                    caf_types=tuple(roles["caf"]), t_types=tuple(roles["effector_t"]),
-                    segment_um=float(params["segment_um"]), barrier_width_um=float(params["barrier_width_um"]),
-                    barrier_density=float(params["barrier_density"]), margin_um=float(params["margin_um"]),
-                    colocalization_radii_um=tuple(params["colocalization_radii_um"]),
-                    n_shifts=int(params["n_shifts"]), seed=seed,
-                    signed_dist_um=result.cells["signed_dist_um"].to_numpy(float), progress=progress)
-            result.segments = br.segments
-            return br
-
-        yield "barrier", run_barrier
-
-    mask_specs = dict(panel.masks)
-    if image is None:
-        skipped["shield"] = "needs NET/collagen-I pixel masks from an image (cell-table-only run)"
-    elif not mask_specs:
-        skipped["shield"] = "the panel has no [masks] section (NET from CitH3, collagen I from COL1)"
-    elif missing_roles("tumour", "effector_t"):
-        skipped["shield"] = "the panel defines no tumour or effector T phenotype"
-    else:
-        for name in ("net", "col1"):
-            if name not in mask_specs:
-                what = "NET (CitH3, optionally requiring MPO)" if name == "net" else "collagen I (COL1)"
-                skipped[f"shield_{name}"] = f"the panel has no [masks] {name} entry for {what}: that part of the shield is not measured"
-
-        def run_shield():
-            from tibspace.analyses import shield_analysis, shield_masks
-
-            with timer("shield"):
-                masks, mask_gates = shield_masks(image, mask_specs, channel_index, pixel_size_um,
-                                                 tile_size_px=int(params.get("tile_size_px", 2048)), progress=progress)
-                sh = shield_analysis(
-                    result.cells, _labels_array(result.labels), masks, pixel_size_um, result.region,
-                    tissue=result.tissue,
-                    tumour_types=tuple(roles["tumour"]), t_types=tuple(roles["effector_t"]),
-                    neutrophil_types=tuple(roles.get("neutrophil", ())),
-                    shield_ring_um=float(params["shield_ring_um"]),
-                    shield_min_coverage=float(params["shield_min_coverage"]),
-                    nest_strip_um=float(params["nest_strip_um"]), contact_um=float(params["contact_um"]),
-                    antagonism_tile_um=float(params["antagonism_tile_um"]),
-                    antagonism_radii_um=tuple(params["antagonism_radii_um"]), seed=seed, progress=progress)
-            result.masks = masks
-            result.metrics.setdefault("mask_gates", {}).update(mask_gates)
-            per_cell = getattr(sh, "per_cell", None)
-            if per_cell is not None and len(per_cell):
-                cols = [c for c in per_cell.columns if c != "cell_id"]
-                result.cells = result.cells.drop(columns=[c for c in cols if c in result.cells.columns]).merge(
-                    per_cell, on="cell_id", how="left")
-            return sh
-
-        yield "shield", run_shield
-
-
 # Tables and geometries that an analysis' dict repeats from another output file:
 # metrics.json names the file instead (it holds numbers; 24 MB → ~kB at 1M cells).
 _IN_OTHER_FILES = {("barrier", "segments"): "segments.csv",
@@ -559,12 +465,6 @@ def _with_file_references(analyses: dict) -> dict:
         n = len(next(iter(value.values()), [])) if isinstance(value, dict) else len(value)
         analyses[name][key] = {"file": file, "n": int(n)}
     return analyses
-
-
-def _labels_array(labels):
-    if labels is None or isinstance(labels, np.ndarray):
-        return labels
-    return np.asarray(labels)
 
 
 def _per_nest_table(result) -> pd.DataFrame:

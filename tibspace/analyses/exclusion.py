@@ -299,13 +299,7 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
     """
     _check_cells(cells)
     t_types = _as_types(t_types, "t_types")
-    if tissue is None or tissue.is_empty or tissue.area <= 0:
-        raise InputError("tissue region is empty; expected a shapely (Multi)Polygon in µm")
-    w = float(margin_um)
-    ob = float(outside_band_um)
-    if not (w > 0 and ob > w):
-        raise InputError(f"margin_um={margin_um}, outside_band_um={outside_band_um}: expected 0 < margin < "
-                         "outside band")
+    w, ob = _check_bands(tissue, margin_um, outside_band_um)
     params = {"t_types": list(t_types), "margin_um": w, "outside_band_um": ob,
               "desert_density": float(desert_density), "excluded_ratio": float(excluded_ratio),
               "bandwidth_um": float(bandwidth_um), "grid_um": float(grid_um),
@@ -326,11 +320,34 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
     dmap = _display_map(maps, grid_um)
     report(progress, "exclusion", 3, steps)
     zone_table, per_border, per_len = _zone_borders(zones, zone_n, zone_e, zone_p, region, per_nest)
+    sample.update(_zone_summary(region, per_nest, zones, bands, per_border, per_len, stromal, threshold,
+                                zone_note))
+    report(progress, "exclusion", 4, steps)
+    return ExclusionResult(compartments=compartments, per_nest=per_nest, sample=sample, zones=zones,
+                           zone_table=zone_table, density_map=dmap, parameters=params)
+
+
+# ---------------------------------------------------------------------------
+# steps of exclusion_analysis
+def _check_bands(tissue, margin_um, outside_band_um):
+    """``(w, outside band)`` in µm, checked; the tissue must be a non-empty area."""
+    if tissue is None or tissue.is_empty or tissue.area <= 0:
+        raise InputError("tissue region is empty; expected a shapely (Multi)Polygon in µm")
+    w = float(margin_um)
+    ob = float(outside_band_um)
+    if not (w > 0 and ob > w):
+        raise InputError(f"margin_um={margin_um}, outside_band_um={outside_band_um}: expected 0 < margin < "
+                         "outside band")
+    return w, ob
+
+
+def _zone_summary(region, per_nest, zones, bands, per_border, per_len, stromal, threshold, zone_note):
+    """Sample-level zone numbers: count, area, share of the (-w, w] band and of the perimeter."""
     # (-w, w] is the disjoint union of the two side bands: its area without a third overlay
     band_area = float(bands["inside"].area + bands["outside"].area)
     zone_union = shapely.MultiPolygon(zones) if zones else shapely.Polygon()   # parts of one union: disjoint
     total = float(per_len.sum())
-    sample.update({
+    return {
         "n_nests": len(region.nests),
         "stromal_t_density_per_mm2": stromal,
         "zone_threshold_per_mm2": threshold,
@@ -342,14 +359,9 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
         "zone_note": zone_note,
         "n_per_nest_calls": {c: int(np.sum(per_nest["immune_phenotype"] == c)) if len(region.nests) else 0
                              for c in ("inflamed", "excluded", "desert", "undetermined")},
-    })
-    report(progress, "exclusion", 4, steps)
-    return ExclusionResult(compartments=compartments, per_nest=per_nest, sample=sample, zones=zones,
-                           zone_table=zone_table, density_map=dmap, parameters=params)
+    }
 
 
-# ---------------------------------------------------------------------------
-# steps of exclusion_analysis
 @dataclass
 class _TCells:
     """T cells: positions, signed distance d (µm), nearest nest id, compartment index (−1: beyond)."""

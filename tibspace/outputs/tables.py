@@ -1,8 +1,9 @@
 """Cell and result tables as Parquet and CSV, written atomically.
 
-Both formats are written by pyarrow from one Arrow table (the CSV writer is
-~8× faster than pandas' at a million cells). Floats keep full precision in
-both; missing values are empty CSV fields.
+Both formats are written by pyarrow from one Arrow table. Floats keep full
+precision in both; missing values are empty CSV fields; geometries are WKT
+(4 decimals, µm) and lists / dicts JSON text. Columns keep their names, whose
+suffix gives the unit (``x_um`` µm, ``*_per_mm2`` cells/mm²).
 """
 
 from __future__ import annotations

@@ -178,6 +178,17 @@ def _half_stencil(k):
 
 
 @njit(cache=True, inline="always")
+def _half_neighbour(cx, cy, k, nx, ny):
+    """Index of the k-th :func:`_half_stencil` cell of grid cell (cx, cy), -1 outside the grid."""
+    ox, oy = _half_stencil(k)
+    qx = cx + ox
+    qy = cy + oy
+    if qx < 0 or qx >= nx or qy >= ny:
+        return -1
+    return qy * nx + qx
+
+
+@njit(cache=True, inline="always")
 def _bin_of(d2, edges2):
     """Smallest k with d2 <= edges2[k] (edges2 sorted); len(edges2) if none."""
     lo = 0
@@ -239,12 +250,9 @@ def _pair_hist(xs, ys, codes, bnd, tidx, start, nx, ny, n_types, edges2, reach2,
                     yi = ys[i]
                     ci = codes[i]
                     for nb_k in range(5):
-                        ox, oy = _half_stencil(nb_k)
-                        qx = cx + ox
-                        qy = cy + oy
-                        if qx < 0 or qx >= nx or qy >= ny:
+                        q = _half_neighbour(cx, cy, nb_k, nx, ny)
+                        if q < 0:
                             continue
-                        q = qy * nx + qx
                         j0 = start[q]
                         j1 = start[q + 1]
                         if nb_k == 0:
@@ -316,12 +324,9 @@ def _pairs_rows(xs, ys, start, nx, ny, reach2, offs, pi, pj, fill, row0, row1):
             cell = cy * nx + cx
             for i in range(start[cell], start[cell + 1]):
                 for nb_k in range(5):
-                    ox, oy = _half_stencil(nb_k)
-                    qx = cx + ox
-                    qy = cy + oy
-                    if qx < 0 or qx >= nx or qy >= ny:
+                    q = _half_neighbour(cx, cy, nb_k, nx, ny)
+                    if q < 0:
                         continue
-                    q = qy * nx + qx
                     j0 = i + 1 if nb_k == 0 else start[q]
                     for j in range(j0, start[q + 1]):
                         dx = xs[j] - xs[i]

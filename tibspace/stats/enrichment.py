@@ -21,7 +21,7 @@ from numba import njit, prange
 from tibspace.errors import InputError
 from tibspace.progress import report
 from tibspace.stats._inputs import _table_xy_types
-from tibspace.stats._kernels import _cell_list, _half_stencil, _n_chunks
+from tibspace.stats._kernels import _cell_list, _half_neighbour, _n_chunks
 from tibspace.stats.neighbourhood import spatial_graph
 
 __all__ = ["NeighbourhoodEnrichment", "neighbourhood_enrichment", "join_count_moments"]
@@ -200,12 +200,9 @@ def _radius_counts_kernel(xs, ys, codes, start, nx, ny, r2, K, n_chunks):
                         yi = ys[i]
                         ci = codes[i]
                         for nb_k in range(5):
-                            ox, oy = _half_stencil(nb_k)
-                            qx = cx + ox
-                            qy = cy + oy
-                            if qx < 0 or qx >= nx or qy >= ny:
+                            q = _half_neighbour(cx, cy, nb_k, nx, ny)
+                            if q < 0:
                                 continue
-                            q = qy * nx + qx
                             j0 = i + 1 if nb_k == 0 else start[q]
                             for j in range(j0, start[q + 1]):
                                 dx = xs[j] - xi

@@ -102,6 +102,13 @@ def _rasterise(cy, cx, a, b, ct, st, hc, hs, exp_px, ids, y0, x0, key, lab, qn):
                     qn[yy, xx] = q
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _on_boundary(cells, y, x, cid, H, W):
+    """Is pixel (y, x) of cell ``cid`` on its boundary (a 4-neighbour outside the cell or the image)?"""
+    return ((y == 0 or cells[y - 1, x] != cid) or (y == H - 1 or cells[y + 1, x] != cid)
+            or (x == 0 or cells[y, x - 1] != cid) or (x == W - 1 or cells[y, x + 1] != cid))
+
+
 @numba.njit(cache=True, nogil=True)
 def _ring_pass(cells, ids, y0s, y1s, x0s, x1s, dy_off, dx_off, paint, mode, out_mask,
                out_n, out_cov):
@@ -126,18 +133,7 @@ def _ring_pass(cells, ids, y0s, y1s, x0s, x1s, dy_off, dx_off, paint, mode, out_
         cov = 0
         for y in range(ya, yb):
             for x in range(xa, xb):
-                if cells[y, x] != cid:
-                    continue
-                border = False
-                if y == 0 or cells[y - 1, x] != cid:
-                    border = True
-                elif y == H - 1 or cells[y + 1, x] != cid:
-                    border = True
-                elif x == 0 or cells[y, x - 1] != cid:
-                    border = True
-                elif x == W - 1 or cells[y, x + 1] != cid:
-                    border = True
-                if not border:
+                if cells[y, x] != cid or not _on_boundary(cells, y, x, cid, H, W):
                     continue
                 for o in range(nd):
                     qy = y + dy_off[o]
@@ -173,11 +169,7 @@ def _ring_dist(cells, ids, y0s, y1s, x0s, x1s, dy_off, dx_off, d2_off, dmap):
         ya, yb, xa, xb = y0s[j], y1s[j], x0s[j], x1s[j]
         for y in range(ya, yb):
             for x in range(xa, xb):
-                if cells[y, x] != cid:
-                    continue
-                if not ((y == 0 or cells[y - 1, x] != cid) or (y == H - 1 or cells[y + 1, x] != cid)
-                        or (x == 0 or cells[y, x - 1] != cid)
-                        or (x == W - 1 or cells[y, x + 1] != cid)):
+                if cells[y, x] != cid or not _on_boundary(cells, y, x, cid, H, W):
                     continue
                 for o in range(nd):
                     qy = y + dy_off[o]

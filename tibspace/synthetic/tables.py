@@ -189,9 +189,26 @@ def make_clustered_cells(n_cells: int, seed: int = 0, n_phenotypes: int = 8, *,
     side = float(np.sqrt(n_cells / density_per_mm2) * 1000.0)
     nests = _nest_layout(side, rng)
     tree = cKDTree(nests[["x_um", "y_um"]].to_numpy())
-
     n_clu = int(round(cluster_fraction * n_cells)) if len(nests) else 0
-    n_uni = n_cells - n_clu
+    x, y, code = _zone_cells(n_cells - n_clu, side, nests, tree, rng)
+    if n_clu:
+        xc, yc, cc = _immune_clusters(n_clu, side, nests, tree, rng)
+        x, y, code = np.concatenate([x, xc]), np.concatenate([y, yc]), np.concatenate([code, cc])
+    # Spatially sorted (row-major in 500 µm strips), like a segmentation's label order.
+    order = np.lexsort((x, np.floor(y / 500.0)))
+    x, y, code = x[order], y[order], code[order]
+    pheno = _phenotype_labels(code, n_phenotypes, rng)
+    cells = pd.DataFrame({"cell_id": np.arange(1, n_cells + 1, dtype=np.int64),
+                          "x_um": x, "y_um": y, "phenotype": pheno.astype(str)})
+    cells.attrs["side_um"] = side
+    if return_nests:
+        return cells, nests
+    return cells
+
+
+def _zone_cells(n_uni, side, nests, tree, rng):
+    """Uniform positions; phenotype codes drawn with the probabilities of their zone
+    (barrier nest, inflamed nest, barrier rim, stroma)."""
     x = rng.uniform(0, side, n_uni)
     y = rng.uniform(0, side, n_uni)
     d, ni = _radial_signed_dist(x, y, nests, tree)
@@ -206,44 +223,35 @@ def make_clustered_cells(n_cells: int, seed: int = 0, n_phenotypes: int = 8, *,
     for z in range(4):
         sel = zone == z
         code[sel] = rng.choice(len(DEFAULT_PHENOTYPES), size=int(sel.sum()), p=probs[z])
+    return x, y, code
 
-    # Immune clusters: Gaussian blobs centred in stroma (> 150 µm from nests).
-    xs, ys, cs = [x], [y], [code]
-    if n_clu:
-        n_cent = max(1, n_clu // 400)
-        cand = rng.uniform(0, side, (20 * n_cent + 50, 2))
-        dc, _ = _radial_signed_dist(cand[:, 0], cand[:, 1], nests, tree)
-        cand = cand[dc > 150.0]
-        if len(cand) == 0:
-            cand = rng.uniform(0, side, (n_cent, 2))
-        cent = cand[:n_cent]
-        which = rng.integers(0, len(cent), n_clu)
-        xc = np.clip(cent[which, 0] + rng.normal(0, _CLUSTER_SIGMA_UM, n_clu), 0, side)
-        yc = np.clip(cent[which, 1] + rng.normal(0, _CLUSTER_SIGMA_UM, n_clu), 0, side)
-        xs.append(xc); ys.append(yc)
-        cs.append(rng.choice(len(DEFAULT_PHENOTYPES), size=n_clu, p=_P_CLUSTER))
-    x = np.concatenate(xs); y = np.concatenate(ys); code = np.concatenate(cs)
 
-    # Spatially sorted (row-major in 500 µm strips), like a segmentation's label order.
-    order = np.lexsort((x, np.floor(y / 500.0)))
-    x, y, code = x[order], y[order], code[order]
+def _immune_clusters(n_clu, side, nests, tree, rng):
+    """Immune clusters: Gaussian blobs (σ = 40 µm) centred in stroma (> 150 µm from nests)."""
+    n_cent = max(1, n_clu // 400)
+    cand = rng.uniform(0, side, (20 * n_cent + 50, 2))
+    dc, _ = _radial_signed_dist(cand[:, 0], cand[:, 1], nests, tree)
+    cand = cand[dc > 150.0]
+    if len(cand) == 0:
+        cand = rng.uniform(0, side, (n_cent, 2))
+    cent = cand[:n_cent]
+    which = rng.integers(0, len(cent), n_clu)
+    xc = np.clip(cent[which, 0] + rng.normal(0, _CLUSTER_SIGMA_UM, n_clu), 0, side)
+    yc = np.clip(cent[which, 1] + rng.normal(0, _CLUSTER_SIGMA_UM, n_clu), 0, side)
+    return xc, yc, rng.choice(len(DEFAULT_PHENOTYPES), size=n_clu, p=_P_CLUSTER)
 
+
+def _phenotype_labels(code, n_phenotypes, rng):
+    """Phenotype names of the codes: fewer types merge into ``other``, more split ``other``."""
     names = _phenotype_names(n_phenotypes)
     k = len(DEFAULT_PHENOTYPES)
     if n_phenotypes < k:
         lut = np.array(list(DEFAULT_PHENOTYPES[: n_phenotypes - 1]) + ["other"] * (k - n_phenotypes + 1),
                        dtype=object)
-        pheno = lut[code]
-    else:
-        pheno = np.array(DEFAULT_PHENOTYPES, dtype=object)[code]
-        if n_phenotypes > k:
-            extra = np.array(["other"] + names[k:], dtype=object)
-            other = pheno == "other"
-            pheno[other] = extra[rng.integers(0, len(extra), int(other.sum()))]
-
-    cells = pd.DataFrame({"cell_id": np.arange(1, n_cells + 1, dtype=np.int64),
-                          "x_um": x, "y_um": y, "phenotype": pheno.astype(str)})
-    cells.attrs["side_um"] = side
-    if return_nests:
-        return cells, nests
-    return cells
+        return lut[code]
+    pheno = np.array(DEFAULT_PHENOTYPES, dtype=object)[code]
+    if n_phenotypes > k:
+        extra = np.array(["other"] + names[k:], dtype=object)
+        other = pheno == "other"
+        pheno[other] = extra[rng.integers(0, len(extra), int(other.sum()))]
+    return pheno

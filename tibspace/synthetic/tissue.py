@@ -194,48 +194,30 @@ cord_width_um, edge_nests
     px = float(pixel_size_um)
     ss = np.random.SeedSequence(int(seed))
     rngs = [np.random.default_rng(s) for s in ss.spawn(8)]
-    H, W = shape
+    args = dict(shape=list(shape), pixel_size_um=px, seed=int(seed), n_nests=n_nests,
+                nest_radius_um=list(nest_radius_um), cell_density=cell_density,
+                barrier_coverage=[float(c) for c in covs], shield_coverage=shield_coverage,
+                immune_phenotype=immune_phenotype, barrier_excludes_t=bool(barrier_excludes_t),
+                t_density_per_mm2=t_density_per_mm2, shields_block_t=float(shields_block_t),
+                noise=noise)
     total = 6
     report(progress, "synthetic tissue", 0, total)
-
-    # 1. layout ---------------------------------------------------------------
     tissue, nests, intervals, frame_ivs, widths = _layout(shape, px, n_nests, nest_radius_um,
                                                           covs, world, rngs)
-
-    # 2. cells ----------------------------------------------------------------
-    cells = _place_cells(tissue, nests, intervals, px, rngs[2], cell_density=cell_density,
-                         shield_coverage=shield_coverage, immune_phenotype=immune_phenotype,
-                         barrier_excludes_t=barrier_excludes_t, t_density=t_density_per_mm2,
-                         t_layout=world.t_layout, scattered=world.scattered_tumour_cells,
-                         scatter_rng=world_rng(seed, 0))
-    if shields_block_t > 0:
-        cells = _block_contacts(cells, float(shields_block_t), rngs[6])
+    cells = _cells(tissue, nests, intervals, px, rngs, args, world)
     report(progress, "synthetic tissue", 1, total)
-
-    # 3. labels ---------------------------------------------------------------
     nuclei, cell_lab, qn, cells = _render_labels(cells, shape, px, rngs[3])
     report(progress, "synthetic tissue", 2, total)
-
-    # 4. shields and stromal NET / collagen masks -------------------------------
     net_mask, col1_mask, cells = _plant_masks(cells, cell_lab, nests, tissue, shape, px,
-                                              rngs[4])
+                                              rngs[4])   # shields and stromal NET / collagen
     report(progress, "synthetic tissue", 3, total)
-
-    # 5. image ----------------------------------------------------------------
     image, extras = _render_image(cells, nuclei, cell_lab, qn, net_mask, col1_mask, tissue,
                                   shape, px, int(ss.generate_state(1)[0]), rngs[5], noise,
                                   world, world_rng(seed, 1))
     del qn
     report(progress, "synthetic tissue", 4, total)
-
-    # 6. truth ----------------------------------------------------------------
     truth = _truth_table(cells, px, nests)
-    planted = _planted_summary(truth, cells, nests, intervals, covs, tissue, px, dict(
-        shape=list(shape), pixel_size_um=px, seed=int(seed), n_nests=n_nests,
-        nest_radius_um=list(nest_radius_um), cell_density=cell_density,
-        barrier_coverage=[float(c) for c in covs], shield_coverage=shield_coverage,
-        immune_phenotype=immune_phenotype, barrier_excludes_t=bool(barrier_excludes_t),
-        t_density_per_mm2=t_density_per_mm2, shields_block_t=float(shields_block_t), noise=noise))
+    planted = _planted_summary(truth, cells, nests, intervals, covs, tissue, px, args)
     if not world.is_default():
         planted["world"] = world_truth(world, truth, cells, nests, intervals, frame_ivs, widths,
                                        extras, t_density_per_mm2)
@@ -244,6 +226,23 @@ cord_width_um, edge_nests
                            nuclei=nuclei, cells=cell_lab, truth=truth, nests=nests,
                            tissue=tissue, net_mask=net_mask, col1_mask=col1_mask,
                            planted=planted, panel_toml=panel_toml())
+
+
+def _cells(tissue, nests, intervals, px, rngs, args, world):
+    """Planted cells (phenotypes, positions, shields), after the optional shield blocking of T cells.
+
+    ``args`` are the checked arguments of :func:`make_tissue` (its ``planted["parameters"]``).
+    """
+    cells = _place_cells(tissue, nests, intervals, px, rngs[2], cell_density=args["cell_density"],
+                         shield_coverage=args["shield_coverage"],
+                         immune_phenotype=args["immune_phenotype"],
+                         barrier_excludes_t=args["barrier_excludes_t"],
+                         t_density=args["t_density_per_mm2"], t_layout=world.t_layout,
+                         scattered=world.scattered_tumour_cells,
+                         scatter_rng=world_rng(args["seed"], 0))
+    if args["shields_block_t"] > 0:
+        cells = _block_contacts(cells, args["shields_block_t"], rngs[6])
+    return cells
 
 
 def _layout(shape, px, n_nests, nest_radius_um, covs, world, rngs):

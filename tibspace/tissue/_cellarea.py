@@ -2,10 +2,9 @@
 
 The nearest-segment band areas of the barrier analysis split thin bands
 around the tumour boundary by the Voronoi cells of points sampled along the
-boundary. Overlaying GEOS polygons cell by cell re-reads a band polygon of
-~1,000 vertices per call (1M cells: 112k sub-segments x 3 sets, ~11 s); the
-cells are convex and small, so each area is computed here directly from the
-few set edges that cross the cell (Green's theorem), in one pass:
+boundary. The cells are convex and small, so each area is computed here
+directly from the few set edges that cross the cell (Green's theorem), in one
+pass, instead of overlaying GEOS polygons cell by cell:
 
     area(C ∩ P) = ∮ x dy over (∂P inside C)  +  ∮ x dy over (∂C inside P)
 
@@ -305,15 +304,7 @@ def _cell_area_one(s, e, vx, vy, ex0, ey0, ex1, ey1, bptr, items, blo_i, blo_j, 
     m = e - s
     if m < 3:
         return 0.0, OK
-    xmin, xmax, ymin, ymax = np.inf, -np.inf, np.inf, -np.inf
-    for j in range(s, e):
-        xmin = min(xmin, vx[j]); xmax = max(xmax, vx[j])
-        ymin = min(ymin, vy[j]); ymax = max(ymax, vy[j])
-    for j in range(m):
-        j2 = j + 1 if j + 1 < m else 0
-        # inward (left) normal of edge j of a counter-clockwise polygon
-        nrm_x[j] = -(vy[s + j2] - vy[s + j])
-        nrm_y[j] = vx[s + j2] - vx[s + j]
+    xmin, xmax, ymin, ymax = _bounds_and_normals(s, m, vx, vy, nrm_x, nrm_y)
     i0 = min(max(int((xmin - gx0) / size), 0), nx - 1)
     i1 = min(max(int((xmax - gx0) / size), 0), nx - 1)
     j0 = min(max(int((ymin - gy0) / size), 0), ny - 1)
@@ -376,7 +367,31 @@ def _cell_area_one(s, e, vx, vy, ex0, ey0, ex1, ey1, bptr, items, blo_i, blo_j, 
                     return 0.0, DEGENERATE   # more crossings than the scratch holds
     if n_ev == 0:
         return area, NO_CROSSING   # the cell boundary is wholly inside or outside the set
-    # sort the crossings along the cell boundary (few: insertion sort)
+    _sort_crossings(n_ev, ev_pos, ev_x, ev_y, ev_in)
+    for a in range(n_ev):
+        if ev_in[a] == ev_in[(a + 1) % n_ev]:
+            return 0.0, DEGENERATE   # crossings must alternate
+    return _cell_boundary_in_set(area, n_ev, s, m, vx, vy, ev_pos, ev_x, ev_y, ev_in), OK
+
+
+@njit(cache=True, inline="always")
+def _bounds_and_normals(s, m, vx, vy, nrm_x, nrm_y):
+    """Bounding box of the cell vx/vy[s:s+m]; its inward edge normals into nrm_x/nrm_y."""
+    xmin, xmax, ymin, ymax = np.inf, -np.inf, np.inf, -np.inf
+    for j in range(s, s + m):
+        xmin = min(xmin, vx[j]); xmax = max(xmax, vx[j])
+        ymin = min(ymin, vy[j]); ymax = max(ymax, vy[j])
+    for j in range(m):
+        j2 = j + 1 if j + 1 < m else 0
+        # inward (left) normal of edge j of a counter-clockwise polygon
+        nrm_x[j] = -(vy[s + j2] - vy[s + j])
+        nrm_y[j] = vx[s + j2] - vx[s + j]
+    return xmin, xmax, ymin, ymax
+
+
+@njit(cache=True, inline="always")
+def _sort_crossings(n_ev, ev_pos, ev_x, ev_y, ev_in):
+    """Sort the crossings along the cell boundary, in place (few: insertion sort)."""
     for a in range(1, n_ev):
         p, x_, y_, f = ev_pos[a], ev_x[a], ev_y[a], ev_in[a]
         b = a - 1
@@ -384,10 +399,12 @@ def _cell_area_one(s, e, vx, vy, ex0, ey0, ex1, ey1, bptr, items, blo_i, blo_j, 
             ev_pos[b + 1], ev_x[b + 1], ev_y[b + 1], ev_in[b + 1] = ev_pos[b], ev_x[b], ev_y[b], ev_in[b]
             b -= 1
         ev_pos[b + 1], ev_x[b + 1], ev_y[b + 1], ev_in[b + 1] = p, x_, y_, f
-    for a in range(n_ev):
-        if ev_in[a] == ev_in[(a + 1) % n_ev]:
-            return 0.0, DEGENERATE   # crossings must alternate
-    # ∂C inside P: from each leaving crossing to the next (entering) one
+
+
+@njit(cache=True, inline="always")
+def _cell_boundary_in_set(area, n_ev, s, m, vx, vy, ev_pos, ev_x, ev_y, ev_in):
+    """Second term added to ``area``: ∮ x dy over ∂C inside P, from each leaving
+    crossing to the next (entering) one, along the sorted, alternating crossings."""
     for a in range(n_ev):
         if ev_in[a]:
             continue
@@ -409,7 +426,7 @@ def _cell_area_one(s, e, vx, vy, ex0, ey0, ex1, ey1, bptr, items, blo_i, blo_j, 
                 if j == jb:
                     break
         area += 0.5 * (px + ev_x[b]) * (ev_y[b] - py)
-    return area, OK
+    return area
 
 
 @njit(cache=True)

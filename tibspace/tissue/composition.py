@@ -7,15 +7,12 @@ inside it:
 - ``n_tumour`` ≥ ``min_nest_tumour_cells`` (default 10): a nest is a group of
   tumour cells, not one or two;
 - tumour-cell density = ``n_tumour`` / nest area ≥ ``min_nest_tumour_density``
-  (default 1,200 cells/mm²): nests measured on four tissues held 1,500-9,000
-  tumour cells/mm² (synthetic tables 1,526-3,000, MCMICRO exemplar-001 lung
-  1,605-2,000, CSM breast 2,374-8,777, inForm Set4 lung 5,116); chance clumps of
-  150 tumour cells scattered among 2,850 others per mm² reach 900-1,150/mm²,
-  tumour cells scattered ≥ 40 µm apart at most 625/mm²;
+  (default 1,200 cells/mm²), nest area in µm²;
 - purity = ``n_tumour`` / all cells inside ≥ ``min_nest_purity`` (default
-  0.2): an infiltrated real tumour (exemplar-001) had nests down to 0.22,
-  nests drawn around scattered tumour cells 0.18-0.30.
-Nests failing any test are dropped, each with its reason.
+  0.2).
+Nests failing any test are dropped, each with its reason. The densities and
+purities behind the defaults, measured on real and synthetic tissues, are in
+``docs/validation/tissue.md``.
 """
 
 from __future__ import annotations
