@@ -217,3 +217,50 @@ def test_absurd_tables_are_one_line(tmp_path, capsys, case):
     rc, err = run_cli(tmp_path, ["analyze", str(tmp_path / "in" / "cells.csv"), "--panel",
                                  str(tmp_path / "in" / "panel.toml")], capsys)
     assert rc == 2 and ("coordinates reach" in err or "share one position" in err)
+
+
+# --------------------------------------------------------------------- declared size, NaN pixels, labels
+@pytest.mark.parametrize("make", ["bomb_strips", "bomb_tiles", "bomb_small_limit", "mostly_nan",
+                                  "label_bomb", "label_pixel_size"])
+def test_hostile_declared_sizes(tmp_path, capsys, make):
+    import sys
+    import time
+
+    import tifffile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _bombs import write_bomb_tiff
+
+    from tibspace.io import write_ome_tiff
+
+    work = tmp_path
+    (work / "in").mkdir()
+    (work / "in" / "panel.toml").write_text(PANEL)
+    target = work / "in" / "image.tif"
+    extra, expect = [], "--max-pixels"
+    names = ["DAPI", "NaKATPase", "HepPar1", "CD68", "SPP1", "aSMA", "FAP", "CD3", "CD8", "MPO", "CitH3", "COL1"]
+    if make == "bomb_strips":
+        write_bomb_tiff(target, 200000, 200000)
+    elif make == "bomb_tiles":
+        write_bomb_tiff(target, 200000, 200000, tile=1024)
+    elif make == "bomb_small_limit":
+        write_bomb_tiff(target, 30000, 30000, n_pages=12, tile=1024)
+        extra = ["--max-pixels", "1e8"]
+    else:
+        data = np.ones((12, 64, 64), np.float32)
+        if make == "mostly_nan":
+            data[0] = np.nan
+            expect = "channel DAPI has 4096 of 4096 pixels NaN"
+        write_ome_tiff(target, data, names, 0.5)
+        if make == "label_bomb":
+            write_bomb_tiff(work / "in" / "cells.tif", 200000, 200000, dtype=np.uint32)
+            extra, expect = ["--labels", str(work / "in" / "cells.tif")], "does not match image 64x64"
+        elif make == "label_pixel_size":
+            lab = np.zeros((64, 64), np.int32)
+            lab[5:15, 5:15] = 1
+            tifffile.imwrite(work / "in" / "cells.tif", lab, resolution=(1e4, 1e4), resolutionunit="CENTIMETER")
+            extra, expect = ["--labels", str(work / "in" / "cells.tif")], "label pixel size 1 µm"
+    t0 = time.perf_counter()
+    rc, err = run_cli(work, ["run", str(target), "--panel", str(work / "in" / "panel.toml")] + extra, capsys)
+    assert rc == 2 and expect in err, err
+    assert time.perf_counter() - t0 < 60

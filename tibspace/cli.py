@@ -122,7 +122,7 @@ def cmd_run(args) -> int:
         inp, args.panel, out_dir=target, pixel_size_um=args.pixel_size_um, seed=args.seed, sample_id=sid,
         scheduler=args.scheduler, progress=_progress(args), tile_size_px=args.tile_size_px,
         spatialdata=args.spatialdata, n_workers=args.workers,
-        labels=args.labels, nuclei=args.nuclei, labels_format=args.labels_format))
+        labels=args.labels, nuclei=args.nuclei, labels_format=args.labels_format, max_pixels=args.max_pixels))
 
 
 def cmd_analyze(args) -> int:
@@ -138,7 +138,8 @@ def cmd_cohort(args) -> int:
     from tibspace.cohort import run_manifest
 
     status = run_manifest(args.manifest, args.panel, args.out, scheduler=args.scheduler, n_workers=args.workers,
-                          seed=args.seed, force=args.force, by=args.by, spatialdata=args.spatialdata)
+                          seed=args.seed, force=args.force, by=args.by, spatialdata=args.spatialdata,
+                          max_pixels=args.max_pixels)
     out = Path(args.out).resolve()
     n_failed = int((status["status"] == "failed").sum())
     print(f"cohort: {len(status) - n_failed} of {len(status)} samples done; report {out / 'cohort_report.html'}; "
@@ -220,6 +221,26 @@ _WORKERS = _ranged(int, 1, 1024, "a number of workers")
 _TILE = _ranged(int, 256, 65536, "a tile size in pixels")
 
 
+def _whole_pixels(text: str) -> int:
+    """``2e10`` or ``20000000000`` as an int (ValueError for nan/inf/junk)."""
+    import math
+
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(text)
+    return int(v)
+
+
+def _image_limits(sp) -> None:
+    """``--max-pixels`` on the commands that read images (run, cohort, demo)."""
+    from tibspace.io import MAX_PIXELS
+
+    if sp.prog.split()[-1] in ("run", "cohort", "demo"):
+        sp.add_argument("--max-pixels", type=_ranged(_whole_pixels, 1, 1e15, "a number of pixels"),
+                        default=MAX_PIXELS, help=f"refuse images whose planes declare more pixels (Y×X) than this, "
+                        f"before reading them (default {MAX_PIXELS:.0e}: a whole glass slide at 0.3 µm/px)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tibspace`` command line: one sub-command per job (run, analyze, cohort, compare, demo, synth)."""
     p = argparse.ArgumentParser(prog="tibspace", description=DESCRIPTION, epilog=EXAMPLES,
@@ -239,6 +260,7 @@ def _add_common(sp, default_out=None):
     sp.add_argument("--seed", type=_SEED, default=None,
                     help="seed of every random step (default: the panel's seed parameter, 0 if unset)")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    _image_limits(sp)
     if sp.prog.split()[-1] in ("run", "analyze", "cohort", "demo"):
         sp.add_argument("--spatialdata", action="store_true",
                         help="also write <sample_id>.zarr (SpatialData: image, labels, nests, zones, cell table)")

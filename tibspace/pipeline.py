@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tibspace.errors import InputError
+from tibspace.io.limits import MAX_PIXELS
 from tibspace.run_steps import (_IN_OTHER_FILES, _Run, _Timer, _clip_region, _per_nest_table,  # noqa: F401
                                 _thread_copy, _with_file_references, image_frame)
 
@@ -121,7 +122,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
               scheduler: str | None = None, progress: ProgressFn | None = None,
               tile_size_px: int | None = None, n_workers: int = 2, sample_id: str | None = None,
               extra_files: Mapping[str, str] | None = None, spatialdata: bool = False,
-              labels=None, nuclei=None, labels_format: str = "auto") -> PipelineResult:
+              labels=None, nuclei=None, labels_format: str = "auto",
+              max_pixels: int | None = MAX_PIXELS) -> PipelineResult:
     """Run the full pipeline on one multiplex image.
 
     Parameters
@@ -154,6 +156,10 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         folder) used instead of segmentation (:func:`tibspace.io.read_label_mask`).
     labels_format : str
         Layout of the label files (default: detected from name and content).
+    max_pixels : int, optional
+        Refuse an image (or label mask) whose planes declare more pixels (Y·X)
+        than this before reading it (:mod:`tibspace.io.limits`; default 2·10¹⁰,
+        a whole glass slide at 0.3 µm/px); ``None``: no declared-size limit.
 
     Returns
     -------
@@ -166,7 +172,7 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
     timings: dict[str, float] = {}
     timer = _Timer(timings)
     with timer("open_image"):
-        img, channel_index = _open_for_run(image_path, pixel_size_um, panel)
+        img, channel_index = _open_for_run(image_path, pixel_size_um, panel, max_pixels)
     names = img.channel_names
     nuclear = [names[channel_index[c]] for c in panel.nuclear]
     membrane = [names[channel_index[c]] for c in panel.membrane]
@@ -193,11 +199,12 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
     return result
 
 
-def _open_for_run(image_path: Path, pixel_size_um, panel):
-    """The image (pixel size from the call, the file or the panel) and the panel's channel indices."""
+def _open_for_run(image_path: Path, pixel_size_um, panel, max_pixels=MAX_PIXELS):
+    """The image (pixel size from the call, the file or the panel; declared size and finite
+    pixels checked by :func:`_open_checked`) and the panel's channel indices."""
     from tibspace.io import check_not_empty
 
-    img = _open_with_panel_pixel_size(image_path, pixel_size_um, panel)
+    img = _open_checked(image_path, pixel_size_um, panel, max_pixels)
     check_not_empty(img)
     return img, panel.resolve_channels(img.channel_names, image_path)
 
@@ -271,17 +278,36 @@ def _stain_thumbnail(img, panel, channel_index, nuclear) -> dict:
             "channels": {k: [img.channel_names[i] for i in v] for k, v in groups.items()}}
 
 
-def _open_with_panel_pixel_size(path: Path, pixel_size_um, panel):
+def _open_checked(path: Path, pixel_size_um, panel, max_pixels=MAX_PIXELS):
+    """Open an image for a run: the declared size within ``max_pixels`` (checked before any
+    pixel is read), then NaN / ±inf pixels counted per channel (float images; warnings
+    for metrics.json, an error when a channel the panel names is mostly non-finite)."""
+    from tibspace.io.image import check_finite
+
+    img = _open_with_panel_pixel_size(path, pixel_size_um, panel, max_pixels)
+    try:
+        try:
+            required = sorted(set(panel.resolve_channels(img.channel_names, path).values()))
+        except InputError:
+            required = []  # reported by the run's own resolve_channels call
+        check_finite(img, required)
+    except BaseException:
+        img.close()
+        raise
+    return img
+
+
+def _open_with_panel_pixel_size(path: Path, pixel_size_um, panel, max_pixels=None):
     """Open an image; pixel size from the argument, else the file, else the panel."""
     from tibspace.io import open_image
 
     if pixel_size_um is not None:
-        return open_image(path, pixel_size_um=float(pixel_size_um))
+        return open_image(path, pixel_size_um=float(pixel_size_um), max_pixels=max_pixels)
     try:
-        return open_image(path)
+        return open_image(path, max_pixels=max_pixels)
     except InputError as exc:
         if panel.pixel_size_um and "pixel size" in str(exc).lower():
-            return open_image(path, pixel_size_um=float(panel.pixel_size_um))
+            return open_image(path, pixel_size_um=float(panel.pixel_size_um), max_pixels=max_pixels)
         raise
 
 
@@ -383,6 +409,8 @@ def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, la
     if frame is None and image is not None and pixel_size_um:
         frame = image_frame(image.shape[-2:], pixel_size_um)
     run.frame = frame
+    if image is not None and getattr(image, "warnings", None):  # e.g. NaN pixels (check_finite)
+        run.metrics["warnings"] = list(run.metrics.get("warnings", [])) + list(image.warnings)
     cells = run.phenotype(cells, image, channel_index, gate)
     result = PipelineResult(cells=cells, pixel_size_um=pixel_size_um, labels=labels, gates=run.gates_used,
                             panel=panel, timings_s=run.timings,

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from tibspace.errors import PanelError
-from tibspace.io.channels import normalise_name
+from tibspace.io.channels import match_vendor_name, normalise_name
 from tibspace.cells import panel_checks as _checks
 from tibspace.cells.rules import Rule, parse_rule, rule_markers
 from tibspace.cells.specs import (DEFAULT_PARAMETERS, DEFAULT_ROLES, MarkerSpec, MaskSpec,
@@ -186,6 +186,10 @@ class Panel:
             key = normalise_name(cand)
             if key in norm:
                 return norm.index(key)
+        for cand in self._candidates(name):  # e.g. MIBI "HH3 (89)", "CD8 (Opal 520)": one channel only
+            idx = match_vendor_name(cand, channel_names, f"panel {self.source or '(in memory)'}")
+            if idx is not None:
+                return idx
         return None
 
     def missing_channels(self, channel_names: Sequence[str]) -> dict[str, str]:

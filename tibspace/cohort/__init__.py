@@ -59,7 +59,7 @@ def _manifest_columns(out_dir) -> set:
 
 
 def run_manifest(manifest, panel, out_dir, *, scheduler=None, n_workers=None, seed=None, force=False,
-                 by=None, progress=None, spatialdata=False):
+                 by=None, progress=None, spatialdata=False, max_pixels=None):
     """The whole cohort job: validate the manifest, run every sample, write the
     cohort tables and report (with the ``by`` comparison when given).
 
@@ -73,7 +73,7 @@ def run_manifest(manifest, panel, out_dir, *, scheduler=None, n_workers=None, se
     samples = read_manifest(manifest)
     out_dir = Path(out_dir)
     status = run_cohort(samples, panel, out_dir, scheduler=scheduler, n_workers=n_workers, seed=seed,
-                        force=force, progress=progress, spatialdata=spatialdata)
+                        force=force, progress=progress, spatialdata=spatialdata, max_pixels=max_pixels)
     write_cohort_tables(samples, out_dir, status)
     with atomic_path(out_dir / "cohort_samples.json") as tmp:
         tmp.write_text(json.dumps([{"sample_id": s.sample_id, "folder": s.folder, "patient_id": s.patient_id,

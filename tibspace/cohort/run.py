@@ -69,7 +69,8 @@ def _finished(out: Path, key: str) -> bool:
 
 
 def run_sample(sample: Sample, panel_text: str, out: str, key: str, seed: int | None,
-               segmentation: str = "worker", spatialdata: bool = False) -> SampleStatus:
+               segmentation: str = "worker", spatialdata: bool = False,
+               max_pixels: int | None = None) -> SampleStatus:
     """Run one sample into ``out`` (a Dask task; also callable in-process).
 
     Never raises: any failure becomes a ``failed`` status with one line.
@@ -93,7 +94,7 @@ def run_sample(sample: Sample, panel_text: str, out: str, key: str, seed: int | 
             analyze_table(sample.table, panel, out_dir=out, seed=seed, sample_id=sample.sample_id,
                           extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"}, spatialdata=spatialdata)
         else:
-            _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata)
+            _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata, max_pixels)
         status.status, status.result = "done", str(out)
     except TibspaceError as exc:
         status.error = str(exc).splitlines()[0]
@@ -103,13 +104,15 @@ def run_sample(sample: Sample, panel_text: str, out: str, key: str, seed: int | 
     return status
 
 
-def _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata):
+def _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata, max_pixels=None):
     from tibspace.pipeline import run_image
 
     kwargs = dict(out_dir=out, seed=seed, sample_id=sample.sample_id, spatialdata=spatialdata,
                   extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"})
     if sample.labels is not None:
         kwargs["labels"] = sample.labels
+    if max_pixels is not None:  # else run_image's default limit
+        kwargs["max_pixels"] = max_pixels
     if segmentation == "worker":
         import distributed
 
@@ -124,7 +127,7 @@ def _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata):
 def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str | Path, *,
                scheduler: str | None = None, n_workers: int | None = None, seed: int | None = None,
                force: bool = False, progress: Callable[[str], None] | None = None,
-               spatialdata: bool = False) -> pd.DataFrame:
+               spatialdata: bool = False, max_pixels: int | None = None) -> pd.DataFrame:
     """Run every sample (see module docstring); returns the status table.
 
     Parameters
@@ -152,7 +155,7 @@ def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str |
         say(f"{len(statuses)} of {len(samples)} samples already done with the same inputs, panel and seed "
             "(--force runs them again)")
     statuses += _execute(todo, panel_text, seed, scheduler, n_workers, say, len(statuses), len(samples),
-                         spatialdata)
+                         spatialdata, max_pixels)
     table = pd.DataFrame([s.__dict__ for s in statuses], columns=STATUS_COLUMNS)
     order = {s.sample_id: i for i, s in enumerate(samples)}
     table = table.sort_values("sample_id", key=lambda c: c.map(order)).reset_index(drop=True)
@@ -162,7 +165,8 @@ def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str |
     return table
 
 
-def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total, spatialdata=False):
+def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total, spatialdata=False,
+             max_pixels=None):
     if not todo:
         return []
     t0 = time.perf_counter()
@@ -179,13 +183,15 @@ def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total,
     if scheduler == "synchronous":
         for s, key, target in todo:
             say(f"sample {n_done + len(done) + 1}/{n_total} {s.sample_id}: running")
-            tick(run_sample(s, panel_text, str(target), key, seed, segmentation="local", spatialdata=spatialdata))
+            tick(run_sample(s, panel_text, str(target), key, seed, segmentation="local", spatialdata=spatialdata,
+                            max_pixels=max_pixels))
         return done
     client, close = _client(scheduler, n_workers)
     try:
         from distributed import as_completed
 
         futures = [client.submit(run_sample, s, panel_text, str(target), key, seed, spatialdata=spatialdata,
+                                 max_pixels=max_pixels,
                                  key=f"sample-{s.folder}-{key[:12]}", retries=2, pure=False)
                    for s, key, target in todo]
         for fut in as_completed(futures):

@@ -3,7 +3,8 @@
 from tibspace.io.files import atomic_path
 from tibspace.io.resultset import (MANIFEST, check_free_space, result_set, safe_name, safe_path,
                                    work_folder)
-from tibspace.io.channels import normalise_name
+from tibspace.io.channels import match_vendor_name, normalise_name, vendor_base_name
+from tibspace.io.limits import MAX_PIXELS, check_declared_pixels, check_memory
 from tibspace.io.qupath import um_to_qupath_px, qupath_px_to_um
 from tibspace.io.image import MultiplexImage, check_not_empty
 from tibspace.io.channels import normalise_name as normalise_channel_name
@@ -22,6 +23,11 @@ __all__ = [
     "safe_name",
     "safe_path",
     "normalise_name",
+    "match_vendor_name",
+    "vendor_base_name",
+    "MAX_PIXELS",
+    "check_declared_pixels",
+    "check_memory",
     "um_to_qupath_px",
     "qupath_px_to_um",
     "MultiplexImage",

@@ -15,7 +15,8 @@ import dask.array as da
 import numpy as np
 
 from tibspace.errors import InputError
-from tibspace.io.channels import normalise_name as normalise_channel_name
+from tibspace.io.channels import match_vendor_name, normalise_name as normalise_channel_name
+from tibspace.io.views import _fill_nonfinite
 
 
 @dataclass(eq=False)  # dask arrays have no truth value; compare by identity
@@ -59,6 +60,8 @@ class MultiplexImage:
     _handles: list[Any] = field(default_factory=list, repr=False, compare=False)
     # per level: a direct tile reader when the pages allow it (else None: zarr view)
     _page_readers: list[Any] = field(default_factory=list, repr=False, compare=False)
+    # one line per problem found in the pixels (non-finite values), for metrics.json
+    warnings: list[str] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def data(self) -> da.Array:
@@ -102,8 +105,14 @@ class MultiplexImage:
         Returns
         -------
         numpy.ndarray
-            ``(c, h, w)`` array.
+            ``(c, h, w)`` array; NaN / ±inf pixels of float images read as the
+            lowest finite value of their channel in the window (``levels`` too).
         """
+        return _fill_nonfinite(self._read_raw(channels, y0, y1, x0, x1, level))
+
+    def _read_raw(self, channels: Optional[Sequence[int]], y0: int, y1: int, x0: int,
+                  x1: int, level: int = 0) -> np.ndarray:
+        """:meth:`read_region` as stored (non-finite values kept)."""
         c, ny, nx = (int(s) for s in self.levels[level].shape)
         y0, y1, x0, x1 = _clip_window(self.path, (ny, nx), y0, y1, x0, x1)
         ckey = _channel_key(self.path, c, channels)
@@ -112,7 +121,7 @@ class MultiplexImage:
             chans = range(c) if channels is None else [int(i) % c for i in ckey]
             return fast.read(list(chans), y0, y1, x0, x1)
         view = self._views[level] if self._views else None
-        if view is None:
+        if view is None:  # (in-memory images: the dask array is the data)
             return np.asarray(self.levels[level][ckey, y0:y1, x0:x1])
         return view[ckey, slice(y0, y1), slice(x0, x1)]
 
@@ -144,6 +153,9 @@ def _find_channel(path: Path, names: Sequence[str], name: Any) -> int:
     hits = [i for i, c in enumerate(names) if normalise_channel_name(c) == key]
     if hits:
         return hits[0]
+    vendor = match_vendor_name(name, names, path)
+    if vendor is not None:
+        return vendor
     raise InputError(f"{path}: no channel named {name!r}; it has: {', '.join(names)}")
 
 
@@ -203,3 +215,60 @@ def check_not_empty(img: MultiplexImage, channels: Optional[Sequence[int]] = Non
         img.channel_names[i] for i in channels)
     raise InputError(f"{img.path}: every pixel{which} is 0 — the image is empty; check the "
                      "export (wrong series/plane?)")
+
+
+# A channel with more non-finite pixels than this fraction is refused when a run needs it.
+MOSTLY_NONFINITE = 0.5
+
+
+def nonfinite_counts(img: MultiplexImage, window_px: int = 2048) -> dict[str, int]:
+    """NaN / ±inf pixels per channel of a float image (``{}`` for integer images).
+
+    Reads every full-resolution pixel once, in ``window_px``² windows (bounded
+    memory); the pixels as stored, before :meth:`MultiplexImage.read_region`
+    sets them to their channel's lowest finite value.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from tibspace.io import open_image, write_ome_tiff
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> a = np.ones((2, 30, 30), np.float32); a[1, 3, 4] = np.nan
+    >>> write_ome_tiff(d / "f.ome.tif", a, ["DAPI", "CD8"], 1.0)
+    >>> nonfinite_counts(open_image(d / "f.ome.tif"))
+    {'DAPI': 0, 'CD8': 1}
+    """
+    if np.dtype(img.dtype).kind != "f":
+        return {}
+    _, ny, nx = img.shape
+    counts = {}
+    for c, name in enumerate(img.channel_names):
+        n = 0
+        for y0 in range(0, ny, window_px):
+            for x0 in range(0, nx, window_px):
+                raw = img._read_raw([c], y0, min(y0 + window_px, ny), x0, min(x0 + window_px, nx))
+                n += int(raw.size - np.count_nonzero(np.isfinite(raw)))
+        counts[name] = n
+    return counts
+
+
+def check_finite(img: MultiplexImage, required: Sequence[int] = ()) -> list[str]:
+    """Warnings (one line per channel) for non-finite pixels; an error for a ``required``
+    channel that is mostly non-finite (more than :data:`MOSTLY_NONFINITE` of its pixels).
+
+    The lines are also appended to ``img.warnings`` (they go to metrics.json).
+    """
+    counts = nonfinite_counts(img)
+    total = int(img.shape[1]) * int(img.shape[2])
+    lines = []
+    for c, name in enumerate(img.channel_names):
+        n = counts.get(name, 0)
+        if not n:
+            continue
+        if c in set(required) and n > MOSTLY_NONFINITE * total:
+            raise InputError(f"{img.path}: channel {name} has {n} of {total} pixels NaN or infinite "
+                             f"({n / total:.0%}); re-export the image with finite values")
+        lines.append(f"{img.path.name}: channel {name} has {n} NaN/infinite pixel{'s' if n > 1 else ''} "
+                     f"of {total}; they read as the lowest finite value around them (background)")
+    img.warnings.extend(lines)
+    return lines

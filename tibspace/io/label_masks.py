@@ -62,22 +62,44 @@ def resolve_label_path(path: Any, image_name: str, *, nuclei: bool = False) -> P
     raise InputError(f"{p}: no {'nucleus' if nuclei else 'cell'} mask for image {image_name!r} in this folder")
 
 
-def _tiff_pages(path: Path) -> tuple[list[np.ndarray], list[str], Optional[float]]:
+def _tiff_pages(path: Path, shape: Optional[tuple[int, int]] = None
+                ) -> tuple[list[np.ndarray], list[str], Optional[float]]:
+    """Pages (inForm) or the first series of a label TIFF, and its pixel size in µm.
+
+    The declared plane size is checked against ``shape`` (the image's) and against
+    the memory at hand before any pixel is decoded.
+    """
     import tifffile
+
+    from tibspace.io.tiff_meta import _pixel_size_from_file
 
     with tifffile.TiffFile(path) as tf:
         desc = [str(pg.description or "") for pg in tf.pages]
-        if any("<segmentationimage>" in d.lower() for d in desc):
+        inform = any("<segmentationimage>" in d.lower() for d in desc)
+        series = tf.series[0]
+        _check_declared(path, series, shape, len(tf.pages) if inform else 1)
+        if inform:
             pages = [pg.asarray() for pg in tf.pages]  # inForm: one page per compartment
         else:
-            pages = [tf.series[0].asarray()]  # level 0 of a pyramid / the whole stack
-        px = None
-        if tf.is_ome:
-            import re
-            m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata or "")
-            if m:
-                px = float(m.group(1))
+            pages = [series.asarray()]  # level 0 of a pyramid / the whole stack
+        px = _pixel_size_from_file(path, tf, series)
     return pages, desc, px
+
+
+def _check_declared(path: Path, series: Any, shape: Optional[tuple[int, int]], n_planes: int) -> None:
+    """Refuse from the header a mask whose planes are not the image's shape, or too big to read."""
+    from tibspace.io.limits import check_memory
+
+    sizes = dict(zip(series.axes, series.shape))
+    ny, nx = int(sizes.get("Y", 0)), int(sizes.get("X", 0))
+    if not (ny and nx):
+        return
+    if shape is not None and (ny, nx) != tuple(shape):
+        raise InputError(f"{path}: label shape {ny}x{nx} does not match image {shape[0]}x{shape[1]}")
+    n_values = int(np.prod(series.shape)) * max(n_planes, 1)
+    # decoded labels + int64 copy + np.unique's sort and inverse (int64) + the int32 result
+    check_memory(path, f"a {ny}×{nx} px label mask", n_values * (np.dtype(series.dtype).itemsize + 28),
+                 "give a label mask of the image's own size")
 
 
 def _sniff(path: Path) -> str:
@@ -93,7 +115,8 @@ def _sniff(path: Path) -> str:
     return "tiff"
 
 
-def _raw(path: Path, fmt: str, nuclei: bool) -> tuple[np.ndarray, Optional[float]]:
+def _raw(path: Path, fmt: str, nuclei: bool, shape: Optional[tuple[int, int]] = None
+         ) -> tuple[np.ndarray, Optional[float]]:
     if path.suffix.lower() == ".npy":
         try:
             d = np.load(path, allow_pickle=True).item()
@@ -101,7 +124,9 @@ def _raw(path: Path, fmt: str, nuclei: bool) -> tuple[np.ndarray, Optional[float
         except Exception as e:  # noqa: BLE001
             raise InputError(f"{path}: expected a Cellpose _seg.npy dict with 'masks' ({e})") from None
     try:
-        pages, desc, px = _tiff_pages(path)
+        pages, desc, px = _tiff_pages(path, shape)
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{path}: not a readable label TIFF ({e})") from None
     if fmt == "inform":
@@ -128,13 +153,15 @@ def read_label_mask(path: Any, *, fmt: str = "auto", nuclei: bool = False,
         fmt = detect_label_format(path)
         if fmt == "tiff" and path.suffix.lower() in (".tif", ".tiff"):
             fmt = _sniff(path)
-    arr, px = _raw(path, fmt, nuclei)
+    arr, px = _raw(path, fmt, nuclei, shape if fmt != "deepcell" else None)
     if arr.ndim != 2:
         raise InputError(f"{path}: expected a 2-D label image, got shape {arr.shape}")
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise InputError(f"{path}: label shape {arr.shape[0]}x{arr.shape[1]} does not match image {shape[0]}x{shape[1]}")
-    if px is not None and pixel_size_um is not None and abs(px - pixel_size_um) > 1e-3 * pixel_size_um:
-        raise InputError(f"{path}: label pixel size {px} µm does not match image {pixel_size_um} µm")
+    if px is not None and pixel_size_um is not None and abs(px - pixel_size_um) > 0.01 * pixel_size_um:
+        raise InputError(f"{path}: label pixel size {px:.6g} µm (from its resolution tags / OME "
+                         f"PhysicalSize) does not match the image's {pixel_size_um:.6g} µm; give a "
+                         "mask made on this image at its own resolution")
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             raise InputError(f"{path}: expected integer labels, found non-integer values")

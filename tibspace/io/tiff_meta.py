@@ -2,7 +2,9 @@
 
 Channel names come from OME ``Channel@Name``, ImageJ ``Labels``, per-page
 ``PageName`` tags or per-page descriptions (MIBI JSON ``channel.target``,
-PerkinElmer/Akoya XML ``<Biomarker>``/``<Name>``). Pixel size comes from OME
+PerkinElmer/Akoya XML ``<Biomarker>``/``<Name>``). An Ionpath MIBItiff page's
+JSON ``channel.target`` (``HH3``) wins over its ``PageName`` (``HH3 (89)``,
+target and mass). Pixel size comes from OME
 ``PhysicalSizeX/Y`` (any OME length unit), ImageJ's unit and resolution, or
 the TIFF resolution tags (inch/cm); pixels must be square within 1 %.
 """
@@ -178,11 +180,26 @@ def _page_names(tf: tifffile.TiffFile, series: Any, c: int) -> Optional[list[str
         return None
     names: list[str] = []
     for p in pages:
-        n = _tag_value(p, "PageName") or _description_name(_tag_value(p, "ImageDescription"))
+        desc = _tag_value(p, "ImageDescription")
+        # Ionpath MIBItiff: PageName is "HH3 (89)" (target and mass); the JSON
+        # description's "channel.target" is the marker itself
+        n = _json_target(desc) or _tag_value(p, "PageName") or _description_name(desc)
         if not n:
             return None
         names.append(n)
     return names
+
+
+def _json_target(desc: Optional[str]) -> Optional[str]:
+    """``channel.target`` of a per-page JSON description (Ionpath MIBItiff), else ``None``."""
+    if not desc or not desc.lstrip().startswith("{"):
+        return None
+    try:
+        meta = json.loads(desc)
+    except ValueError:
+        return None
+    target = meta.get("channel.target") if isinstance(meta, dict) else None
+    return (str(target).strip() or None) if target not in (None, "") else None
 
 
 def _description_name(desc: Optional[str]) -> Optional[str]:
@@ -193,6 +210,8 @@ def _description_name(desc: Optional[str]) -> Optional[str]:
         try:
             meta = json.loads(d)
         except ValueError:
+            return None
+        if not isinstance(meta, dict):
             return None
         for key in ("channel.target", "channel_name", "name", "channel.mass"):
             if meta.get(key):

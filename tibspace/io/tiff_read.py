@@ -30,10 +30,12 @@ import tifffile
 
 from tibspace.errors import InputError
 from tibspace.io.image import MultiplexImage
+from tibspace.io.limits import check_declared_pixels, check_max_pixels_value, check_memory
 from tibspace.io.tiff_meta import (_channel_names_from_file, _check_ome_against_ifds, _make_unique,
                                    _pixel_size_from_file,
                                    _resolve_pixel_size, _stem)
-from tibspace.io.views import _PageWindowReader, _Plane, _StackView, _ZarrView, _as_dask, _first_line
+from tibspace.io.views import (_PageWindowReader, _Plane, _StackView, _ZarrView, _as_dask, _dask_chunks,
+                               _first_line)
 
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
@@ -43,7 +45,8 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def open_image(path: str | Path, pixel_size_um: Optional[float] = None,
-               channel_names: Optional[Sequence[str]] = None) -> MultiplexImage:
+               channel_names: Optional[Sequence[str]] = None,
+               max_pixels: Optional[int] = None) -> MultiplexImage:
     """Open a multiplex image lazily.
 
     Parameters
@@ -56,6 +59,12 @@ def open_image(path: str | Path, pixel_size_um: Optional[float] = None,
         file's own pixel size.
     channel_names : list of str, optional
         Channel names overriding those in the file (same length).
+    max_pixels : int, optional
+        Refuse a file whose planes declare more pixels (Y·X) than this, before
+        anything is read (:mod:`tibspace.io.limits`; :func:`tibspace.run_image`
+        passes its default 2·10¹⁰). ``None``: no declared-size limit (the image
+        is opened lazily either way). A strip or tile too large to decode in
+        the memory available is always refused.
 
     Returns
     -------
@@ -65,7 +74,8 @@ def open_image(path: str | Path, pixel_size_um: Optional[float] = None,
     ------
     InputError
         Missing path, not a TIFF, corrupt file, no pixel size anywhere,
-        anisotropic pixels, Z-stacks/time series/RGB, mismatching names.
+        anisotropic pixels, Z-stacks/time series/RGB, mismatching names,
+        planes larger than ``max_pixels``, strips/tiles larger than memory.
 
     Examples
     --------
@@ -79,12 +89,13 @@ def open_image(path: str | Path, pixel_size_um: Optional[float] = None,
     (3, 0.65, (3, 40, 50))
     """
     path = Path(path).expanduser()
+    max_pixels = check_max_pixels_value(max_pixels)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; check the path")
     if path.is_dir():
-        img, file_px = _open_folder(path)
+        img, file_px = _open_folder(path, max_pixels)
     else:
-        img, file_px = _open_file(path, warn_unnamed=channel_names is None)
+        img, file_px = _open_file(path, warn_unnamed=channel_names is None, max_pixels=max_pixels)
     try:
         img.pixel_size_um = _resolve_pixel_size(path, file_px, pixel_size_um)
         if channel_names is not None:
@@ -172,18 +183,43 @@ def _check_data_within_file(path: Path, tf: tifffile.TiffFile, pages: Sequence[A
                              f"at {size} bytes); re-copy or re-export it")
 
 
-def _open_file(path: Path, warn_unnamed: bool = True
+def _open_file(path: Path, warn_unnamed: bool = True, max_pixels: Optional[int] = None
                ) -> tuple[MultiplexImage, Optional[float]]:
     tf = _open_tifffile(path)
     try:
-        return _open_series(path, tf, warn_unnamed)
+        return _open_series(path, tf, warn_unnamed, max_pixels)
     except BaseException:
         tf.close()
         raise
 
 
-def _open_series(path: Path, tf: tifffile.TiffFile, warn_unnamed: bool = True
-                 ) -> tuple[MultiplexImage, Optional[float]]:
+def _check_declared_size(path: Path, series: Any, cax: Optional[str], max_pixels: Optional[int]) -> None:
+    """Refuse, from the header alone, planes over ``max_pixels`` and strips/tiles over memory."""
+    sizes = dict(zip(series.axes, series.shape))
+    if "Y" not in sizes or "X" not in sizes:
+        return  # reported by the callers
+    ny, nx = int(sizes["Y"]), int(sizes["X"])
+    check_declared_pixels(path, ny, nx, int(sizes[cax]) if cax else 1, max_pixels)
+    key = series.keyframe
+    if key is None:
+        return
+    try:
+        item = np.dtype(key.dtype).itemsize * int(key.samplesperpixel or 1)
+        seg = ((int(key.tilelength), int(key.tilewidth)) if key.is_tiled
+               else (int(min(key.rowsperstrip or ny, ny)), nx))
+    except Exception:  # noqa: BLE001 - an unusual layout: tifffile reports it on reading
+        return
+    # a strip/tile is decoded whole, and a dask block (_dask_chunks) holds a few of them;
+    # decoding holds the compressed and the decoded copy: twice the block
+    _, by, bx = _dask_chunks((1,) + seg, (1, ny, nx))
+    kind = "tiles" if key.is_tiled else "strips"
+    check_memory(path, f"a {ny}×{nx} px plane stored in {kind} of {seg[0]}×{seg[1]} px",
+                 2.0 * item * max(seg[0] * seg[1], by * bx),
+                 "re-save it tiled (e.g. bfconvert -tilex 1024 -tiley 1024) or use a machine with more memory")
+
+
+def _open_series(path: Path, tf: tifffile.TiffFile, warn_unnamed: bool = True,
+                 max_pixels: Optional[int] = None) -> tuple[MultiplexImage, Optional[float]]:
     if not tf.series:
         raise InputError(f"{path}: the TIFF holds no readable image (truncated or corrupt "
                          "header?); re-export it")
@@ -194,6 +230,7 @@ def _open_series(path: Path, tf: tifffile.TiffFile, warn_unnamed: bool = True
         raise InputError(f"{path}: cannot find the Y/X axes of the image (axes {axes!r}, "
                          f"shape {shape}); export a (C, Y, X) OME-TIFF")
     cax = _channel_axis(path, tf, series)
+    _check_declared_size(path, series, cax, max_pixels)
 
     level0_pages = [p for p in series.pages if p is not None]
     _check_data_within_file(path, tf, level0_pages)
@@ -270,7 +307,7 @@ def _channel_axis(path: Path, tf: tifffile.TiffFile, series: Any) -> Optional[st
     return None
 
 
-def _open_folder(path: Path) -> tuple[MultiplexImage, Optional[float]]:
+def _open_folder(path: Path, max_pixels: Optional[int] = None) -> tuple[MultiplexImage, Optional[float]]:
     files = sorted((p for p in path.iterdir()
                     if p.is_file() and not p.name.startswith(".")
                     and p.name.lower().endswith(_TIFF_SUFFIXES)),
@@ -290,6 +327,7 @@ def _open_folder(path: Path) -> tuple[MultiplexImage, Optional[float]]:
             handles.append(tf)
             series = tf.series[0]
             cax = _channel_axis(f, tf, series)
+            _check_declared_size(f, series, cax, max_pixels)
             sizes = dict(zip(series.axes, series.shape))
             if cax is not None and sizes[cax] > 1:
                 raise InputError(f"{f}: has {sizes[cax]} channels; a folder input needs one "

@@ -228,8 +228,38 @@ def _dask_chunks(native: tuple[int, int, int], shape: tuple[int, int, int],
 def _as_dask(view: Any, name: str) -> da.Array:
     chunks = _dask_chunks(view.native_chunks, view.shape)
     # An explicit name keeps dask from hashing the (lazy) view's contents.
-    return da.from_array(view, chunks=chunks, name=name, asarray=True, fancy=False,
-                         lock=False, meta=np.empty((0, 0, 0), dtype=view.dtype))
+    arr = da.from_array(view, chunks=chunks, name=name, asarray=True, fancy=False,
+                        lock=False, meta=np.empty((0, 0, 0), dtype=view.dtype))
+    if np.dtype(view.dtype).kind == "f":
+        arr = arr.map_blocks(_fill_nonfinite, dtype=arr.dtype, name=name + "-finite")
+    return arr
+
+
+def _fill_nonfinite(a: np.ndarray) -> np.ndarray:
+    """NaN / ±inf pixels of a ``(C, Y, X)`` float window set to the lowest finite value of
+    their channel in the window (0 where the window has none): they read as background.
+
+    Integer data is returned unchanged. :func:`tibspace.io.image.nonfinite_counts` counts
+    them for the run's warnings.
+
+    Examples
+    --------
+    >>> _fill_nonfinite(np.array([[[1.0, np.nan], [np.inf, 3.0]]])).tolist()
+    [[[1.0, 1.0], [1.0, 3.0]]]
+    """
+    if a.dtype.kind != "f" or a.size == 0:
+        return a
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return a
+    a = np.array(a, copy=True)
+    planes = a.reshape((-1,) + a.shape[-2:]) if a.ndim >= 2 else a.reshape(1, 1, -1)
+    masks = bad.reshape(planes.shape)
+    for plane, m in zip(planes, masks):
+        if m.any():
+            ok = plane[~m]
+            plane[m] = ok.min() if ok.size else 0
+    return a
 
 
 class _Plane:
