@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="also write <sample_id>.zarr (SpatialData: image, labels, nests, zones, cell table)")
 
     r = sub.add_parser("run", help="segment, phenotype and analyse multiplex image(s)")
-    r.add_argument("images", nargs="+", help="OME-TIFF / named multi-page TIFF / folder of single-channel TIFFs")
+    r.add_argument("images", nargs="+", help="OME-TIFF / named multi-page TIFF / folder of single-channel TIFFs / OME-Zarr / "
+                   "SpatialData .zarr (STORE.zarr::IMAGE names one of several images)")
     r.add_argument("--panel", required=True, help="marker panel (TOML)")
     r.add_argument("--pixel-size-um", type=_PIXEL, default=None, help="µm per pixel (overrides the file)")
     r.add_argument("--scheduler", type=_scheduler, default=None,

@@ -73,11 +73,15 @@ def _as_panel(panel):
 
 
 def _sample_id(path: Path) -> str:
-    name = path.name
-    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".parquet", ".csv", ".txt", ".tsv"):
+    from tibspace.io import split_element
+
+    path, element = split_element(path)
+    name = path.name.rstrip("/")
+    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr", ".parquet", ".csv", ".txt", ".tsv"):
         if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
+            name = name[: -len(suf)]
+            break
+    return f"{name}_{element}" if element else name
 
 
 def unique_sample_ids(paths: list[Path]) -> list[str]:
@@ -270,9 +274,10 @@ def _open_with_panel_pixel_size(path: Path, pixel_size_um, panel):
 
 
 def _checksum(path: Path) -> str:
+    from tibspace.io import split_element
     from tibspace.outputs import file_sha256
 
-    return file_sha256(path)
+    return file_sha256(split_element(path)[0])
 
 
 # ---------------------------------------------------------------------------
