@@ -26,6 +26,7 @@ from tibspace.errors import Cancelled, InputError, TibspaceError
 
 from . import _layers
 from ._reader import METADATA_KEY, UM
+from ._labels import LabelsPicker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -265,6 +266,8 @@ class TibspaceWidget(QWidget):
         self.labels_edit = QLineEdit()
         self.labels_edit.setPlaceholderText("mask file or run folder: skips segmentation")
         form.addRow("Cell labels (optional)", self.labels_edit)
+        self.labels_picker = LabelsPicker(self.viewer, self.labels_edit)
+        form.addRow("… or a Labels layer", self.labels_picker.combo)
         root.addWidget(box)
 
         box = QGroupBox("Parameters")
@@ -606,6 +609,7 @@ class TibspaceWidget(QWidget):
             gates[g.get("column", m)] = float(g["value"])
         cols = [c for c in gates] + [c for c in (result.channel_columns or []) if c not in gates]
         self._fill_markers(cols, gates)
+        self.labels_picker.show_given(result)
         self._show_results_dock(result)
         self.export_button.setEnabled(True)
 
@@ -710,7 +714,7 @@ class TibspaceWidget(QWidget):
             create_worker(_warm_up_once, _ignore_errors=True)
         # Connecting "errored" ourselves stops napari re-raising worker errors
         # in the event loop: they are shown in the dock instead.
-        labels = self.labels_edit.text().strip() or None
+        labels = self.labels_picker.argument()
         self.worker = create_worker(run_image, image_path, panel, pixel_size_um=px,
                                     seed=int(self.seed_spin.value()), progress=_progress, labels=labels,
                                     _start_thread=False,
