@@ -107,6 +107,8 @@ def test_report_pdf_printed_by_a_headless_browser(demo, tmp_path, capsys):
         return
     reader = pypdf.PdfReader(out / "report.pdf")
     assert len(reader.pages) >= 1 and len(reader.pages) == _pdf_pages(data)
+    box = reader.pages[0].mediabox  # A4 (the report's @page rule), in points
+    assert (float(box.width), float(box.height)) == pytest.approx((595.3, 841.9), abs=1.0)
     text = " ".join(" ".join((p.extract_text() or "").split()) for p in reader.pages)
     assert sentence in text and result.sample_id in text
 
