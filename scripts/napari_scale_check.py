@@ -153,6 +153,10 @@ def run_one(n_cells: int, px: float, app, naive: bool) -> list[dict]:
     rows.append({"n_cells": n_cells, "approach": "tibspace", "layers_s": t_layers,
                  "add_s": t_add, **_frame_ms(viewer, app, extent),
                  "n_shapes": n_shapes, "detail": kinds, "build_s": t_build})
+    if PER_LAYER:
+        costs = per_layer_cost(viewer, app, extent)
+        print(f"{n_cells:,} cells, CPU ms/frame each layer adds: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in costs.items()), flush=True)
     viewer.close()
     del viewer
     gc.collect()
@@ -186,9 +190,27 @@ def run_one(n_cells: int, px: float, app, naive: bool) -> list[dict]:
     return rows
 
 
+#: How often each viewer's redraw is measured (``--repeat``); medians are reported.
+REPEAT = 1
+#: Also measure what each result layer adds to a frame (``--per-layer``).
+PER_LAYER = False
+
+
 def _frame_ms(viewer, app, extent: float) -> dict:
-    wall, cpu = measure_redraw(viewer, app, extent)
-    return {"frame_ms": wall, "frame_cpu_ms": cpu}
+    runs = [measure_redraw(viewer, app, extent) for _ in range(REPEAT)]
+    return {"frame_ms": float(np.median([w for w, _ in runs])),
+            "frame_cpu_ms": float(np.median([c for _, c in runs]))}
+
+
+def per_layer_cost(viewer, app, extent: float) -> dict:
+    """CPU ms per frame each visible layer adds: all visible minus that one hidden (medians of REPEAT)."""
+    base = _frame_ms(viewer, app, extent)["frame_cpu_ms"]
+    out = {}
+    for layer in [ly for ly in viewer.layers if ly.visible]:
+        layer.visible = False
+        out[layer.name] = base - _frame_ms(viewer, app, extent)["frame_cpu_ms"]
+        layer.visible = True
+    return out
 
 
 def _plain_points(result, app, extent: float, n_cells: int, t_build: float) -> dict:
@@ -219,7 +241,12 @@ def main(argv=None) -> int:
     ap.add_argument("--pixel-size-um", type=float, default=2.0,
                     help="labels pixel size (µm); 2 µm keeps a 1M-cell slide at ~330 MB")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive comparison")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure each viewer's redraw this many times and report medians (shared machine: >= 5)")
+    ap.add_argument("--per-layer", action="store_true", help="also print the CPU ms/frame each result layer adds")
     a = ap.parse_args(argv)
+    global REPEAT, PER_LAYER
+    REPEAT, PER_LAYER = max(1, a.repeat), a.per_layer
 
     from qtpy.QtWidgets import QApplication
 

@@ -77,10 +77,53 @@ def test_anndata_plots_in_squidpy_without_arguments(demo):
 
 
 def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
+    from tibspace.outputs.report_pdf import find_browser
+
+    return find_browser()
+
+
+def _pdf_pages(data: bytes) -> int:
+    """Page count from the PDF's page tree (``/Type /Page`` objects), without a PDF library."""
+    return len(re.findall(rb"/Type\s*/Page(?![a-z])", data))
+
+
+def test_report_pdf_printed_by_a_headless_browser(demo, tmp_path, capsys):
+    """--pdf: report.pdf beside report.html, ≥ 1 page, holding the summary sentence."""
+    result, _ = demo
+    if _chromium() is None:
+        pytest.skip("no Chromium (scripts/test.sh installs it as root)")
+    out = tmp_path / "with_pdf"
+    from tibspace.pipeline import write_outputs
+
+    write_outputs(result, out, pdf=True)
+    data = (out / "report.pdf").read_bytes()
+    assert data[:5] == b"%PDF-" and b"%%EOF" in data[-1024:]
+    sentence = f"Immune phenotype: {result.metrics['analyses']['exclusion']['sample']['immune_phenotype']}"
+    assert sentence in (out / "report.html").read_text()
+    try:
+        import pypdf
+    except ImportError:
+        assert _pdf_pages(data) >= 1
+        return
+    reader = pypdf.PdfReader(out / "report.pdf")
+    assert len(reader.pages) >= 1 and len(reader.pages) == _pdf_pages(data)
+    box = reader.pages[0].mediabox  # A4 (the report's @page rule), in points
+    assert (float(box.width), float(box.height)) == pytest.approx((595.3, 841.9), abs=1.0)
+    text = " ".join(" ".join((p.extract_text() or "").split()) for p in reader.pages)
+    assert sentence in text and result.sample_id in text
+
+
+def test_report_pdf_without_a_browser_is_a_one_line_note(demo, tmp_path, monkeypatch, capsys):
+    from tibspace.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    monkeypatch.delenv("TIBSPACE_BROWSER", raising=False)
+    table = demo[1] / "cells.parquet"
+    assert main(["analyze", str(table), "--panel", str(REPO / "sample_data" / "hcc_sample_panel.toml"),
+                 "--out", str(tmp_path / "o"), "--pdf", "--quiet"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "report.pdf" in ln]
+    assert err == ["report.pdf skipped: no Chromium/Chrome found (install chromium or set TIBSPACE_BROWSER)"]
+    assert (tmp_path / "o" / "report.html").exists() and not (tmp_path / "o" / "report.pdf").exists()
 
 
 def test_report_screenshot_in_a_headless_browser(demo, tmp_path):
@@ -90,10 +133,10 @@ def test_report_screenshot_in_a_headless_browser(demo, tmp_path):
         pytest.skip("no Chromium (scripts/test.sh installs it as root)")
     _, out = demo
     shot = tmp_path / "report.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1200,2200",
-                    f"--screenshot={shot}", (out / "report.html").as_uri()],
+    from tibspace.outputs.report_pdf import headless_command
+
+    subprocess.run(headless_command(browser, tmp_path / "profile", "--hide-scrollbars", "--window-size=1200,2200",
+                                    f"--screenshot={shot}", (out / "report.html").as_uri()),
                    check=True, capture_output=True, timeout=120)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000

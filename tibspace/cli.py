@@ -121,7 +121,7 @@ def cmd_run(args) -> int:
     return _run_many(_path_items(args.images), args, lambda inp, target, sid: run_image(
         inp, args.panel, out_dir=target, pixel_size_um=args.pixel_size_um, seed=args.seed, sample_id=sid,
         scheduler=args.scheduler, progress=_progress(args), tile_size_px=args.tile_size_px,
-        spatialdata=args.spatialdata, n_workers=args.workers,
+        spatialdata=args.spatialdata, n_workers=args.workers, pdf=args.pdf,
         labels=args.labels, nuclei=args.nuclei, labels_format=args.labels_format, max_pixels=args.max_pixels))
 
 
@@ -131,7 +131,7 @@ def cmd_analyze(args) -> int:
     items = _table_items(args.tables)
     return _run_many(items, args, lambda inp, target, sid: analyze_table(
         inp, args.panel, out_dir=target, seed=args.seed, progress=_progress(args),
-        sample_id=sid, spatialdata=args.spatialdata))
+        sample_id=sid, spatialdata=args.spatialdata, pdf=args.pdf))
 
 
 def cmd_cohort(args) -> int:
@@ -264,6 +264,9 @@ def _add_common(sp, default_out=None):
     if sp.prog.split()[-1] in ("run", "analyze", "cohort", "demo"):
         sp.add_argument("--spatialdata", action="store_true",
                         help="also write <sample_id>.zarr (SpatialData: image, labels, nests, zones, cell table)")
+    if sp.prog.split()[-1] in ("run", "analyze", "demo"):
+        sp.add_argument("--pdf", action="store_true",
+                        help="also print report.pdf with a headless Chromium (a one-line note if none is found)")
 
 
 def _add_local_dask(sp, scheduler_help):
@@ -275,7 +278,8 @@ def _add_local_dask(sp, scheduler_help):
 
 def _add_run(sub):
     r = sub.add_parser("run", help="segment, phenotype and analyse multiplex image(s)")
-    r.add_argument("images", nargs="+", help="OME-TIFF / named multi-page TIFF / folder of single-channel TIFFs")
+    r.add_argument("images", nargs="+", help="OME-TIFF / named multi-page TIFF / folder of single-channel TIFFs / OME-Zarr / "
+                   "SpatialData .zarr (STORE.zarr::IMAGE names one of several images)")
     r.add_argument("--panel", required=True, help="marker panel (TOML)")
     r.add_argument("--pixel-size-um", type=_PIXEL, default=None, help="µm per pixel (overrides the file)")
     _add_local_dask(r, "Dask scheduler address, or threads / processes for a local cluster (default: threads)")

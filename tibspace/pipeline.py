@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -74,11 +75,15 @@ def _as_panel(panel):
 
 
 def _sample_id(path: Path) -> str:
-    name = path.name
-    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".parquet", ".csv", ".txt", ".tsv"):
+    from tibspace.io import split_element
+
+    path, element = split_element(path)
+    name = path.name.rstrip("/")
+    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr", ".parquet", ".csv", ".txt", ".tsv"):
         if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
+            name = name[: -len(suf)]
+            break
+    return f"{name}_{element}" if element else name
 
 
 def unique_sample_ids(paths: list[Path]) -> list[str]:
@@ -123,7 +128,7 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
               tile_size_px: int | None = None, n_workers: int = 2, sample_id: str | None = None,
               extra_files: Mapping[str, str] | None = None, spatialdata: bool = False,
               labels=None, nuclei=None, labels_format: str = "auto",
-              max_pixels: int | None = MAX_PIXELS) -> PipelineResult:
+              max_pixels: int | None = MAX_PIXELS, pdf: bool = False) -> PipelineResult:
     """Run the full pipeline on one multiplex image.
 
     Parameters
@@ -151,6 +156,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         ``{file name: text}`` written into the same result set (the cohort's run key).
     spatialdata : bool
         Also write ``<sample_id>.zarr`` (SpatialData) into ``out_dir``.
+    pdf : bool
+        Also print ``report.pdf`` with a headless Chromium (a one-line note without one).
     labels, nuclei : path, optional
         Bring your own masks: cell / nucleus label files (or an MCMICRO / steinbock run
         folder) used instead of segmentation (:func:`tibspace.io.read_label_mask`).
@@ -194,7 +201,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
             result.thumbnail = _stain_thumbnail(img, panel, channel_index, nuclear)
         _record_image_run(result, img, image_path, seg, sample_id)
         if out_dir is not None:
-            write_outputs(result, out_dir, progress=progress, extra_files=extra_files, spatialdata=spatialdata)
+            write_outputs(result, out_dir, progress=progress, extra_files=extra_files, spatialdata=spatialdata,
+                          pdf=pdf)
             _labels_from_outputs(result, out_dir)
     return result
 
@@ -312,15 +320,17 @@ def _open_with_panel_pixel_size(path: Path, pixel_size_um, panel, max_pixels=Non
 
 
 def _checksum(path: Path) -> str:
+    from tibspace.io import split_element
     from tibspace.outputs import file_sha256
 
-    return file_sha256(path)
+    return file_sha256(split_element(path)[0])
 
 
 # ---------------------------------------------------------------------------
 def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
                   progress: ProgressFn | None = None, sample_id: str | None = None,
-                  extra_files: Mapping[str, str] | None = None, spatialdata: bool = False) -> PipelineResult:
+                  extra_files: Mapping[str, str] | None = None, spatialdata: bool = False,
+                  pdf: bool = False) -> PipelineResult:
     """Run geometry, statistics and analyses on an existing cell table.
 
     Parameters
@@ -361,7 +371,8 @@ def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
         result.metrics["input"] = {"path": None, "n_rows": int(len(raw))}
         result.metrics["sample_id"] = sample_id or "sample"
     if out_dir is not None:
-        write_outputs(result, out_dir, progress=progress, extra_files=extra_files, spatialdata=spatialdata)
+        write_outputs(result, out_dir, progress=progress, extra_files=extra_files, spatialdata=spatialdata,
+                      pdf=pdf)
     return result
 
 
@@ -454,7 +465,8 @@ def check_coordinates(cells: pd.DataFrame, where: str) -> None:
 
 # ---------------------------------------------------------------------------
 def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | None = None,
-                  extra_files: Mapping[str, str] | None = None, spatialdata: bool = False) -> list[Path]:
+                  extra_files: Mapping[str, str] | None = None, spatialdata: bool = False,
+                  pdf: bool = False) -> list[Path]:
     """Write every output of a run into ``out_dir`` (the CLI's file contract).
 
     The files form one result set (:func:`tibspace.io.result_set`): written
@@ -462,7 +474,9 @@ def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | Non
     complete previous result or the complete new one, never a mix; files of
     the previous tibspace result are replaced, files tibspace did not write
     are kept. ``spatialdata=True`` adds ``<sample_id>.zarr`` (image, labels,
-    nests, zones and the cell table; :mod:`tibspace.outputs.spatialdata`).
+    nests, zones and the cell table; :mod:`tibspace.outputs.spatialdata`); ``pdf=True``
+    adds ``report.pdf`` printed by a headless Chromium (:mod:`tibspace.outputs.report_pdf`;
+    without a browser a one-line note on stderr instead).
     """
     from tibspace.io import MANIFEST, check_free_space, result_set, safe_name, safe_path
     from tibspace.outputs import write_report_files
@@ -473,6 +487,12 @@ def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | Non
         write_report_files(result, stage, progress=progress)
         if spatialdata:
             _write_spatialdata(result, stage)
+        if pdf:
+            from tibspace.outputs.report_pdf import print_pdf
+
+            note = print_pdf(stage / "report.html", stage / "report.pdf")
+            if note:
+                print(note, file=sys.stderr, flush=True)
         for name, text in (extra_files or {}).items():
             safe_path(stage, safe_name(name)).write_text(text, encoding="utf-8")
         written = sorted(p.relative_to(stage) for p in stage.rglob("*") if p.is_file())

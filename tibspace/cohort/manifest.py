@@ -1,6 +1,7 @@
 """The cohort manifest: one row per sample, validated before any work starts.
 
-Columns: ``sample_id`` (unique), ``image`` (an image path) or ``table`` (a cell
+Columns: ``sample_id`` (unique), ``image`` (an image path: TIFF, OME-Zarr, SpatialData
+``store.zarr`` or ``store.zarr::image_element``) or ``table`` (a cell
 table path), optional ``labels`` (a cell label mask for the image, as
 ``tibspace run --labels``), optional ``patient_id`` (default: the sample id)
 and any clinical columns (``response``, ``treatment``, ...), kept verbatim.
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from tibspace.errors import InputError
-from tibspace.io import safe_name
+from tibspace.io import safe_name, split_element
 
 PATH_COLUMNS = ("image", "table", "labels")
 RESERVED = ("sample_id", "patient_id") + PATH_COLUMNS
@@ -83,12 +84,12 @@ def _resolve(manifest: Path, where: str, column: str, value) -> Path | None:
     text = str(value or "").strip()
     if not text:
         return None
-    p = Path(text)
+    p, element = split_element(text)  # "slide.zarr::name": one image of a SpatialData store
     p = p if p.is_absolute() else (manifest.parent / p)
     if not p.exists():
         raise InputError(f"{where}: {column} {text!r} does not exist (relative paths resolve against "
                          f"{manifest.parent})")
-    return p.resolve()
+    return Path(f"{p.resolve()}::{element}") if element else p.resolve()
 
 
 def _check_unique(manifest: Path, samples: list[Sample]) -> None:

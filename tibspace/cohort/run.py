@@ -41,7 +41,9 @@ class SampleStatus:
 
 def _path_sha256(p, file_sha256) -> str:
     """sha256 of a file, or of every file of a folder (an MCMICRO / steinbock labels folder)."""
-    p = Path(p)
+    from tibspace.io import split_element
+
+    p = split_element(p)[0]
     if not p.is_dir():
         return file_sha256(p)
     return hashlib.sha256("".join(f"{q.relative_to(p)}:{file_sha256(q)}"

@@ -10,6 +10,7 @@ from tibspace.io.image import MultiplexImage, check_not_empty
 from tibspace.io.channels import normalise_name as normalise_channel_name
 from tibspace.io.tiff_meta import LENGTH_UNITS_UM, check_pixel_size_um
 from tibspace.io.tiff_read import open_image
+from tibspace.io.zarr_image import split_element
 from tibspace.io.ome_write import write_labels_ome_tiff, write_ome_tiff
 from tibspace.io.tables import UNCLASSIFIED, check_table_classes, read_cell_table, standardise_cell_table
 from tibspace.io.thumbnail import composite_rgb, thumbnail
@@ -32,6 +33,7 @@ __all__ = [
     "qupath_px_to_um",
     "MultiplexImage",
     "open_image",
+    "split_element",
     "check_not_empty",
     "write_ome_tiff",
     "write_labels_ome_tiff",

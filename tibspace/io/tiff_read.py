@@ -9,6 +9,7 @@ Supported inputs
    tags, ImageJ hyperstacks with ``Labels``, or per-page descriptions
    (PerkinElmer/Akoya XML ``<Name>``, MIBI JSON ``channel.target``).
 3. A folder of single-channel TIFFs, one per marker, named by the marker.
+4. OME-Zarr images and SpatialData stores (:mod:`tibspace.io.zarr_image`).
 
 A file is opened with :mod:`tifffile`, exposed as a zarr store and wrapped as
 dask arrays shaped ``(C, Y, X)``, one per pyramid level. Every problem a user
@@ -36,6 +37,7 @@ from tibspace.io.tiff_meta import (_channel_names_from_file, _check_ome_against_
                                    _resolve_pixel_size, _stem)
 from tibspace.io.views import (_PageWindowReader, _Plane, _StackView, _ZarrView, _as_dask, _dask_chunks,
                                _first_line)
+from tibspace.io.zarr_image import ELEMENT_SEP, is_zarr, open_zarr, split_element
 
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
@@ -52,8 +54,10 @@ def open_image(path: str | Path, pixel_size_um: Optional[float] = None,
     Parameters
     ----------
     path : str or Path
-        OME-TIFF, multi-page TIFF with named pages, ImageJ hyperstack, or a
-        folder of single-channel TIFFs named by marker.
+        OME-TIFF, multi-page TIFF with named pages, ImageJ hyperstack, a
+        folder of single-channel TIFFs named by marker, an OME-Zarr image or a
+        SpatialData store (``slide.zarr::element`` names one of several images;
+        :mod:`tibspace.io.zarr_image`).
     pixel_size_um : float, optional
         µm per pixel; overrides (with a warning if different) or supplies the
         file's own pixel size.
@@ -88,11 +92,16 @@ def open_image(path: str | Path, pixel_size_um: Optional[float] = None,
     >>> img.n_channels, img.pixel_size_um, img.data.shape
     (3, 0.65, (3, 40, 50))
     """
-    path = Path(path).expanduser()
+    path, element = split_element(Path(path).expanduser())
     max_pixels = check_max_pixels_value(max_pixels)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; check the path")
-    if path.is_dir():
+    if is_zarr(path):
+        img, file_px = open_zarr(path, element)
+    elif element is not None:
+        raise InputError(f"{path}: '{ELEMENT_SEP}{element}' names an image element of a SpatialData / "
+                         "OME-Zarr store, and this is not one")
+    elif path.is_dir():
         img, file_px = _open_folder(path, max_pixels)
     else:
         img, file_px = _open_file(path, warn_unnamed=channel_names is None, max_pixels=max_pixels)

@@ -3,7 +3,8 @@
 Elements, all in one coordinate system ``"global"`` in µm (tibspace's: the
 centre of pixel (row r, col c) is at (c·px, r·px)):
 
-- ``images/stains``: the multiplex image as a multiscale (image runs), or
+- ``images/stains``: the multiplex image (image runs) with the source's pyramid
+  (a flat image up to 4096 px stays flat, a larger one gets 2×, 4×, 8× levels), or
   ``images/stains_thumbnail`` when only the overview is kept;
 - ``labels/cell_labels``: the cell label image (values = ``cell_id``);
 - ``shapes/tumour_nests``, ``shapes/exclusion_zones``: polygons in µm;
@@ -29,6 +30,16 @@ def _pixel_to_um(px: float):
 
     # pixel (r, c) spans [c, c+1) in the array; its centre is at c·px µm
     return Sequence([Translation([-0.5, -0.5], axes=("y", "x")), Scale([px, px], axes=("y", "x"))])
+
+
+def _scale_factors(image, flat_max_side: int = 4096):
+    """The source's own pyramid (factors between its levels), none for a flat image up to
+    ``flat_max_side`` px, else 2, 4, 8: a run on the written store then reads the levels a run on the
+    source read (segmentation's statistics use the coarsest level that resolves a nucleus)."""
+    sides = [int(lv.shape[-1]) for lv in image.levels]
+    if len(sides) > 1:
+        return [max(1, round(a / b)) for a, b in zip(sides[:-1], sides[1:])]
+    return None if max(image.shape[-2:]) <= flat_max_side else [2, 2, 2]
 
 
 def _shapes(geoms):
@@ -70,7 +81,7 @@ def to_spatialdata(result, *, image=None):
     images, labels, shapes = {}, {}, {}
     if image is not None:
         images["stains"] = Image2DModel.parse(image.data, dims=("c", "y", "x"), c_coords=list(image.channel_names),
-                                              scale_factors=[2, 2, 2], chunks=(1, 1024, 1024),
+                                              scale_factors=_scale_factors(image), chunks=(1, 1024, 1024),
                                               transformations={"global": _pixel_to_um(px)})
     elif result.thumbnail is not None:
         th = result.thumbnail

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, Q
                             QSlider, QSpinBox, QVBoxLayout, QWidget)
 
 from ._gate_preview import _SLIDER_STEPS
+from ._labels import LabelsPicker
 from ._settings import NO_IMAGE_TEXT, PARAMETERS
 
 __all__ = ["build_dock"]
@@ -108,6 +109,8 @@ def _input_box(w, form):
     w.labels_edit = QLineEdit()
     w.labels_edit.setPlaceholderText("mask file or run folder: skips segmentation")
     form.addRow("Cell labels (optional)", w.labels_edit)
+    w.labels_picker = LabelsPicker(w.viewer, w.labels_edit)
+    form.addRow("… or a Labels layer", w.labels_picker.combo)
 
 
 def _parameters_box(w, form):

@@ -28,7 +28,8 @@ napari-spatialdata #213/#372). So:
 - geometry comes merged (the barrier analysis' covered/gap runs are one
   path each) and is simplified to :data:`SIMPLIFY_UM` (1 µm, below a cell);
   filled polygons (napari triangulates them in Python) are drawn only up to
-  :data:`MAX_FILLED` pieces, outlines beyond; if more than ``max_shapes``
+  :data:`MAX_FILLED` pieces (and nests up to :data:`FILL_MAX_CELLS` cells),
+  outlines beyond; if more than ``max_shapes``
   shapes remain, a Vectors layer (one line per outline edge, drawn in one
   GPU call) replaces the Shapes layer.
 """
@@ -44,7 +45,7 @@ import shapely
 from tibspace.outputs import STRUCTURE_COLOURS, phenotype_colour
 
 __all__ = [
-    "MAX_POINTS", "MAX_SHAPES", "LAYER_NAMES", "FEATURE_COLUMNS",
+    "MAX_POINTS", "MAX_SHAPES", "FILL_MAX_CELLS", "LAYER_NAMES", "FEATURE_COLUMNS",
     "phenotype_rgba", "cell_labels_layer", "phenotype_points_layer", "phenotype_labels_layer",
     "cell_layers", "nest_polygons", "polygon_pieces", "nest_layer", "barrier_layers",
     "exclusion_layer", "mask_layers", "result_layers", "create_layers", "gate_preview_layer",
@@ -58,6 +59,11 @@ MAX_SHAPES = 5_000
 
 #: Above this many filled polygon pieces in a layer, only outlines are drawn.
 MAX_FILLED = 500
+#: Above this many cells the nests are drawn as outlines only: their 6 % tint costs
+#: ~12 ms CPU per frame on software OpenGL whatever the cell count (as much as ~10k
+#: points; scripts/napari_scale_check.py --per-layer), and with this many tumour
+#: dots the nests already show. Hover over an outline still gives the nest's numbers.
+FILL_MAX_CELLS = 50_000
 #: Outlines are simplified to this tolerance (µm) for display (sub-cell).
 SIMPLIFY_UM = 1.0
 
@@ -394,12 +400,12 @@ def _polygon_layer(polys: list[shapely.Polygon], features: pd.DataFrame, name: s
 
 
 def nest_layer(region: Any, per_nest: Optional[pd.DataFrame] = None, *,
-               max_shapes: int = MAX_SHAPES, width_um: float = 3.0) -> Optional[tuple]:
+               max_shapes: int = MAX_SHAPES, width_um: float = 3.0, filled: bool = True) -> Optional[tuple]:
     """Shapes layer "tumour nests": filled nests with outlines, per-nest numbers on hover.
 
     Nests with holes are drawn as hole-free pieces (:func:`polygon_pieces`)
     plus every ring as an outline; the numbers come from ``per_nest``
-    (joined on ``nest_id``).
+    (joined on ``nest_id``). ``filled=False``: outlines only.
     """
     polys, ids = nest_polygons(region)
     if not polys:
@@ -410,7 +416,7 @@ def nest_layer(region: Any, per_nest: Optional[pd.DataFrame] = None, *,
         cols = [c for c in NEST_FEATURES if c in per_nest.columns and c != "area_um2"]
         feats = feats.merge(per_nest[cols], on="nest_id", how="left")
     return _polygon_layer(polys, feats, "tumour nests", STRUCTURE_COLOURS["tumour_nest"],
-                          0.06, width_um, max_shapes)
+                          0.06, width_um, max_shapes, max_filled=MAX_FILLED if filled else 0)
 
 
 def _path_layer(runs: pd.DataFrame, name: str, rgb: Sequence[int], width_um: float,
@@ -524,7 +530,7 @@ def result_layers(result: Any, *, max_points: int = MAX_POINTS,
     out += mask_layers(getattr(result, "masks", None), px, getattr(result, "image_shape", None))
     for t in (exclusion_layer(getattr(result, "exclusion_zones", None), max_shapes=max_shapes),
               nest_layer(getattr(result, "region", None), getattr(result, "per_nest", None),
-                         max_shapes=max_shapes)):
+                         max_shapes=max_shapes, filled=len(cells) <= FILL_MAX_CELLS)):
         if t is not None:
             out.append(t)
     out += cl

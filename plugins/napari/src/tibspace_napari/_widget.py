@@ -214,6 +214,7 @@ class TibspaceWidget(_GatePreview, _RunControl, QWidget):
             gates[g.get("column", m)] = float(g["value"])
         cols = [c for c in gates] + [c for c in (result.channel_columns or []) if c not in gates]
         self._fill_markers(cols, gates)
+        self.labels_picker.show_given(result)
         self._show_results_dock(result)
         self.export_button.setEnabled(True)
 

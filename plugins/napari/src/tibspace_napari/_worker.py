@@ -126,7 +126,7 @@ class _RunControl:
             create_worker(_warm_up_once, _ignore_errors=True)
         # Connecting "errored" ourselves stops napari re-raising worker errors
         # in the event loop: they are shown in the dock instead.
-        labels = self.labels_edit.text().strip() or None
+        labels = self.labels_picker.argument()
         self.worker = create_worker(run_image, image_path, panel, pixel_size_um=px,
                                     seed=int(self.seed_spin.value()), progress=_progress, labels=labels,
                                     _start_thread=False,

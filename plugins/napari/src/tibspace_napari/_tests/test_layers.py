@@ -234,3 +234,20 @@ def test_docstring_examples(module):
     mod = importlib.import_module(f"tibspace_napari.{module}")
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert res.attempted > 0 and res.failed == 0
+
+
+def test_nests_are_outlines_only_beside_many_cells(result, monkeypatch):
+    """Above FILL_MAX_CELLS cells the nest tint (a per-frame fill cost) is dropped, the numbers stay."""
+    def nests():
+        (t,) = [t for t in result_layers(result, max_shapes=10**6) if t[1]["name"] == "tumour nests"]
+        return t
+
+    data, kw, _ = nests()
+    assert "polygon" in kw["shape_type"] and kw["metadata"]["tibspace"]["filled"] is True
+    monkeypatch.setattr(_layers, "FILL_MAX_CELLS", len(result.cells) - 1)
+    data2, kw2, _ = nests()
+    assert set(kw2["shape_type"]) == {"path"} and kw2["metadata"]["tibspace"]["filled"] is False
+    outlines = [d for d, t in zip(data, kw["shape_type"]) if t == "path"]
+    assert len(data2) == len(outlines) and all(np.array_equal(a, b) for a, b in zip(data2, outlines))
+    assert set(kw2["features"]["nest_id"]) == set(range(1, result.region.n_nests + 1))
+    assert "barrier_coverage" in kw2["features"]
