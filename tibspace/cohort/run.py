@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,6 +24,7 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from tibspace.cohort.manifest import Sample
+from tibspace.cohort.workers import cohort_client
 from tibspace.errors import InputError, TibspaceError
 
 RUN_KEY_FILE = "tibspace_run_key.json"
@@ -70,12 +72,16 @@ def _finished(out: Path, key: str) -> bool:
         return False
 
 
-def run_sample(sample: Sample, panel_text: str, out: str, key: str, seed: int | None,
-               segmentation: str = "worker", spatialdata: bool = False,
+def run_sample(sample: Sample, panel_text: str, out: str, key: str | None, seed: int | None,
+               segmentation: str = "worker", spatialdata: bool = False, force: bool = True,
                max_pixels: int | None = None) -> SampleStatus:
     """Run one sample into ``out`` (a Dask task; also callable in-process).
 
-    Never raises: any failure becomes a ``failed`` status with one line.
+    ``key`` None: the run key is computed here, where the inputs are read
+    anyway (the client then never reads the slides), and a result that
+    already carries it is kept (``cached``) unless ``force``. Never raises:
+    any failure becomes a ``failed`` status with one line. Returns only
+    this small status; the sample's files are written by the task itself.
     ``segmentation="worker"`` lets the image's tiles spread over the cluster
     (a client from inside the task); ``"local"`` segments in this process.
     """
@@ -91,6 +97,11 @@ def run_sample(sample: Sample, panel_text: str, out: str, key: str, seed: int | 
             if p is not None and not os.path.exists(p):
                 raise InputError(f"{p}: not visible from worker on {os.uname().nodename} "
                                  "(every worker needs the same file paths)")
+        if key is None:
+            key = run_key(sample, panel_text, seed, options=_options(spatialdata))
+            if not force and _finished(Path(out), key):
+                status.status, status.result = "cached", str(out)
+                return status
         panel = Panel.from_dict(tomllib.loads(panel_text))
         if sample.table is not None:
             analyze_table(sample.table, panel, out_dir=out, seed=seed, sample_id=sample.sample_id,
@@ -102,8 +113,13 @@ def run_sample(sample: Sample, panel_text: str, out: str, key: str, seed: int | 
         status.error = str(exc).splitlines()[0]
     except Exception as exc:  # an isolated sample never stops the cohort
         status.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    status.seconds = round(time.perf_counter() - t0, 3)
+    finally:
+        status.seconds = round(time.perf_counter() - t0, 3)
     return status
+
+
+def _options(spatialdata: bool) -> str:
+    return "spatialdata" if spatialdata else ""
 
 
 def _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata, max_pixels=None):
@@ -145,19 +161,12 @@ def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     panel_text = load_panel(panel_path).to_toml()
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
-    todo, statuses = [], []
-    for s in samples:
-        key = run_key(s, panel_text, seed, options="spatialdata" if spatialdata else "")
-        target = out_dir / s.folder
-        if not force and _finished(target, key):
-            statuses.append(SampleStatus(s.sample_id, s.patient_id, "cached", result=str(target)))
-        else:
-            todo.append((s, key, target))
+    todo, statuses = _cached_or_todo(samples, panel_text, seed, out_dir, force, _options(spatialdata))
     if statuses:
         say(f"{len(statuses)} of {len(samples)} samples already done with the same inputs, panel and seed "
             "(--force runs them again)")
     statuses += _execute(todo, panel_text, seed, scheduler, n_workers, say, len(statuses), len(samples),
-                         spatialdata, max_pixels)
+                         spatialdata, force, max_pixels)
     table = pd.DataFrame([s.__dict__ for s in statuses], columns=STATUS_COLUMNS)
     order = {s.sample_id: i for i, s in enumerate(samples)}
     table = table.sort_values("sample_id", key=lambda c: c.map(order)).reset_index(drop=True)
@@ -167,7 +176,31 @@ def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str |
     return table
 
 
-def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total, spatialdata=False,
+def _cached_or_todo(samples, panel_text, seed, out_dir: Path, force: bool, options: str):
+    """(to run: ``(sample, key or None, folder)``, cached statuses).
+
+    Only a folder that holds a run key is checked here (its inputs hashed, in
+    threads: hashlib releases the GIL); a sample without a result goes to its
+    worker with ``key=None`` and is hashed there.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    claimed = [s for s in samples if not force and (out_dir / s.folder / RUN_KEY_FILE).exists()]
+    with ThreadPoolExecutor(4) as ex:
+        keys = dict(zip([s.sample_id for s in claimed],
+                        ex.map(lambda s: run_key(s, panel_text, seed, options=options), claimed)))
+    todo, cached = [], []
+    for s in samples:
+        target = out_dir / s.folder
+        key = keys.get(s.sample_id)
+        if key is not None and _finished(target, key):
+            cached.append(SampleStatus(s.sample_id, s.patient_id, "cached", result=str(target)))
+        else:
+            todo.append((s, key, target))
+    return todo, cached
+
+
+def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total, spatialdata=False, force=False,
              max_pixels=None):
     if not todo:
         return []
@@ -186,15 +219,15 @@ def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total,
         for s, key, target in todo:
             say(f"sample {n_done + len(done) + 1}/{n_total} {s.sample_id}: running")
             tick(run_sample(s, panel_text, str(target), key, seed, segmentation="local", spatialdata=spatialdata,
-                            max_pixels=max_pixels))
+                            force=force, max_pixels=max_pixels))
         return done
-    client, close = _client(scheduler, n_workers)
+    client, close = cohort_client(scheduler, n_workers)
     try:
         from distributed import as_completed
 
         futures = [client.submit(run_sample, s, panel_text, str(target), key, seed, spatialdata=spatialdata,
-                                 max_pixels=max_pixels,
-                                 key=f"sample-{s.folder}-{key[:12]}", retries=2, pure=False)
+                                 force=force, max_pixels=max_pixels,
+                                 key=f"sample-{s.folder}-{uuid.uuid4().hex[:12]}", retries=2, pure=False)
                    for s, key, target in todo]
         for fut in as_completed(futures):
             tick(_result_or_failure(fut, todo[futures.index(fut)][0]))
@@ -209,24 +242,3 @@ def _result_or_failure(fut, sample: Sample) -> SampleStatus:
     except Exception as exc:  # the task itself never raises: a worker that died past its retries
         return SampleStatus(sample.sample_id, sample.patient_id, "failed",
                             error=f"worker lost: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-
-
-def _client(scheduler, n_workers):
-    import distributed
-
-    if scheduler not in (None, "processes"):
-        try:
-            client = distributed.Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise InputError(f"--scheduler {scheduler}: cannot connect ({str(exc).splitlines()[0]})") from None
-        return client, client.close
-    n = int(n_workers or os.cpu_count() or 1)
-    cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=40)
-    client = distributed.Client(cluster)
-
-    def close():
-        client.close()
-        cluster.close()
-
-    return client, close
