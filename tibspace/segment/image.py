@@ -184,16 +184,41 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
         raise InputError(f"segmentation method {method!r} is not available; use 'classical'")
     inp = _resolve_inputs(image, pixel_size_um, nuclear_channels, membrane_channels,
                           measure_channels)
+    p, estimate = _nucleus_parameters(inp, nucleus_diameter_um, min_area_um2)
+    e_um = _check_expansion(expansion_um)
+    plan = _plan_tiles(inp, p, e_um, tile_size_px, overlap_px)
+    qc: dict[str, Any] = {}
+    run = _segment_all_tiles(inp, p, e_um, plan, threshold, scheduler, n_workers, progress,
+                             work_dir, qc)
+    cells_df, labels, nuclei = _assemble(inp, run["asm"], run["tmp"], qc)
+    out_path = _write_labels(labels, labels_path, inp.px, qc, progress)
+    _keep_or_clean(run["tmp"], run["in_memory"], labels, nuclei)
+    qc["seconds_total"] = time.perf_counter() - t_start
+    params = _result_parameters(inp, p, estimate, method, threshold, run, e_um, plan)
+    return SegmentationResult(cells=cells_df, labels=labels, nuclei=nuclei, pixel_size_um=inp.px,
+                              n_tiles=len(plan["grid"]), parameters=params,
+                              labels_path=out_path, qc=qc)
+
+
+def _nucleus_parameters(inp: "_Inputs", nucleus_diameter_um: Optional[float],
+                        min_area_um2: Optional[float]) -> tuple[dict, Optional[dict]]:
+    """The nucleus parameters (:func:`nucleus_params`), the diameter estimated when not given."""
     estimate = None
     if nucleus_diameter_um is None:
         estimate = _estimate_diameter(inp)
         nucleus_diameter_um = estimate["nucleus_diameter_um"]
-    p = nucleus_params(inp.px, nucleus_diameter_um, min_area_um2)
-    e_um = _check_expansion(expansion_um)
-    plan = _plan_tiles(inp, p, e_um, tile_size_px, overlap_px)
+    return nucleus_params(inp.px, nucleus_diameter_um, min_area_um2), estimate
+
+
+def _segment_all_tiles(inp: "_Inputs", p: dict, e_um: float, plan: dict,
+                       threshold: Optional[float], scheduler: Any, n_workers: int,
+                       progress: Any, work_dir: Any, qc: dict) -> dict[str, Any]:
+    """Start the scheduler, compute the global statistics, segment and paste every tile.
+
+    The scheduler is closed and (on error) the temp folder removed before returning.
+    """
     client, close, in_process = start_scheduler(scheduler, len(plan["grid"]), n_workers)
     tmp = tempfile.mkdtemp(prefix="tibspace-seg-", dir=work_dir)
-    qc: dict[str, Any] = {}
     try:
         t0 = time.perf_counter()
         stats = _global_statistics(inp, p, plan["grid"], threshold, client, progress)
@@ -207,19 +232,20 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     close()
-    cells_df, labels, nuclei = _assemble(inp, asm, tmp, qc)
-    out_path = _write_labels(labels, labels_path, inp.px, qc, progress)
-    _keep_or_clean(tmp, in_memory, labels, nuclei)
-    qc["seconds_total"] = time.perf_counter() - t_start
+    return {"asm": asm, "tmp": tmp, "in_memory": in_memory, "stats": stats,
+            "scheduler": scheduler_name(client, scheduler, in_process, n_workers)}
 
+
+def _result_parameters(inp: "_Inputs", p: dict, estimate: Optional[dict], method: str,
+                       threshold: Optional[float], run: dict, e_um: float,
+                       plan: dict) -> dict[str, Any]:
+    """Every parameter of the run (µm and px), the size estimate and the scheduler used."""
     params = dict(p)
     params["nucleus_diameter_source"] = "given" if estimate is None else "estimated"
     params.update({k: v for k, v in (estimate or {}).items() if k != "nucleus_diameter_um"})
-    params.update(_parameters(inp, method, threshold, stats, e_um, plan))
-    params["scheduler"] = scheduler_name(client, scheduler, in_process, n_workers)
-    return SegmentationResult(cells=cells_df, labels=labels, nuclei=nuclei, pixel_size_um=inp.px,
-                              n_tiles=len(plan["grid"]), parameters=params,
-                              labels_path=out_path, qc=qc)
+    params.update(_parameters(inp, method, threshold, run["stats"], e_um, plan))
+    params["scheduler"] = run["scheduler"]
+    return params
 
 
 def _resolve_inputs(image: Any, pixel_size_um: Optional[float], nuclear_channels: Any,
