@@ -191,7 +191,8 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
                 nucleus_diameter_um=(None if params["nucleus_diameter_um"] == "auto"
                                      else float(params["nucleus_diameter_um"])),
                 tile_size_px=tile, scheduler=scheduler, n_workers=n_workers, progress=progress,
-                work_dir=work)
+                work_dir=work, method=panel.segmentation.get("method", "classical"),
+                backend_options={k: v for k, v in panel.segmentation.items() if k != "method"})
         cells = seg.cells
         if len(cells) == 0:
             raise InputError(f"{image_path}: segmentation found no cells in channel(s) {', '.join(nuclear)}")
