@@ -191,7 +191,7 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
         with timer("segmentation"):
             seg = _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_format,
                            tile=tile, scheduler=scheduler, n_workers=n_workers, progress=progress,
-                           work_dir=work)
+                           work_dir=work, segmentation=panel.segmentation)
         if len(seg.cells) == 0:
             raise InputError(f"{image_path}: segmentation found no cells in channel(s) {', '.join(nuclear)}")
         result = analyze_cells(
@@ -218,7 +218,7 @@ def _open_for_run(image_path: Path, pixel_size_um, panel, max_pixels=MAX_PIXELS)
 
 
 def _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_format, *, tile,
-             scheduler, n_workers, progress, work_dir):
+             scheduler, n_workers, progress, work_dir, segmentation=None):
     """Cells of the image: the given label masks when there are any, else :func:`segment_image`."""
     from tibspace.segment import segment_image
 
@@ -230,7 +230,8 @@ def _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_
         nucleus_diameter_um=(None if params["nucleus_diameter_um"] == "auto"
                              else float(params["nucleus_diameter_um"])),
         tile_size_px=tile, scheduler=scheduler, n_workers=n_workers, progress=progress,
-        work_dir=work_dir)
+        work_dir=work_dir, method=(segmentation or {}).get("method", "classical"),
+        backend_options={k: v for k, v in (segmentation or {}).items() if k != "method"})
 
 
 def _record_image_run(result, img, image_path: Path, seg, sample_id) -> None:

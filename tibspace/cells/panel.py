@@ -80,6 +80,7 @@ class Panel:
     parameters: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_PARAMETERS))
     table: Optional[TableMapping] = None
     pixel_size_um: Optional[float] = None
+    segmentation: dict[str, Any] = field(default_factory=dict)
     source: Optional[Path] = field(default=None, compare=False)
 
     # ---- construction -----------------------------------------------------
@@ -99,6 +100,7 @@ class Panel:
                    masks=_checks.masks_section(d, where),
                    parameters=_checks.parameters(d.get("parameters", {}), where),
                    table=_checks.table_section(d, px, where), pixel_size_um=px,
+                   segmentation=_checks.segmentation_section(d, source, where),
                    source=Path(source) if source is not None else None)
 
     # ---- serialisation ----------------------------------------------------
@@ -122,6 +124,8 @@ class Panel:
                               "min_object_um2": float(m.min_object_um2)}
                           for n, m in self.masks.items()}
         d["parameters"] = copy.deepcopy(self.parameters)
+        if self.segmentation:
+            d["segmentation"] = dict(self.segmentation)
         if self.table is not None:
             t = self.table
             td = {k: getattr(t, k) for k in ("cell_id", "x", "y", "units", "pixel_size_um",

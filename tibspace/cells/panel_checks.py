@@ -16,7 +16,10 @@ from tibspace.cells.rules import parse_rule
 from tibspace.cells.specs import DEFAULT_PARAMETERS, DEFAULT_ROLES, MarkerSpec, MaskSpec, TableMapping
 
 SECTIONS = ("image", "channels", "markers", "phenotypes", "roles", "masks", "parameters",
-            "table")
+            "table", "segmentation")
+# [segmentation]: the method and its options (tibspace.segment.backends checks which
+# method reads which; a relative model path is relative to the panel file)
+_SEGMENTATION_KEYS = ("method", "model", "flow_threshold", "cellprob_threshold")
 _GATE_METHODS = ("otsu", "gmm")
 _COMPARTMENTS = ("cell", "nucleus")
 
@@ -248,6 +251,25 @@ def roles_section(d: Mapping[str, Any], where: str) -> dict[str, list[str]]:
 def masks_section(d: Mapping[str, Any], where: str) -> dict[str, MaskSpec]:
     return {str(name): mask_spec(str(name), spec, f"{where}: [masks] {name}")
             for name, spec in d.get("masks", {}).items()}
+
+
+def segmentation_section(d: Mapping[str, Any], source: Any, where: str) -> dict[str, Any]:
+    """``[segmentation]``: ``method`` (default classical), ``model`` (a weights path or a
+    library model name) and numeric thresholds."""
+    seg = dict(only_keys(d.get("segmentation", {}), _SEGMENTATION_KEYS, f"{where}: [segmentation]"))
+    for k in ("method", "model"):
+        if k in seg and not isinstance(seg[k], str):
+            raise PanelError(f"{where}: [segmentation] {k} must be a string, got {tname(seg[k])}")
+    for k in ("flow_threshold", "cellprob_threshold"):
+        if k in seg:
+            seg[k] = number(seg[k], f"{where}: [segmentation] {k}")
+    model = seg.get("model")
+    if model and source is not None and ("/" in model or "\\" in model or "." in model):
+        from pathlib import Path
+
+        mp = Path(model).expanduser()
+        seg["model"] = str(mp if mp.is_absolute() else (Path(source).parent / mp))
+    return seg
 
 
 def table_section(d: Mapping[str, Any], px: float | None, where: str) -> TableMapping | None:

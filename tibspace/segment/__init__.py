@@ -14,7 +14,7 @@ from tibspace.segment.expand import (distance_to_background, expand_labels_fast,
 from tibspace.segment.tiling import tile_grid
 from tibspace.segment.image import SegmentationResult, segment_image
 from tibspace.segment.matching import match_labels, match_points
-from tibspace.segment.scale import estimate_nucleus_diameter
+from tibspace.segment.scale import estimate_nucleus_diameter, noise_smoothing_um
 from tibspace.segment.given import segment_from_labels
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "distance_to_background",
     "expand_labels_fast",
     "estimate_nucleus_diameter",
+    "noise_smoothing_um",
     "segment_from_labels",
 ]

@@ -26,7 +26,8 @@ import pandas as pd
 
 from tibspace.errors import InputError
 from tibspace.segment.nuclei import FOREGROUND_FRACTION_OF_OTSU, nucleus_params, otsu
-from tibspace.segment.scale import estimate_nucleus_diameter, sample_windows
+from tibspace.segment.scale import estimate_nucleus_diameter, noise_smoothing_um, sample_windows
+from tibspace.segment.backends import CLASSICAL, check_method
 from tibspace.segment.scheduler import run_tasks, scheduler_name, start_scheduler
 from tibspace.segment.tiling import (LabelAssembler, _channel_sample, _segment_tile,
                                      new_label_array, tile_grid)
@@ -101,7 +102,7 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
                   labels_path: Optional[str | os.PathLike] = None,
                   progress: Any = None, pixel_size_um: Optional[float] = None,
                   threshold: Optional[float] = None, min_area_um2: Optional[float] = None,
-                  method: str = "classical",
+                  method: str = "classical", backend_options: Optional[dict] = None,
                   work_dir: Optional[str | os.PathLike] = None) -> SegmentationResult:
     """Segment nuclei and cells of a whole image in overlapping tiles, and measure them.
 
@@ -150,8 +151,15 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
         for all tiles).
     min_area_um2 : float, optional
         Smallest nucleus kept (default 20 % of a disc of the nucleus diameter).
-    method : {"classical"}
-        Only the classical watershed is built in.
+    method : str
+        ``"classical"`` (the built-in watershed) or a registered backend
+        (:mod:`tibspace.segment.backends`: ``"cellpose"``, a pip extra). A
+        backend segments the nuclei of each tile window; cells are grown,
+        owned, stitched and measured as for the classical method.
+    backend_options : dict, optional
+        The panel's ``[segmentation]`` options of the backend (cellpose:
+        ``model`` = a local weights file or a library model name,
+        ``flow_threshold``, ``cellprob_threshold``).
     work_dir : str or Path, optional
         Folder for the temporary tile crops and (above 64 Mpx) the zarr label
         images (default: the system temp folder). Crops are removed as they
@@ -180,46 +188,88 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
     (3, [1, 2, 3], 3)
     """
     t_start = time.perf_counter()
-    if method != "classical":
-        raise InputError(f"segmentation method {method!r} is not available; use 'classical'")
+    options = dict(backend_options or {})
+    check_method(method, options)
     inp = _resolve_inputs(image, pixel_size_um, nuclear_channels, membrane_channels,
                           measure_channels)
-    estimate = None
-    if nucleus_diameter_um is None:
-        estimate = _estimate_diameter(inp)
-        nucleus_diameter_um = estimate["nucleus_diameter_um"]
-    p = nucleus_params(inp.px, nucleus_diameter_um, min_area_um2)
+    p, estimate = _nucleus_parameters(inp, nucleus_diameter_um, min_area_um2)
     e_um = _check_expansion(expansion_um)
     plan = _plan_tiles(inp, p, e_um, tile_size_px, overlap_px)
+    qc: dict[str, Any] = {}
+    backend = None if method == CLASSICAL else (method, options | {
+        "nucleus_diameter_um": p["nucleus_diameter_um"], "nucleus_diameter_px": p["nucleus_diameter_px"]})
+    run = _segment_all_tiles(inp, p, e_um, plan, threshold, scheduler, n_workers, progress,
+                             work_dir, qc, backend)
+    cells_df, labels, nuclei = _assemble(inp, run["asm"], run["tmp"], qc)
+    out_path = _write_labels(labels, labels_path, inp.px, qc, progress)
+    _keep_or_clean(run["tmp"], run["in_memory"], labels, nuclei)
+    qc["seconds_total"] = time.perf_counter() - t_start
+    params = _result_parameters(inp, p, estimate, method, threshold, run, e_um, plan)
+    if options:
+        params["backend_options"] = options
+    return SegmentationResult(cells=cells_df, labels=labels, nuclei=nuclei, pixel_size_um=inp.px,
+                              n_tiles=len(plan["grid"]), parameters=params,
+                              labels_path=out_path, qc=qc)
+
+
+def _nucleus_parameters(inp: "_Inputs", nucleus_diameter_um: Optional[float],
+                        min_area_um2: Optional[float]) -> tuple[dict, dict]:
+    """The nucleus parameters (:func:`nucleus_params`) and the estimates behind them.
+
+    The noise-measured smoothing is always measured; the diameter is
+    estimated (on the signal smoothed that much) when not given.
+    """
+    windows = _estimate_windows(inp)
+    noise = noise_smoothing_um(windows, inp.px)
+    estimate = None
+    if nucleus_diameter_um is None:
+        try:
+            estimate = estimate_nucleus_diameter(windows, inp.px, noise["noise_smoothing_um"])
+        except InputError:
+            raise _no_nuclei(inp) from None
+        nucleus_diameter_um = estimate["nucleus_diameter_um"]
+    p = nucleus_params(inp.px, nucleus_diameter_um, min_area_um2, noise["noise_smoothing_um"])
+    return p, (estimate or {}) | noise
+
+
+def _segment_all_tiles(inp: "_Inputs", p: dict, e_um: float, plan: dict,
+                       threshold: Optional[float], scheduler: Any, n_workers: int,
+                       progress: Any, work_dir: Any, qc: dict,
+                       backend: Optional[tuple] = None) -> dict[str, Any]:
+    """Start the scheduler, compute the global statistics, segment and paste every tile.
+
+    The scheduler is closed and (on error) the temp folder removed before returning.
+    """
     client, close, in_process = start_scheduler(scheduler, len(plan["grid"]), n_workers)
     tmp = tempfile.mkdtemp(prefix="tibspace-seg-", dir=work_dir)
-    qc: dict[str, Any] = {}
     try:
         t0 = time.perf_counter()
         stats = _global_statistics(inp, p, plan["grid"], threshold, client, progress)
         qc["seconds_statistics"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         asm, in_memory = _new_assembly(inp, len(plan["grid"]), tmp, progress)
-        _run_tiles(inp, p, e_um, plan["grid"], stats, client, in_process, tmp, asm, progress)
+        _run_tiles(inp, p, e_um, plan["grid"], stats, client, in_process, tmp, asm, progress,
+                   backend)
         qc["seconds_tiles"] = time.perf_counter() - t0
     except BaseException:
         close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     close()
-    cells_df, labels, nuclei = _assemble(inp, asm, tmp, qc)
-    out_path = _write_labels(labels, labels_path, inp.px, qc, progress)
-    _keep_or_clean(tmp, in_memory, labels, nuclei)
-    qc["seconds_total"] = time.perf_counter() - t_start
+    return {"asm": asm, "tmp": tmp, "in_memory": in_memory, "stats": stats,
+            "scheduler": scheduler_name(client, scheduler, in_process, n_workers)}
 
+
+def _result_parameters(inp: "_Inputs", p: dict, estimate: dict, method: str,
+                       threshold: Optional[float], run: dict, e_um: float,
+                       plan: dict) -> dict[str, Any]:
+    """Every parameter of the run (µm and px), the size estimate and the scheduler used."""
     params = dict(p)
-    params["nucleus_diameter_source"] = "given" if estimate is None else "estimated"
-    params.update({k: v for k, v in (estimate or {}).items() if k != "nucleus_diameter_um"})
-    params.update(_parameters(inp, method, threshold, stats, e_um, plan))
-    params["scheduler"] = scheduler_name(client, scheduler, in_process, n_workers)
-    return SegmentationResult(cells=cells_df, labels=labels, nuclei=nuclei, pixel_size_um=inp.px,
-                              n_tiles=len(plan["grid"]), parameters=params,
-                              labels_path=out_path, qc=qc)
+    params["nucleus_diameter_source"] = "estimated" if "estimate_method" in estimate else "given"
+    params.update({k: v for k, v in estimate.items() if k != "nucleus_diameter_um"})
+    params.update(_parameters(inp, method, threshold, run["stats"], e_um, plan))
+    params["scheduler"] = run["scheduler"]
+    return params
 
 
 def _resolve_inputs(image: Any, pixel_size_um: Optional[float], nuclear_channels: Any,
@@ -252,8 +302,8 @@ def _resolve_inputs(image: Any, pixel_size_um: Optional[float], nuclear_channels
                    nuclear=nuclear, membrane=membrane, measure_idx=measure_idx)
 
 
-def _estimate_diameter(inp: _Inputs) -> dict[str, Any]:
-    """Nucleus size from up to sixteen 512² windows of the nuclear channels (read here).
+def _estimate_windows(inp: _Inputs) -> list[np.ndarray]:
+    """Up to sixteen 512² windows of the nuclear channels (read here), for the estimates.
 
     Several nuclear channels are summed after dividing each by its 99.5th
     percentile over the windows.
@@ -272,10 +322,7 @@ def _estimate_diameter(inp: _Inputs) -> dict[str, Any]:
         s = float(np.percentile(np.concatenate([a.ravel() for a in arrs]), 99.5))
         for out, a in zip(comb, arrs):
             out += a / (s if s > 0 else 1.0)
-    try:
-        return estimate_nucleus_diameter(comb, inp.px)
-    except InputError:
-        raise _no_nuclei(inp) from None
+    return comb
 
 
 def _resolve_channels(img: Any, names: Any, what: str) -> list[int]:
@@ -359,7 +406,8 @@ def _global_statistics(inp: _Inputs, p: dict, grid: list, threshold: Optional[fl
 
 
 def _run_tiles(inp: _Inputs, p: dict, e_um: float, grid: list, stats: dict, client: Any,
-               in_process: bool, tmp: str, asm: LabelAssembler, progress: Any) -> None:
+               in_process: bool, tmp: str, asm: LabelAssembler, progress: Any,
+               backend: Optional[tuple] = None) -> None:
     """Segment and measure every tile; tiles save .npy crops in ``tmp`` and ``asm`` pastes them."""
     tile_dir = os.path.join(tmp, "tiles")
     os.makedirs(tile_dir)
@@ -368,7 +416,8 @@ def _run_tiles(inp: _Inputs, p: dict, e_um: float, grid: list, stats: dict, clie
     measure_names = inp.names(inp.measure_idx)
     args = [(k, str(inp.path), inp.px, core, win, inp.nuclear, stats["scales"], inp.membrane,
              stats["membrane_scales"], inp.measure_idx, measure_names, stats["threshold"],
-             p["nucleus_diameter_um"], e_um, p["min_area_um2"], out_dir)
+             p["nucleus_diameter_um"], e_um, p["min_area_um2"], out_dir, p["smoothing_sigma_um"],
+             backend)
             for k, (core, win) in enumerate(grid)]
     on_result = asm.add if stream else None
     results = run_tasks(_segment_tile, args, client, "segment tiles", progress, on_result)

@@ -40,8 +40,13 @@ MERGE_SADDLE_RATIO = 0.9
 
 
 def nucleus_params(pixel_size_um: float, nucleus_diameter_um: float,
-                   min_area_um2: Optional[float]) -> dict[str, float]:
-    """All nucleus-segmentation parameters, in µm and in pixels."""
+                   min_area_um2: Optional[float],
+                   smoothing_sigma_um: Optional[float] = None) -> dict[str, float]:
+    """All nucleus-segmentation parameters, in µm and in pixels.
+
+    The smoothing is σ = d/16, or ``smoothing_sigma_um`` when that is larger
+    (the noise-measured smoothing of :func:`tibspace.segment.scale.noise_smoothing_um`).
+    """
     d_um = float(nucleus_diameter_um)
     if not (math.isfinite(d_um) and d_um > 0):
         raise InputError(f"nucleus_diameter_um must be a positive number of µm, got "
@@ -52,6 +57,8 @@ def nucleus_params(pixel_size_um: float, nucleus_diameter_um: float,
         raise InputError(f"nuclei of {d_um} µm are only {d_px:.1f} px wide at {px} µm/px; "
                          "check pixel_size_um (nuclei need ≥ 3 px to be segmented)")
     sigma_um = d_um / 16.0
+    if smoothing_sigma_um is not None:
+        sigma_um = max(sigma_um, float(smoothing_sigma_um))
     min_dist_um = 0.45 * d_um
     if min_area_um2 is None:
         min_area_um2 = 0.2 * math.pi * (d_um / 2.0) ** 2
@@ -105,7 +112,8 @@ def otsu(values: np.ndarray) -> float:
 
 def segment_nuclei(nuclear: Any, pixel_size_um: float, *, nucleus_diameter_um: float = 8.0,
                    threshold: Optional[float] = None,
-                   min_area_um2: Optional[float] = None) -> np.ndarray:
+                   min_area_um2: Optional[float] = None,
+                   smoothing_sigma_um: Optional[float] = None) -> np.ndarray:
     """Segment nuclei in one 2-D nuclear-stain image (classical watershed).
 
     Parameters
@@ -125,6 +133,8 @@ def segment_nuclei(nuclear: Any, pixel_size_um: float, *, nucleus_diameter_um: f
     min_area_um2 : float, optional
         Smaller objects are dropped; default 20 % of a disc of the nucleus
         diameter.
+    smoothing_sigma_um : float, optional
+        Smooth with this σ when it exceeds d/16 (noisy, speckled signal).
 
     Returns
     -------
@@ -144,7 +154,7 @@ def segment_nuclei(nuclear: Any, pixel_size_um: float, *, nucleus_diameter_um: f
     arr = np.asarray(nuclear)
     if arr.ndim != 2:
         raise InputError(f"nuclear image must be 2-D (Y, X), got shape {arr.shape}")
-    p = nucleus_params(px, nucleus_diameter_um, min_area_um2)
+    p = nucleus_params(px, nucleus_diameter_um, min_area_um2, smoothing_sigma_um)
     sm = ndi.gaussian_filter(arr.astype(np.float32, copy=False), p["smoothing_sigma_px"],
                              mode="nearest", truncate=3.0)
     thr = FOREGROUND_FRACTION_OF_OTSU * otsu(sm) if threshold is None else float(threshold)

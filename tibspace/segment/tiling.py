@@ -177,21 +177,30 @@ def _segment_tile(index: int, path: str, pixel_size_um: float,
                   membrane: Sequence[int], membrane_scales: Sequence[float],
                   measure_idx: Sequence[int], measure_names: Sequence[str],
                   threshold: float, nucleus_diameter_um: float, expansion_um: float,
-                  min_area_um2: Optional[float], out_dir: Optional[str]) -> dict[str, Any]:
+                  min_area_um2: Optional[float], out_dir: Optional[str],
+                  smoothing_sigma_um: Optional[float] = None,
+                  backend: Optional[tuple] = None) -> dict[str, Any]:
     """Segment, own and measure the cells of one tile (runs in a Dask worker).
 
     Reads only ``window`` of the file. Returns the measured table of the
     cells whose centroid lies in ``core`` (local ids 1..k in (row, col) order
     of their centroids) and their label crops (saved to ``out_dir`` as .npy
-    when given, else returned in the dict).
+    when given, else returned in the dict). ``backend`` = ``(name, options)``
+    of a registered backend that segments the nuclei instead of the classical
+    watershed.
     """
     img = _open(path, pixel_size_um)
     try:
         wy0, wy1, wx0, wx1 = window
         cache: dict = {}
         nuc_img = _combine(img, nuclear, nuclear_scales, window, cache)
-        nuclei = segment_nuclei(nuc_img, pixel_size_um, nucleus_diameter_um=nucleus_diameter_um,
-                                threshold=threshold, min_area_um2=min_area_um2)
+        if backend is None:
+            nuclei = segment_nuclei(nuc_img, pixel_size_um,
+                                    nucleus_diameter_um=nucleus_diameter_um,
+                                    threshold=threshold, min_area_um2=min_area_um2,
+                                    smoothing_sigma_um=smoothing_sigma_um)
+        else:
+            nuclei = _backend_nuclei(backend, nuc_img, pixel_size_um)
         del nuc_img
         mem = (_combine(img, membrane, membrane_scales, window, cache) if len(membrane)
                else None)
@@ -209,6 +218,23 @@ def _segment_tile(index: int, path: str, pixel_size_um: float,
     res: dict[str, Any] = {"index": index, "table": table, "n_segmented": n_segmented}
     res.update(_crops(cells, nuclei, window, index, out_dir))
     return res
+
+
+def _backend_nuclei(backend: tuple, nuc_img: np.ndarray, pixel_size_um: float) -> np.ndarray:
+    """Nucleus labels of a registered backend on one window, renumbered 1..n (int32)."""
+    from tibspace.errors import InputError
+    from tibspace.segment.backends import get_backend
+
+    name, options = backend
+    lab = np.asarray(get_backend(name)(nuc_img, None, pixel_size_um, dict(options)))
+    if lab.shape != nuc_img.shape or not np.issubdtype(lab.dtype, np.integer):
+        raise InputError(f"[segmentation] method = {name!r} returned a {lab.dtype} label image "
+                         f"of shape {lab.shape}; expected integers of shape {nuc_img.shape}")
+    ids, inv = np.unique(lab, return_inverse=True)
+    out = inv.reshape(lab.shape).astype(np.int32)
+    if ids[0] != 0:  # no background in the window
+        out += 1
+    return out
 
 
 def _owned_ids(cells: np.ndarray, core: tuple[int, int, int, int],
