@@ -16,7 +16,25 @@ in µm, from boolean pixel masks (:func:`~tibspace.analyses.shield_masks.shield_
   cross-pair-correlation under random labelling).
 
 Definitions follow ``docs/metrics.md`` ("NET / collagen-I shields"); every
-choice that metrics.md leaves open is stated in the docstrings below.
+choice that metrics.md leaves open is stated here or in the docstrings below.
+
+Contact (metrics.md): with labels, a T cell touches a tumour cell when their
+labels are 8-adjacent (without labels: centroids within ``contact_um``); the
+rate is the fraction of tumour cells touched by ≥ 1 T cell, compared shielded
+vs unshielded with Fisher's exact test (two-sided; ``contact_rate_ratio`` =
+shielded / unshielded rate, < 1 means shields keep T cells off). Shielded
+cells sit preferentially at the nest edge, where T cells are, so the raw
+comparison is confounded by position: ``sample["contact_edge"]`` repeats it
+for tumour cells within ``edge_um`` of the boundary only (an addition to
+metrics.md; read this one).
+
+Antagonism: tiles with ≥ 50 % tissue; neutrophil + NET area fraction =
+(NET pixels ∪ neutrophil pixels) / tile tissue area (without labels: NET area
++ Σ neutrophil ``area_um2``, or π·5² µm² per neutrophil when that column is
+missing); Spearman ρ with the T density (cells/mm²); negative ρ =
+antagonism. The cross-pcf of neutrophils → T cells uses random labelling
+among neutrophils and T cells (pcf below the envelope = the two avoid each
+other).
 Requirements: tumour and effector T phenotypes; use :func:`can_run_shield`
 first (``shield_analysis`` raises :class:`~tibspace.errors.InputError` for
 missing roles or inputs).
@@ -191,69 +209,46 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
                     tissue=None, edge_um: float = 20.0, progress=None) -> ShieldResult:
     """NET / collagen-I shields around tumour cells, T-cell contact and NET–T antagonism.
 
+    Contact, edge-only contact and antagonism are defined in the module
+    docstring.
+
     Parameters
     ----------
     cells : pandas.DataFrame
         ``cell_id`` (== label value), ``x_um``, ``y_um``, ``phenotype``
-        (``area_um2`` used for neutrophil area when there are no labels).
+        (``area_um2``: neutrophil area when there are no labels).
     cell_labels : int ndarray (Y, X) or None
-        Whole-cell labels. None (table-only run): ring coverage and the
-        shielded/unshielded contact comparison are unavailable (said so in
-        ``sample["notes"]``); contact uses centroid distance.
+        Whole-cell labels. None (table-only run): no ring coverage nor
+        shielded/unshielded comparison (said in ``sample["notes"]``);
+        contact by centroid distance.
     masks : dict or None
         ``"net"`` and/or ``"col1"`` boolean pixel masks (Y, X).
     pixel_size_um : float
     region : TumourRegion
-        Tumour nests (µm); for per-nest numbers and boundary strips.
+        Tumour nests (µm): per-nest numbers and boundary strips.
     tumour_types, t_types, neutrophil_types : tuple of str
-    shield_ring_um : float
-        Ring width outside each tumour cell (µm).
-    shield_min_coverage : float
-        Ring coverage from which a tumour cell is shielded (also the strip
-        rule of :func:`nest_shield_fraction`).
-    nest_strip_um : float
-        Outer strip of the nest boundary (µm); with labels the strip starts
-        at the tumour-cell outline (see :func:`nest_shield_fraction`).
-    contact_um : float
-        Centroid distance counted as contact without labels (µm).
-    antagonism_tile_um : float
-        Tile side of the antagonism grid (µm).
-    antagonism_radii_um : sequence of float
-        Radii of the neutrophil → T cross-pcf (µm).
+    shield_ring_um, shield_min_coverage : float
+        Ring width outside each tumour cell (µm); ring coverage from which a
+        cell is shielded (also the strip rule of :func:`nest_shield_fraction`).
+    nest_strip_um, contact_um, edge_um : float
+        Outer boundary strip (µm, from the tumour-cell outline with labels);
+        centroid contact distance without labels; depth of the nest edge for
+        the edge-only contact test.
+    antagonism_tile_um, antagonism_radii_um : float, sequence of float
+        Tile side of the antagonism grid; radii of the neutrophil → T
+        cross-pcf (µm).
     n_sim, seed : int
         Random-labelling simulations and seed.
     tissue : shapely geometry, optional
-        Tissue region for the tile grid and the pcf window; default
-        :func:`tibspace.tissue.tissue_region_from_cells` of the cells.
-    edge_um : float
-        Depth (µm) of the nest edge for the edge-only contact comparison.
+        Window of the tile grid and the pcf; default
+        :func:`tibspace.tissue.tissue_region_from_cells`.
     progress : callable, optional
 
     Returns
     -------
     ShieldResult
-        ``per_cell`` (tumour cells: ``cell_id, ring_px,
-        shield_coverage_net, shield_coverage_col1, shield_coverage, shielded,
-        n_t_contacts, t_contact``), ``per_nest``, ``sample``, ``tiles``,
-        ``cross_pcf``, ``parameters``.
-
-    Notes
-    -----
-    Contact (metrics.md): with labels, a T cell touches a tumour cell when
-    their labels are 8-adjacent; the rate is the fraction of tumour cells
-    touched by ≥ 1 T cell, compared shielded vs unshielded with Fisher's exact
-    test (two-sided; ``contact_rate_ratio`` = shielded / unshielded rate, < 1
-    means shields keep T cells off). Shielded cells sit preferentially at the
-    nest edge, where T cells are, so the raw comparison is confounded by
-    position: ``sample["contact_edge"]`` repeats it for tumour cells within
-    ``edge_um`` of the boundary only (an addition to metrics.md; read this
-    one). Antagonism: tiles with ≥ 50 % tissue;
-    neutrophil + NET area fraction = (NET pixels ∪ neutrophil pixels) / tile
-    tissue area (without labels: NET area + Σ neutrophil ``area_um2``, or
-    π·5² µm² per neutrophil when that column is missing); Spearman ρ with the
-    T density (cells/mm²); negative ρ = antagonism. The cross-pcf of
-    neutrophils → T cells uses random labelling among neutrophils and T cells
-    (pcf below the envelope = the two avoid each other).
+        ``per_cell`` (tumour cells: ``cell_id, ring_px, shield_coverage_net, shield_coverage_col1,
+        shield_coverage, shielded, n_t_contacts, t_contact``), ``per_nest``, ``sample``, ``tiles``, ...
 
     Examples
     --------
@@ -271,55 +266,60 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
     cells, labels, masks, shape = _check_inputs(cells, cell_labels, masks, pixel_size_um, tumour_types, t_types)
     tumour_types, t_types = [str(t) for t in tumour_types], [str(t) for t in t_types]
     neutrophil_types = [str(t) for t in neutrophil_types]
-    params = {"tumour_types": tumour_types, "t_types": t_types, "neutrophil_types": neutrophil_types,
-              "shield_ring_um": float(shield_ring_um), "shield_min_coverage": float(shield_min_coverage),
-              "nest_strip_um": float(nest_strip_um), "contact_um": float(contact_um),
-              "antagonism_tile_um": float(antagonism_tile_um),
-              "antagonism_radii_um": [float(r) for r in antagonism_radii_um], "n_sim": int(n_sim),
-              "edge_um": float(edge_um),
-              "seed": int(seed), "pixel_size_um": float(pixel_size_um)}
+    params = _parameters(tumour_types, t_types, neutrophil_types, shield_ring_um, shield_min_coverage, nest_strip_um,
+                         contact_um, antagonism_tile_um, antagonism_radii_um, n_sim, edge_um, seed, pixel_size_um)
     notes: list[str] = []
-    total = 5
-    report(progress, "shield", 0, total)
+    report(progress, "shield", 0, 5)
     net, col = masks.get("net"), masks.get("col1")
     union = _mask_union(net, col, shape, notes)
     ph = cells["phenotype"].astype(str).to_numpy()
-    is_tum, is_t, is_neu = np.isin(ph, tumour_types), np.isin(ph, t_types), np.isin(ph, neutrophil_types)
-    tum_ids = cells["cell_id"].to_numpy(np.int64)[is_tum]
-
-    cov, ring_available = _ring_step(labels, union, tum_ids, net, col, pixel_size_um, shield_ring_um,
-                                     shield_min_coverage, notes)
-    report(progress, "shield", 1, total)
-    contact = _contact_step(cells, cov, tum_ids, is_t, labels, contact_um, ring_available)
-    report(progress, "shield", 2, total)
-    per_nest, strip, contact_edge = _nest_step(cells, cov, tum_ids, labels, union, region, pixel_size_um,
-                                               nest_strip_um, shield_min_coverage, edge_um, ring_available)
-    report(progress, "shield", 3, total)
-    if tissue is None:
-        from tibspace import tissue as geo
-
-        tissue = geo.tissue_region_from_cells(cells["x_um"].to_numpy(float), cells["y_um"].to_numpy(float))
-        notes.append("tissue region for antagonism tiles derived from the cell positions")
-    tiles, rho, p_rho, area_method = _antagonism_tiles(cells, is_t, is_neu, labels, net, pixel_size_um,
-                                                       tissue, float(antagonism_tile_um), notes)
-    report(progress, "shield", 4, total)
-    pcf = _cross_pcf(cells, neutrophil_types, t_types, antagonism_radii_um, tissue, n_sim, seed, notes)
+    is_t, is_neu = np.isin(ph, t_types), np.isin(ph, neutrophil_types)
+    tum_ids = cells["cell_id"].to_numpy(np.int64)[np.isin(ph, tumour_types)]
+    cov, contact, per_nest, strip, contact_edge, ring_available = _cell_steps(
+        cells, labels, net, col, union, tum_ids, is_t, region, params, notes, progress)
+    tissue = _tissue_or_default(tissue, cells, notes)
+    tiles, pcf, antagonism = _antagonism_steps(cells, is_t, is_neu, labels, net, tissue, params, notes, progress)
     sample = _sample_summary(cov, tum_ids, ring_available, net, col, strip, masks, contact, contact_edge)
-    sample["antagonism"] = {
-        "n_tiles": int(len(tiles)), "tile_um": float(antagonism_tile_um), "area_fraction": area_method,
-        "spearman_rho": float(rho), "spearman_p": float(p_rho),
-        "cross_pcf_r_um": pcf["r_um"].tolist() if len(pcf) else [],
-        "cross_pcf": pcf["value"].tolist() if len(pcf) else [],
-        "cross_pcf_lo": pcf["lo"].tolist() if len(pcf) else [],
-        "cross_pcf_hi": pcf["hi"].tolist() if len(pcf) else [],
-        "cross_pcf_p_value": pcf["p_value"].tolist() if len(pcf) else [],
-        "cross_pcf_p_global": float(pcf["p_global"].iat[0]) if len(pcf) else float("nan"),
-        "interpretation": "negative rho / pcf below the envelope = neutrophils+NETs and T cells avoid each other",
-    }
+    sample["antagonism"] = antagonism
     sample["notes"] = notes
-    report(progress, "shield", total, total)
+    report(progress, "shield", 5, 5)
     return ShieldResult(per_cell=cov, per_nest=per_nest, sample=sample, tiles=tiles, cross_pcf=pcf,
                         parameters=params)
+
+
+def _antagonism_steps(cells, is_t, is_neu, labels, net, tissue, params: dict, notes, progress):
+    """Antagonism tiles, neutrophil → T cross-pcf and their summary (steps 4–5 of :func:`shield_analysis`)."""
+    tiles, rho, p_rho, area_method = _antagonism_tiles(cells, is_t, is_neu, labels, net, params["pixel_size_um"],
+                                                       tissue, float(params["antagonism_tile_um"]), notes)
+    report(progress, "shield", 4, 5)
+    pcf = _cross_pcf(cells, params["neutrophil_types"], params["t_types"], params["antagonism_radii_um"], tissue,
+                     params["n_sim"], params["seed"], notes)
+    return tiles, pcf, _antagonism_summary(tiles, params["antagonism_tile_um"], area_method, rho, p_rho, pcf)
+
+
+def _cell_steps(cells, labels, net, col, union, tum_ids, is_t, region, params: dict, notes, progress):
+    """Ring coverage, contact test and per-nest table (steps 1–3 of :func:`shield_analysis`)."""
+    px, min_cov = params["pixel_size_um"], params["shield_min_coverage"]
+    cov, ring_available = _ring_step(labels, union, tum_ids, net, col, px, params["shield_ring_um"], min_cov, notes)
+    report(progress, "shield", 1, 5)
+    contact = _contact_step(cells, cov, tum_ids, is_t, labels, params["contact_um"], ring_available)
+    report(progress, "shield", 2, 5)
+    per_nest, strip, contact_edge = _nest_step(cells, cov, tum_ids, labels, union, region, px,
+                                               params["nest_strip_um"], min_cov, params["edge_um"], ring_available)
+    report(progress, "shield", 3, 5)
+    return cov, contact, per_nest, strip, contact_edge, ring_available
+
+
+def _parameters(tumour_types, t_types, neutrophil_types, ring_um, min_coverage, strip_um, contact_um, tile_um,
+                radii_um, n_sim, edge_um, seed, pixel_size_um) -> dict:
+    """``ShieldResult.parameters`` (JSON-safe)."""
+    return {"tumour_types": tumour_types, "t_types": t_types, "neutrophil_types": neutrophil_types,
+            "shield_ring_um": float(ring_um), "shield_min_coverage": float(min_coverage),
+            "nest_strip_um": float(strip_um), "contact_um": float(contact_um),
+            "antagonism_tile_um": float(tile_um),
+            "antagonism_radii_um": [float(r) for r in radii_um], "n_sim": int(n_sim),
+            "edge_um": float(edge_um),
+            "seed": int(seed), "pixel_size_um": float(pixel_size_um)}
 
 
 # ---------------------------------------------------------------------------
@@ -348,6 +348,32 @@ def _check_inputs(cells, cell_labels, masks, pixel_size_um, tumour_types, t_type
         raise InputError(f"cell_labels has shape {labels.shape} but the masks have {shape}; "
                          "they must come from the same image")
     return cells, labels, masks, shape
+
+
+def _tissue_or_default(tissue, cells, notes: list[str]):
+    """The tissue region for the antagonism grid: given, else derived from the cell positions."""
+    if tissue is not None:
+        return tissue
+    from tibspace import tissue as geo
+
+    notes.append("tissue region for antagonism tiles derived from the cell positions")
+    return geo.tissue_region_from_cells(cells["x_um"].to_numpy(float), cells["y_um"].to_numpy(float))
+
+
+def _antagonism_summary(tiles, tile_um, area_method, rho, p_rho, pcf) -> dict:
+    """``sample["antagonism"]``: tile Spearman and the neutrophil → T cross-pcf envelope."""
+    have = len(pcf) > 0
+    return {
+        "n_tiles": int(len(tiles)), "tile_um": float(tile_um), "area_fraction": area_method,
+        "spearman_rho": float(rho), "spearman_p": float(p_rho),
+        "cross_pcf_r_um": pcf["r_um"].tolist() if have else [],
+        "cross_pcf": pcf["value"].tolist() if have else [],
+        "cross_pcf_lo": pcf["lo"].tolist() if have else [],
+        "cross_pcf_hi": pcf["hi"].tolist() if have else [],
+        "cross_pcf_p_value": pcf["p_value"].tolist() if have else [],
+        "cross_pcf_p_global": float(pcf["p_global"].iat[0]) if have else float("nan"),
+        "interpretation": "negative rho / pcf below the envelope = neutrophils+NETs and T cells avoid each other",
+    }
 
 
 def _mask_union(net, col, shape, notes: list[str]):

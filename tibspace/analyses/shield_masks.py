@@ -7,6 +7,24 @@ smaller than ``min_object_um2`` µm² are removed. Gates are in raw intensity
 units of their channel. Pixels are (row, col) = (y, x) with centres at
 ``(i + 0.5) · pixel_size_um``; the image is processed in tiles with a halo so
 whole slides stay bounded in memory. Used by :mod:`tibspace.analyses.shield`.
+
+Gates: a number (raw intensity units of that channel), ``"otsu"``,
+``"gmm"``, ``"background"``, or a dict ``{channel: number | str}``. ``"otsu"`` = :func:`otsu_gate_log1p`
+(Otsu on log1p intensities with a robust floor above the background) of a
+strided subsample of ≤ ``max_gate_pixels`` pixels (whole slides stay
+bounded), restricted to tissue pixels: ``tissue_mask`` when given, else
+pixels whose summed channels are above an Otsu split (tissue
+autofluoresces, glass does not) — without this, Otsu on a sparse channel
+separates tissue from glass instead of positive from negative. A numeric ``gate`` applies to the
+mask's own ``channels``; ``require`` channels get ``"background"`` (the
+robust floor alone: signal above tissue background — MPO decorating NETs
+is much dimmer than MPO in intact neutrophils, which an Otsu gate would
+pick out instead) unless the dict names them.
+
+The image is processed in tiles of ``tile_size_px`` with a halo, so peak
+memory is set by the tile size plus the output masks. Small-object removal
+is exact across tile seams: an object cut by the halo edge is at least as
+long as the halo, which is chosen larger than ``min_object_um2`` in pixels.
 """
 
 from __future__ import annotations
@@ -182,23 +200,7 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
     - connected objects (8-connectivity) smaller than ``min_object_um2`` are
       removed.
 
-    Gates: a number (raw intensity units of that channel), ``"otsu"``,
-    ``"gmm"``, ``"background"``, or a dict ``{channel: number | str}``. ``"otsu"`` = :func:`otsu_gate_log1p`
-    (Otsu on log1p intensities with a robust floor above the background) of a
-    strided subsample of ≤ ``max_gate_pixels`` pixels (whole slides stay
-    bounded), restricted to tissue pixels: ``tissue_mask`` when given, else
-    pixels whose summed channels are above an Otsu split (tissue
-    autofluoresces, glass does not) — without this, Otsu on a sparse channel
-    separates tissue from glass instead of positive from negative. A numeric ``gate`` applies to the
-    mask's own ``channels``; ``require`` channels get ``"background"`` (the
-    robust floor alone: signal above tissue background — MPO decorating NETs
-    is much dimmer than MPO in intact neutrophils, which an Otsu gate would
-    pick out instead) unless the dict names them.
-
-    The image is processed in tiles of ``tile_size_px`` with a halo, so peak
-    memory is set by the tile size plus the output masks. Small-object removal
-    is exact across tile seams: an object cut by the halo edge is at least as
-    long as the halo, which is chosen larger than ``min_object_um2`` in pixels.
+    Gates and tiling: see the module docstring.
 
     Parameters
     ----------

@@ -94,6 +94,35 @@ def _ring_kernel():
     return kernel
 
 
+def _check_ring_inputs(cell_labels, net_mask, col1_mask) -> np.ndarray:
+    """The label image as ≥ 32-bit integers; InputError for a wrong shape or dtype."""
+    labels = np.asarray(cell_labels)
+    if labels.ndim != 2:
+        raise InputError(f"cell_labels has shape {labels.shape}; expected a (Y, X) label image")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"cell_labels has dtype {labels.dtype}; expected integer labels (== cell_id)")
+    for nm, m in (("net", net_mask), ("col1", col1_mask)):
+        if m is not None and np.shape(m) != labels.shape:
+            raise InputError(f"{nm} mask has shape {np.shape(m)}; expected the label image's shape "
+                             f"{labels.shape}")
+    if labels.dtype.itemsize < 4:
+        labels = labels.astype(np.int32)
+    return labels
+
+
+def _bounding_boxes(labels: np.ndarray, ids: np.ndarray):
+    """Per id: (y0, y1, x0, x1) bounding box arrays (empty box for an id absent from ``labels``)."""
+    objs = ndi.find_objects(labels)
+    n = ids.size
+    y0 = np.zeros(n, np.int64); y1 = np.zeros(n, np.int64)
+    x0 = np.zeros(n, np.int64); x1 = np.zeros(n, np.int64)
+    for j, cid in enumerate(ids.tolist()):   # bounding boxes only (C-level find_objects did the scan)
+        sl = objs[cid - 1] if 0 < cid <= len(objs) else None
+        if sl is not None:
+            y0[j], y1[j], x0[j], x1[j] = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+    return y0, y1, x0, x1
+
+
 def shield_ring_coverage(cell_labels: np.ndarray, cell_ids: Sequence[int], net_mask: np.ndarray | None,
                          col1_mask: np.ndarray | None, pixel_size_um: float, *,
                          ring_um: float = 3.0) -> pd.DataFrame:
@@ -140,27 +169,11 @@ def shield_ring_coverage(cell_labels: np.ndarray, cell_ids: Sequence[int], net_m
     >>> int(df.ring_px[0]), round(float(df.shield_coverage[0]), 2)
     (16, 0.5)
     """
-    labels = np.asarray(cell_labels)
-    if labels.ndim != 2:
-        raise InputError(f"cell_labels has shape {labels.shape}; expected a (Y, X) label image")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"cell_labels has dtype {labels.dtype}; expected integer labels (== cell_id)")
-    for nm, m in (("net", net_mask), ("col1", col1_mask)):
-        if m is not None and np.shape(m) != labels.shape:
-            raise InputError(f"{nm} mask has shape {np.shape(m)}; expected the label image's shape "
-                             f"{labels.shape}")
+    labels = _check_ring_inputs(cell_labels, net_mask, col1_mask)
     ids = np.asarray(cell_ids, dtype=np.int64)
     r_px = ring_um / pixel_size_um
-    if labels.dtype.itemsize < 4:
-        labels = labels.astype(np.int32)
-    objs = ndi.find_objects(labels)
     n = ids.size
-    y0 = np.zeros(n, np.int64); y1 = np.zeros(n, np.int64)
-    x0 = np.zeros(n, np.int64); x1 = np.zeros(n, np.int64)
-    for j, cid in enumerate(ids.tolist()):   # bounding boxes only (C-level find_objects did the scan)
-        sl = objs[cid - 1] if 0 < cid <= len(objs) else None
-        if sl is not None:
-            y0[j], y1[j], x0[j], x1[j] = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+    y0, y1, x0, x1 = _bounding_boxes(labels, ids)
     dy, dx = _disk_offsets(r_px)
     k = int(math.floor(r_px + 1e-9))
     m1 = np.zeros(labels.shape, bool) if net_mask is None else np.asarray(net_mask, bool)
@@ -231,11 +244,8 @@ def nest_shield_fraction(region, mask: np.ndarray, pixel_size_um: float, *, stri
     >>> round(float(df.boundary_shield_fraction[0]), 1)
     0.5
     """
-    import shapely
-
     nests = list(getattr(region, "nests", region))
     m = np.asarray(mask, bool)
-    ny, nx = m.shape
     depths = np.arange(0.5, strip_um, 1.0)
     if depths.size == 0:
         depths = np.array([strip_um / 2])
@@ -243,39 +253,56 @@ def nest_shield_fraction(region, mask: np.ndarray, pixel_size_um: float, *, stri
     for k, poly in enumerate(nests, start=1):
         tot = samp = sh = 0.0
         for ring in [poly.exterior, *poly.interiors]:
-            line = shapely.LineString(ring.coords)
-            L = line.length
-            tot += L
-            n = max(4, int(math.ceil(L / spacing_um)))
-            s = (np.arange(n) + 0.5) * (L / n)
-            p = shapely.get_coordinates(shapely.line_interpolate_point(line, s))
-            q = shapely.get_coordinates(shapely.line_interpolate_point(line, np.minimum(s + 0.25, L)))
-            r = shapely.get_coordinates(shapely.line_interpolate_point(line, np.maximum(s - 0.25, 0)))
-            t = q - r
-            t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
-            nrm = np.c_[t[:, 1], -t[:, 0]]
-            probe = p + 0.2 * nrm
-            flip = shapely.contains_xy(poly, probe[:, 0], probe[:, 1])
-            nrm[flip] *= -1                            # outward = away from the nest
-            if tumour_mask is not None:
-                p = p - nrm * _snap_depth(p, nrm, tumour_mask, pixel_size_um, snap_um)[:, None]
-            px_ = p[:, None, 0] + nrm[:, None, 0] * depths[None, :]
-            py_ = p[:, None, 1] + nrm[:, None, 1] * depths[None, :]
-            col = np.rint(px_ / pixel_size_um).astype(np.int64)
-            row = np.rint(py_ / pixel_size_um).astype(np.int64)
-            ok = (row >= 0) & (row < ny) & (col >= 0) & (col < nx)
-            hit = np.zeros(ok.shape, bool)
-            hit[ok] = m[row[ok], col[ok]]
-            n_ok = ok.sum(axis=1)
-            has = n_ok > 0
-            frac = np.where(has, hit.sum(axis=1) / np.maximum(n_ok, 1), 0.0)
-            step = L / n
-            samp += step * has.sum()
-            sh += step * np.sum(has & (frac >= min_coverage))
+            L, s_len, sh_len = _ring_strip(poly, ring, m, pixel_size_um, depths, min_coverage, spacing_um,
+                                           tumour_mask, snap_um)
+            tot, samp, sh = tot + L, samp + s_len, sh + sh_len
         rows.append({"nest_id": k, "perimeter_um": tot, "sampled_length_um": samp, "shielded_length_um": sh,
                      "boundary_shield_fraction": sh / samp if samp > 0 else float("nan")})
     return pd.DataFrame(rows, columns=["nest_id", "perimeter_um", "sampled_length_um", "shielded_length_um",
                                        "boundary_shield_fraction"])
+
+
+def _ring_strip(poly, ring, m: np.ndarray, pixel_size_um: float, depths: np.ndarray, min_coverage: float,
+                spacing_um: float, tumour_mask, snap_um: float) -> tuple[float, float, float]:
+    """(length, sampled length, shielded length) in µm of one boundary ring of ``poly``."""
+    import shapely
+
+    ny, nx = m.shape
+    line = shapely.LineString(ring.coords)
+    L = line.length
+    n = max(4, int(math.ceil(L / spacing_um)))
+    s = (np.arange(n) + 0.5) * (L / n)
+    p, nrm = _outward_normals(poly, line, s, L)
+    if tumour_mask is not None:
+        p = p - nrm * _snap_depth(p, nrm, tumour_mask, pixel_size_um, snap_um)[:, None]
+    px_ = p[:, None, 0] + nrm[:, None, 0] * depths[None, :]
+    py_ = p[:, None, 1] + nrm[:, None, 1] * depths[None, :]
+    col = np.rint(px_ / pixel_size_um).astype(np.int64)
+    row = np.rint(py_ / pixel_size_um).astype(np.int64)
+    ok = (row >= 0) & (row < ny) & (col >= 0) & (col < nx)
+    hit = np.zeros(ok.shape, bool)
+    hit[ok] = m[row[ok], col[ok]]
+    n_ok = ok.sum(axis=1)
+    has = n_ok > 0
+    frac = np.where(has, hit.sum(axis=1) / np.maximum(n_ok, 1), 0.0)
+    step = L / n
+    return L, step * has.sum(), step * np.sum(has & (frac >= min_coverage))
+
+
+def _outward_normals(poly, line, s: np.ndarray, L: float) -> tuple[np.ndarray, np.ndarray]:
+    """Points at arc lengths ``s`` of ``line`` and their unit normals pointing away from ``poly``."""
+    import shapely
+
+    p = shapely.get_coordinates(shapely.line_interpolate_point(line, s))
+    q = shapely.get_coordinates(shapely.line_interpolate_point(line, np.minimum(s + 0.25, L)))
+    r = shapely.get_coordinates(shapely.line_interpolate_point(line, np.maximum(s - 0.25, 0)))
+    t = q - r
+    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    nrm = np.c_[t[:, 1], -t[:, 0]]
+    probe = p + 0.2 * nrm
+    flip = shapely.contains_xy(poly, probe[:, 0], probe[:, 1])
+    nrm[flip] *= -1                            # outward = away from the nest
+    return p, nrm
 
 
 def _snap_depth(p: np.ndarray, nrm: np.ndarray, tumour_mask: np.ndarray, pixel_size_um: float,
