@@ -4,8 +4,7 @@ FIHC4: nucleus and whole-cell F1 at IoU >= 0.5 vs the inForm labels (cell =
 inForm nucleus or cytoplasm label); CSM: centroid F1 within 4 px vs the CSM
 tool's cells (0.5 µm/px assumed); DCIS MIBI (0.49 µm/px assumed, HH3 + Nuc)
 and mihc: counts. One JSON line per image. ``NAIVE=1`` also runs the naive
-pipeline (8 µm); ``V=name`` applies a variant from a ``variants`` module on the
-path (experiments). Usage::
+pipeline (8 µm); Usage::
 
     NAIVE=1 TIBSPACE_REAL_DATA=/path/to/real python benchmarks/eval_segmentation_real.py [FIHC4 CSMB09 ...]
 """
@@ -20,11 +19,7 @@ warnings.simplefilter("ignore")
 from bench_segmentation import naive_segment
 from tibspace.segment import match_labels, match_points, segment_image
 from tibspace.io import open_image
-R = os.environ.get("TIBSPACE_REAL_DATA", str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "real")) + "/"
-import os, importlib
-V = os.environ.get("V")
-if V:
-    importlib.import_module("variants").apply(V)
+R = os.environ.get("TIBSPACE_REAL_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "real")) + "/"
 NAIVE = os.environ.get("NAIVE") == "1"
 only = sys.argv[1:]
 def f1(m): return 2 * m[0] / (2 * m[0] + m[1] + m[2]) if m[0] else 0.0
