@@ -161,3 +161,26 @@ def test_write_table_keeps_column_order_and_text_columns(tmp_path):
     csv = pacsv.read_csv(tmp_path / "t.csv").to_pandas()
     assert list(csv.columns) == list(df.columns) and csv["phenotype"].tolist() == ["CD8_T", "tumour"]
     assert np.isnan(csv["a"][1]) and csv["z"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("block", [1, 7, 1000])
+def test_cell_detections_written_in_blocks_are_one_document(tmp_path, monkeypatch, block):
+    """Cells are written one block of rows at a time (bounded memory); the file does not depend on it."""
+    import tibspace.outputs.geojson as gj
+
+    rng = np.random.default_rng(3)
+    n = 23
+    cells = pd.DataFrame({"x_um": rng.uniform(0, 100, n), "y_um": rng.uniform(0, 100, n),
+                          "phenotype": rng.choice(["tumour", "CD8_T", "other"], n),
+                          "area_um2": rng.uniform(20, 80, n), "signed_dist_um": rng.normal(0, 30, n)})
+    cells.loc[[2, 11], "signed_dist_um"] = np.nan
+    gj.write_cell_detections(cells, tmp_path / "whole.geojson", pixel_size_um=0.5)
+    monkeypatch.setattr(gj, "_CELL_BLOCK", block)
+    gj.write_cell_detections(cells, tmp_path / "blocks.geojson", pixel_size_um=0.5)
+    text = (tmp_path / "blocks.geojson").read_bytes()
+    assert text == (tmp_path / "whole.geojson").read_bytes()
+    feats = json.loads(text)["features"]
+    assert [f["id"] for f in feats] == [f"cell-{i}" for i in range(1, n + 1)]
+    assert [f["geometry"]["coordinates"][0] for f in feats] == list(np.round(cells["x_um"] / 0.5 + 0.5, 3))
+    assert "signed_dist_um" not in feats[2]["properties"]["measurements"]
+    assert feats[3]["properties"]["measurements"]["area_um2"] == round(cells["area_um2"][3], 3)

@@ -145,37 +145,49 @@ def write_cell_detections(cells, path: str | os.PathLike, *, pixel_size_um: floa
     from tibspace.outputs.colours import phenotype_colour
 
     n = len(cells)
-    xy = cells[["x_um", "y_um"]].to_numpy(dtype=float)
-    if pixel_size_um:
-        xy = xy / float(pixel_size_um) + 0.5
-    x, y = (_decimal_text(xy[:, k]) for k in (0, 1))
     ph = cells["phenotype"].astype(str).to_numpy() if "phenotype" in cells else np.full(n, "cell")
     inverse, names = pd.factorize(ph, sort=True)  # hashing, not a sort of a million strings
     # an unclassified cell (an empty QuPath class read back) carries no classification, as in QuPath
-    cls = pa.array(["" if nm == UNCLASSIFIED else
-                    '"classification":' + json.dumps({"name": nm, "color": list(phenotype_colour(nm))}) + ","
-                    for nm in names], pa.string()).take(pa.array(inverse.astype(np.int64)))
-    ids = pc.cast(pa.array(cells["cell_id"].to_numpy() if "cell_id" in cells else np.arange(1, n + 1)),
-                  pa.string())
-    pieces = [pc.binary_join_element_wise(f'"{c}":', _decimal_text(cells[c].to_numpy(dtype=float)), "")
-              for c in measurements if c in cells and np.issubdtype(cells[c].dtype, np.number)]
-    empty = pa.array(np.full(n, "", dtype=object), pa.string())
-    meas = (pc.binary_join_element_wise(*pieces, ",", null_handling="skip") if len(pieces) > 1
-            else pc.fill_null(pieces[0], "") if pieces else empty)
-    feats = pc.binary_join_element_wise(
-        '{"type":"Feature","id":"cell-', ids, '","geometry":{"type":"Point","coordinates":[', x, ",", y,
-        ']},"properties":{"objectType":"detection",', cls, '"measurements":{', meas, "}}}", "")
+    classes = pa.array(["" if nm == UNCLASSIFIED else
+                        '"classification":' + json.dumps({"name": nm, "color": list(phenotype_colour(nm))}) + ","
+                        for nm in names], pa.string())
+    measurements = [c for c in measurements if c in cells and np.issubdtype(cells[c].dtype, np.number)]
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write('{"type":"FeatureCollection","features":[')
-            for k, chunk in enumerate(feats.chunks if isinstance(feats, pa.ChunkedArray) else [feats]):
-                for start in range(0, len(chunk), 262_144):  # bounded text per write
-                    part = chunk.slice(start, 262_144)
-                    joined = pc.binary_join(pa.ListArray.from_arrays([0, len(part)], part), ",")[0].as_py()
-                    fh.write(("," if (k or start) else "") + joined)
+            for start in range(0, n, _CELL_BLOCK):  # text of one block at a time: memory bounded by the block
+                rows = slice(start, min(start + _CELL_BLOCK, n))
+                feats = _detection_text(cells.iloc[rows], classes.take(pa.array(inverse[rows].astype(np.int64))),
+                                        measurements, pixel_size_um, start)
+                joined = pc.binary_join(pa.ListArray.from_arrays([0, len(feats)], feats), ",")[0].as_py()
+                fh.write(("," if start else "") + joined)
             fh.write("]}")
     return path
+
+
+_CELL_BLOCK = 262_144  # cells per block of GeoJSON text (~50 MB of text)
+
+
+def _detection_text(block: pd.DataFrame, cls, measurements: Sequence[str], pixel_size_um, offset: int):
+    """One Arrow string per cell of ``block``: its detection Feature (see :func:`write_cell_detections`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(block)
+    xy = block[["x_um", "y_um"]].to_numpy(dtype=float)
+    if pixel_size_um:
+        xy = xy / float(pixel_size_um) + 0.5
+    x, y = (_decimal_text(xy[:, k]) for k in (0, 1))
+    ids = pc.cast(pa.array(block["cell_id"].to_numpy() if "cell_id" in block
+                           else np.arange(offset + 1, offset + n + 1)), pa.string())
+    pieces = [pc.binary_join_element_wise(f'"{c}":', _decimal_text(block[c].to_numpy(dtype=float)), "")
+              for c in measurements]
+    meas = (pc.binary_join_element_wise(*pieces, ",", null_handling="skip") if len(pieces) > 1
+            else pc.fill_null(pieces[0], "") if pieces else pa.array(np.full(n, "", dtype=object), pa.string()))
+    return pc.binary_join_element_wise(
+        '{"type":"Feature","id":"cell-', ids, '","geometry":{"type":"Point","coordinates":[', x, ",", y,
+        ']},"properties":{"objectType":"detection",', cls, '"measurements":{', meas, "}}}", "")
 
 
 def _decimal_text(values: np.ndarray):
