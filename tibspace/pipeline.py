@@ -180,9 +180,7 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
     timer = _Timer(timings)
     with timer("open_image"):
         img, channel_index = _open_for_run(image_path, pixel_size_um, panel, max_pixels)
-    names = img.channel_names
-    nuclear = [names[channel_index[c]] for c in panel.nuclear]
-    membrane = [names[channel_index[c]] for c in panel.membrane]
+    nuclear, membrane = _roles(img, panel, channel_index)
     tile = int(tile_size_px or params.get("tile_size_px", 2048))
     # Temporary tile crops and zarr label images live beside out_dir and go with the run.
     from tibspace.io import work_folder
@@ -192,8 +190,6 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
             seg = _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_format,
                            tile=tile, scheduler=scheduler, n_workers=n_workers, progress=progress,
                            work_dir=work, segmentation=panel.segmentation)
-        if len(seg.cells) == 0:
-            raise InputError(f"{image_path}: segmentation found no cells in channel(s) {', '.join(nuclear)}")
         result = analyze_cells(
             seg.cells, panel, pixel_size_um=img.pixel_size_um, labels=seg.labels, image=img,
             channel_index=channel_index, seed=seed, progress=progress, timings=timings)
@@ -219,12 +215,15 @@ def _open_for_run(image_path: Path, pixel_size_um, panel, max_pixels=MAX_PIXELS)
 
 def _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_format, *, tile,
              scheduler, n_workers, progress, work_dir, segmentation=None):
-    """Cells of the image: the given label masks when there are any, else :func:`segment_image`."""
+    """Cells of the image: the given label masks when there are any, else :func:`segment_image`.
+
+    Refuses (:class:`InputError`) a segmentation that found no cells.
+    """
     from tibspace.segment import segment_image
 
     seg = (_given_labels(img, image_path, labels, nuclei, labels_format, params)
            if labels is not None or nuclei is not None else None)
-    return seg or segment_image(
+    seg = seg or segment_image(
         img, nuclear, membrane,
         expansion_um=float(params["cell_expansion_um"]),
         nucleus_diameter_um=(None if params["nucleus_diameter_um"] == "auto"
@@ -232,6 +231,16 @@ def _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_
         tile_size_px=tile, scheduler=scheduler, n_workers=n_workers, progress=progress,
         work_dir=work_dir, method=(segmentation or {}).get("method", "classical"),
         backend_options={k: v for k, v in (segmentation or {}).items() if k != "method"})
+    if len(seg.cells) == 0:
+        raise InputError(f"{image_path}: segmentation found no cells in channel(s) {', '.join(nuclear)}")
+    return seg
+
+
+def _roles(img, panel, channel_index) -> tuple[list[str], list[str]]:
+    """The image's names of the panel's nuclear and membrane channels."""
+    names = img.channel_names
+    return ([names[channel_index[c]] for c in panel.nuclear],
+            [names[channel_index[c]] for c in panel.membrane])
 
 
 def _record_image_run(result, img, image_path: Path, seg, sample_id) -> None:
