@@ -16,6 +16,8 @@ from tibspace.cohort import (compare_groups, naive_nest_level_p, patient_table, 
 from tibspace.errors import InputError
 from tibspace.synthetic.cohort import CohortDesign, make_cohort
 
+from _interrupt import interrupted_cohort
+
 ROOT = Path(__file__).resolve().parents[1]
 PANEL = ROOT / "sample_data" / "hcc_sample_panel.toml"
 NULL_METRIC = "exclusion.stromal_t_density_per_mm2"   # same distribution in both groups
@@ -71,17 +73,7 @@ def test_rerun_skips_finished_samples_and_force_reruns(cohort, tmp_path):
 
 
 def test_interrupted_cohort_resumes_where_it_stopped(tmp_path):
-    make_cohort(tmp_path / "in", CohortDesign(patients_per_group=3, samples_per_patient=(1,)), seed=3)
-    samples = read_manifest(tmp_path / "in" / "manifest.csv")
-    seen = []
-
-    def interrupt_after_two(line):
-        seen.append(line)
-        if sum(": done" in x for x in seen) == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_cohort(samples, PANEL, tmp_path / "out", scheduler="synchronous", progress=interrupt_after_two)
+    samples = interrupted_cohort(tmp_path, PANEL, seed=3, scheduler="synchronous")
     status = run_cohort(samples, PANEL, tmp_path / "out", scheduler="synchronous", progress=lambda line: None)
     assert (status["status"] == "cached").sum() == 2 and (status["status"] == "done").sum() == 4
 

@@ -14,6 +14,8 @@ from tibspace.cohort import read_manifest, run_cohort
 from tibspace.cohort.workers import cohort_client, machine_cores, worker_env
 from tibspace.synthetic.cohort import CohortDesign, make_cohort, make_sample_table
 
+from _interrupt import interrupted_cohort
+
 ROOT = Path(__file__).resolve().parents[1]
 PANEL = ROOT / "sample_data" / "hcc_sample_panel.toml"
 QUIET = {"progress": lambda line: None}
@@ -95,17 +97,7 @@ def test_dask_worker_that_cannot_see_a_slide_and_a_corrupt_slide_are_recorded(tm
 
 @pytest.mark.slow
 def test_dask_cohort_interrupted_then_rerun_runs_only_the_unfinished(tmp_path):
-    make_cohort(tmp_path / "in", CohortDesign(patients_per_group=3, samples_per_patient=(1,)), seed=8)
-    samples = read_manifest(tmp_path / "in" / "manifest.csv")
-    lines = []
-
-    def ctrl_c_after_two(line):
-        lines.append(line)
-        if sum(": done" in x for x in lines) == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_cohort(samples, PANEL, tmp_path / "out", n_workers=2, progress=ctrl_c_after_two)
+    samples = interrupted_cohort(tmp_path, PANEL, seed=8, n_workers=2)
     finished = {s.folder for s in samples if (tmp_path / "out" / s.folder / "tibspace_run_key.json").exists()}
     assert len(finished) >= 2
     # nothing half-written: a folder is either a whole result or absent (hidden staging aside)

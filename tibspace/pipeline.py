@@ -138,62 +138,58 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
     panel : path or Panel
         Marker panel (TOML): channel roles, gates, phenotype rules, parameters.
     out_dir : path, optional
-        When given, every output file is written there (atomically, via a
-        staging folder: a failed run leaves no partial output).
+        Where every output file is written (atomically: a failed run leaves no partial output).
     pixel_size_um : float, optional
-        µm per pixel; overrides the file's metadata. Needed when the file has
-        none and the panel's ``[image] pixel_size_um`` is not set.
+        µm per pixel, over the file's metadata (needed without it and without the panel's).
     seed : int, optional
         Seed of every random step (default: the panel's ``seed`` parameter).
-    scheduler : str, optional
-        Address of a Dask scheduler, or ``"threads"`` (default: a local
-        in-process cluster with one thread per worker) / ``"processes"``.
+    scheduler, tile_size_px, n_workers : str; int, optional; int
+        Where the tiles run (:func:`tibspace.segment.scheduler.start_scheduler`), tile side
+        (default: the panel's ``tile_size_px``, 2048) and workers of a local cluster.
     progress : callable, optional
         ``progress(step, done, total)``; may raise ``Cancelled``.
     sample_id : str, optional
         Name of the sample in the outputs (default: the file name without suffix).
     extra_files : dict, optional
         ``{file name: text}`` written into the same result set (the cohort's run key).
-    spatialdata : bool
-        Also write ``<sample_id>.zarr`` (SpatialData) into ``out_dir``.
-    pdf : bool
-        Also print ``report.pdf`` with a headless Chromium (a one-line note without one).
+    spatialdata, pdf : bool
+        Also write ``<sample_id>.zarr`` (SpatialData) into ``out_dir``; also print
+        ``report.pdf`` with a headless Chromium (a one-line note without one).
     labels, nuclei : path, optional
         Bring your own masks: cell / nucleus label files (or an MCMICRO / steinbock run
         folder) used instead of segmentation (:func:`tibspace.io.read_label_mask`).
     labels_format : str
         Layout of the label files (default: detected from name and content).
     max_pixels : int, optional
-        Refuse an image (or label mask) whose planes declare more pixels (Y·X)
-        than this before reading it (:mod:`tibspace.io.limits`; default 2·10¹⁰,
-        a whole glass slide at 0.3 µm/px); ``None``: no declared-size limit.
+        Refuse an image (or label mask) whose planes declare more pixels (Y·X) than this
+        (:mod:`tibspace.io.limits`; default 2·10¹⁰, a slide at 0.3 µm/px); ``None``: no limit.
 
     Returns
     -------
     PipelineResult
+
+    Examples
+    --------
+    >>> import tempfile; from tibspace.synthetic import make_tissue
+    >>> d = tempfile.mkdtemp(); _ = make_tissue((512, 512), n_nests=1, nest_radius_um=(50, 60)).write(d)
+    >>> r = run_image(f"{d}/image.ome.tif", f"{d}/panel.toml")
+    >>> len(r.cells) > 100, sorted(r.analyses)
+    (True, ['barrier', 'exclusion', 'shield'])
     """
     panel = _as_panel(panel)
     params = panel.parameters
     seed = int(params.get("seed", 0) if seed is None else seed)
-    image_path = Path(image_path)
-    timings: dict[str, float] = {}
+    image_path, timings = Path(image_path), {}
     timer = _Timer(timings)
     with timer("open_image"):
         img, channel_index = _open_for_run(image_path, pixel_size_um, panel, max_pixels)
-    names = img.channel_names
-    nuclear = [names[channel_index[c]] for c in panel.nuclear]
-    membrane = [names[channel_index[c]] for c in panel.membrane]
+    nuclear, membrane = _roles(img, panel, channel_index)
     tile = int(tile_size_px or params.get("tile_size_px", 2048))
-    # Temporary tile crops and zarr label images live beside out_dir and go with the run.
-    from tibspace.io import work_folder
-
-    with (work_folder(out_dir) if out_dir is not None else contextlib.nullcontext(None)) as work:
+    with _work_folder(out_dir) as work:
         with timer("segmentation"):
             seg = _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_format,
                            tile=tile, scheduler=scheduler, n_workers=n_workers, progress=progress,
                            work_dir=work, segmentation=panel.segmentation)
-        if len(seg.cells) == 0:
-            raise InputError(f"{image_path}: segmentation found no cells in channel(s) {', '.join(nuclear)}")
         result = analyze_cells(
             seg.cells, panel, pixel_size_um=img.pixel_size_um, labels=seg.labels, image=img,
             channel_index=channel_index, seed=seed, progress=progress, timings=timings)
@@ -205,6 +201,13 @@ def run_image(image_path, panel, *, out_dir=None, pixel_size_um: float | None = 
                           pdf=pdf)
             _labels_from_outputs(result, out_dir)
     return result
+
+
+def _work_folder(out_dir):
+    """Folder of the temporary tile crops and zarr label images: beside ``out_dir``, gone with the run."""
+    from tibspace.io import work_folder
+
+    return work_folder(out_dir) if out_dir is not None else contextlib.nullcontext(None)
 
 
 def _open_for_run(image_path: Path, pixel_size_um, panel, max_pixels=MAX_PIXELS):
@@ -219,12 +222,15 @@ def _open_for_run(image_path: Path, pixel_size_um, panel, max_pixels=MAX_PIXELS)
 
 def _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_format, *, tile,
              scheduler, n_workers, progress, work_dir, segmentation=None):
-    """Cells of the image: the given label masks when there are any, else :func:`segment_image`."""
+    """Cells of the image: the given label masks when there are any, else :func:`segment_image`.
+
+    Refuses (:class:`InputError`) a segmentation that found no cells.
+    """
     from tibspace.segment import segment_image
 
     seg = (_given_labels(img, image_path, labels, nuclei, labels_format, params)
            if labels is not None or nuclei is not None else None)
-    return seg or segment_image(
+    seg = seg or segment_image(
         img, nuclear, membrane,
         expansion_um=float(params["cell_expansion_um"]),
         nucleus_diameter_um=(None if params["nucleus_diameter_um"] == "auto"
@@ -232,6 +238,16 @@ def _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_
         tile_size_px=tile, scheduler=scheduler, n_workers=n_workers, progress=progress,
         work_dir=work_dir, method=(segmentation or {}).get("method", "classical"),
         backend_options={k: v for k, v in (segmentation or {}).items() if k != "method"})
+    if len(seg.cells) == 0:
+        raise InputError(f"{image_path}: segmentation found no cells in channel(s) {', '.join(nuclear)}")
+    return seg
+
+
+def _roles(img, panel, channel_index) -> tuple[list[str], list[str]]:
+    """The image's names of the panel's nuclear and membrane channels."""
+    names = img.channel_names
+    return ([names[channel_index[c]] for c in panel.nuclear],
+            [names[channel_index[c]] for c in panel.membrane])
 
 
 def _record_image_run(result, img, image_path: Path, seg, sample_id) -> None:
@@ -341,10 +357,31 @@ def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
         inForm/phenoptr, HALO or MCMICRO; the panel's ``[table]`` section maps
         its columns (x, y, phenotype or marker columns, units / pixel size).
     panel : path or Panel
+        Marker panel (TOML): phenotype rules or gates, ``[table]`` mapping, parameters.
     out_dir : path, optional
         Where to write outputs (atomically).
     seed : int, optional
         Seed of every random step (default: the panel's ``seed``).
+    progress : callable, optional
+        ``progress(step, done, total)``; may raise ``Cancelled``.
+    sample_id : str, optional
+        Name of the sample in the outputs (default: the file name without suffix).
+    extra_files, spatialdata, pdf
+        As in :func:`run_image`: ``{file name: text}`` written into the same result
+        set; also write ``<sample_id>.zarr``; also print ``report.pdf``.
+
+    Returns
+    -------
+    PipelineResult
+
+    Examples
+    --------
+    >>> from tibspace.cells import Panel
+    >>> from tibspace.synthetic import make_clustered_cells
+    >>> panel = Panel.from_dict({"parameters": {"n_envelope_sim": 0}})
+    >>> r = analyze_table(make_clustered_cells(2000, seed=0), panel)
+    >>> len(r.cells), sorted(r.analyses), r.region.n_nests > 0
+    (2000, ['barrier', 'exclusion'], True)
     """
     from tibspace.io import check_table_classes, read_cell_table, standardise_cell_table
 
@@ -478,6 +515,32 @@ def write_outputs(result: PipelineResult, out_dir, *, progress: ProgressFn | Non
     nests, zones and the cell table; :mod:`tibspace.outputs.spatialdata`); ``pdf=True``
     adds ``report.pdf`` printed by a headless Chromium (:mod:`tibspace.outputs.report_pdf`;
     without a browser a one-line note on stderr instead).
+
+    Parameters
+    ----------
+    result : PipelineResult
+        What :func:`run_image` or :func:`analyze_table` returned.
+    out_dir : path
+        The result folder (created if needed).
+    progress : callable, optional
+        ``progress(step, done, total)``.
+    extra_files : dict, optional
+        ``{file name: text}`` written into the same result set.
+    spatialdata, pdf : bool
+        Also write ``<sample_id>.zarr``; also print ``report.pdf``.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+
+    Examples
+    --------
+    >>> import tempfile; from tibspace.cells import Panel; from tibspace.synthetic import make_clustered_cells
+    >>> r = analyze_table(make_clustered_cells(2000, seed=0), Panel.from_dict({"parameters": {"n_envelope_sim": 0}}))
+    >>> names = {p.name for p in write_outputs(r, tempfile.mkdtemp())}
+    >>> {"cells.parquet", "metrics.json", "nests.geojson", "report.html"} <= names
+    True
     """
     from tibspace.io import MANIFEST, check_free_space, result_set, safe_name, safe_path
     from tibspace.outputs import write_report_files

@@ -277,6 +277,20 @@ def gate_cells(cells: pd.DataFrame, panel, channel_of: Mapping[str, str] | None 
         Marker → channel column name (from ``Panel.resolve_channels``).
     seed : int
         Seed for mixture-model gates.
+
+    Returns
+    -------
+    GatingResult
+        Phenotype per cell, positivity per marker, the gates and warnings.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from tibspace.cells import Panel
+    >>> panel = Panel.from_dict({"markers": {"CD8": {"gate": 30}}, "phenotypes": {"CD8_T": "CD8+"}})
+    >>> g = gate_cells(pd.DataFrame({"CD8": [5.0, 50.0, 80.0]}), panel)
+    >>> g.phenotype.tolist(), g.gates["CD8"].value
+    (['other', 'CD8_T', 'CD8_T'], 30.0)
     """
     if len(cells) == 0:
         raise InputError("cannot phenotype an empty cell table (0 cells were found)")

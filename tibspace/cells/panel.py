@@ -257,6 +257,16 @@ class Panel:
 def load_panel(path: str | Path) -> Panel:
     """Read and validate a panel TOML file.
 
+    Parameters
+    ----------
+    path : str or Path
+        The panel (sections ``[markers]``, ``[phenotypes]``, ``[roles]``,
+        ``[parameters]``, ...; :class:`Panel` defines each).
+
+    Returns
+    -------
+    Panel
+
     Raises
     ------
     PanelError

@@ -76,7 +76,33 @@ def _key(column) -> str:
 
 
 def read_cell_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a cell table (Parquet, CSV, TSV or inForm/QuPath ``.txt``) by its extension."""
+    """Read a cell table (Parquet, CSV, TSV or inForm/QuPath ``.txt``) by its extension.
+
+    Parameters
+    ----------
+    path : str or Path
+        The table; ``.parquet``, ``.csv`` (comma), ``.tsv`` / ``.txt`` (tab; the
+        separator is sniffed when that gives one column). Text is UTF-8 (with or
+        without a byte-order mark), else Latin-1.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns as stored (no renaming: :func:`standardise_cell_table` maps them).
+
+    Raises
+    ------
+    InputError
+        Missing file, unknown extension, unreadable content (one line naming the file).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "cells.csv"
+    >>> _ = f.write_text("Cell X Position,Cell Y Position,Phenotype\\n10,20,CD8\\n")
+    >>> read_cell_table(f).columns.tolist()
+    ['Cell X Position', 'Cell Y Position', 'Phenotype']
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: cell table not found")

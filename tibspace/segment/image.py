@@ -7,6 +7,9 @@ signal), so that every tile uses the same ones; segment and measure the tiles
 (Dask tasks, each reading only its window); assemble global ids ``1..N`` and
 the label images (numpy up to 64 Mpx, zarr on disk above) as the tiles finish
 (each tile's label crops go to a temp folder first, in every scheduler).
+Temporary files live in ``work_dir`` (default: the system temp folder): the
+crops are removed as they are pasted; the zarr stores live as long as the
+returned arrays.
 """
 
 from __future__ import annotations
@@ -96,83 +99,54 @@ class _Inputs:
 
 def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = (), *,
                   expansion_um: float = 3.0, nucleus_diameter_um: Optional[float] = None,
-                  tile_size_px: int = 2048, overlap_px: Optional[int] = None,
-                  scheduler: Any = None, n_workers: int = 2,
-                  measure_channels: Optional[Sequence[str]] = None,
-                  labels_path: Optional[str | os.PathLike] = None,
-                  progress: Any = None, pixel_size_um: Optional[float] = None,
-                  threshold: Optional[float] = None, min_area_um2: Optional[float] = None,
-                  method: str = "classical", backend_options: Optional[dict] = None,
+                  tile_size_px: int = 2048, overlap_px: Optional[int] = None, scheduler: Any = None,
+                  n_workers: int = 2, measure_channels: Optional[Sequence[str]] = None,
+                  labels_path: Optional[str | os.PathLike] = None, progress: Any = None,
+                  pixel_size_um: Optional[float] = None, threshold: Optional[float] = None,
+                  min_area_um2: Optional[float] = None, method: str = "classical",
+                  backend_options: Optional[dict] = None,
                   work_dir: Optional[str | os.PathLike] = None) -> SegmentationResult:
     """Segment nuclei and cells of a whole image in overlapping tiles, and measure them.
 
+    Unknown channel names, an empty nuclear channel or no nuclei found raise
+    :class:`tibspace.errors.InputError`.
+
     Parameters
     ----------
-    image : str, Path or MultiplexImage
-        The image file (OME-TIFF, TIFF, folder; see :func:`tibspace.io.open_image`).
-        Tasks re-open the file and read only their window.
-    nuclear_channels : str or list of str
-        Nuclear channel(s); several are summed after dividing each by its
-        99.5th percentile.
-    membrane_channels : str or list of str
-        Optional membrane channel(s) guiding the cell expansion.
+    image, pixel_size_um : str, Path or MultiplexImage; float, optional
+        The image (:func:`tibspace.io.open_image`; each task reads only its window);
+        µm per pixel when the file records none (or to override it).
+    nuclear_channels, membrane_channels : str or list of str
+        Nuclear channel(s), summed after dividing each by its 99.5th percentile;
+        optional membrane channel(s) guiding the cell expansion.
     expansion_um : float
-        Maximum growth of a cell beyond its nucleus.
+        Maximum growth of a cell beyond its nucleus (µm).
     nucleus_diameter_um : float, optional
-        Typical nucleus diameter (sets all segmentation scales). Default:
-        estimated from the nuclear signal of up to sixteen 512² windows
-        (:func:`tibspace.segment.estimate_nucleus_diameter`); the estimate is
-        in ``parameters``.
-    tile_size_px : int
-        Side of a tile core.
-    overlap_px : int, optional
-        Margin added on each side of a core; default (and minimum) twice the
+        Typical nucleus diameter (sets all scales); default: estimated from up to
+        sixteen 512² windows (:func:`tibspace.segment.estimate_nucleus_diameter`).
+    tile_size_px, overlap_px : int
+        Side of a tile core; margin on each side, default (and minimum) twice the
         largest cell diameter, ``2 × (1.5 × nucleus diameter + 2 × expansion)``.
-    scheduler : None, "threads", "processes", "synchronous", str or distributed.Client
-        ``None`` or ``"threads"``: in-process for one tile, else a new
-        in-process ``LocalCluster`` with ``n_workers`` threads (the tile work
-        releases the GIL). ``"processes"``: a ``LocalCluster`` of
-        ``n_workers`` processes with one thread each. ``"synchronous"``: all
-        tiles in this process, one after another. A scheduler address or a
-        Client: use that cluster (workers must see the file and the temp dir).
-    n_workers : int
-        Threads (or processes) of the local cluster.
+    scheduler, n_workers : None, "threads", "processes", "synchronous", str or Client; int
+        Where the tiles run, on how many workers (:func:`.scheduler.start_scheduler`).
     measure_channels : list of str, optional
         Channels measured per cell (default: all channels of the image).
-    labels_path : str or Path, optional
-        Also write the cell labels as a uint32 OME-TIFF there (atomically).
+    labels_path, work_dir : str or Path, optional
+        Also write the cell labels as a uint32 OME-TIFF at ``labels_path`` (atomically);
+        folder of the temporary tile crops and (above 64 Mpx) zarr label images.
     progress : callable, optional
         ``progress(step, done, total)``, called per tile.
-    pixel_size_um : float, optional
-        µm per pixel when the file records none (or to override it).
-    threshold : float, optional
-        Foreground threshold on the normalised smoothed nuclear signal
-        (default: half the Otsu threshold over the whole image, computed once
-        for all tiles).
-    min_area_um2 : float, optional
-        Smallest nucleus kept (default 20 % of a disc of the nucleus diameter).
-    method : str
-        ``"classical"`` (the built-in watershed) or a registered backend
-        (:mod:`tibspace.segment.backends`: ``"cellpose"``, a pip extra). A
-        backend segments the nuclei of each tile window; cells are grown,
-        owned, stitched and measured as for the classical method.
-    backend_options : dict, optional
-        The panel's ``[segmentation]`` options of the backend (cellpose:
-        ``model`` = a local weights file or a library model name,
-        ``flow_threshold``, ``cellprob_threshold``).
-    work_dir : str or Path, optional
-        Folder for the temporary tile crops and (above 64 Mpx) the zarr label
-        images (default: the system temp folder). Crops are removed as they
-        are pasted; the zarr stores live as long as the returned arrays.
+    threshold, min_area_um2 : float, optional
+        Foreground threshold on the normalised smoothed nuclear signal (default: half
+        the whole image's Otsu threshold, one for all tiles); smallest nucleus kept
+        (µm², default 20 % of a disc of the nucleus diameter).
+    method, backend_options : str; dict, optional
+        ``"classical"`` (built-in watershed) or a registered backend, with the
+        panel's ``[segmentation]`` options (:mod:`tibspace.segment.backends`).
 
     Returns
     -------
     SegmentationResult
-
-    Raises
-    ------
-    InputError
-        Unknown channel names, an empty nuclear channel, no nuclei found.
 
     Examples
     --------
@@ -188,28 +162,36 @@ def segment_image(image: Any, nuclear_channels: Any, membrane_channels: Any = ()
     (3, [1, 2, 3], 3)
     """
     t_start = time.perf_counter()
-    options = dict(backend_options or {})
-    check_method(method, options)
-    inp = _resolve_inputs(image, pixel_size_um, nuclear_channels, membrane_channels,
-                          measure_channels)
+    options = _checked_options(method, backend_options)
+    inp = _resolve_inputs(image, pixel_size_um, nuclear_channels, membrane_channels, measure_channels)
     p, estimate = _nucleus_parameters(inp, nucleus_diameter_um, min_area_um2)
     e_um = _check_expansion(expansion_um)
     plan = _plan_tiles(inp, p, e_um, tile_size_px, overlap_px)
     qc: dict[str, Any] = {}
-    backend = None if method == CLASSICAL else (method, options | {
-        "nucleus_diameter_um": p["nucleus_diameter_um"], "nucleus_diameter_px": p["nucleus_diameter_px"]})
     run = _segment_all_tiles(inp, p, e_um, plan, threshold, scheduler, n_workers, progress,
-                             work_dir, qc, backend)
+                             work_dir, qc, _backend(method, options, p))
     cells_df, labels, nuclei = _assemble(inp, run["asm"], run["tmp"], qc)
     out_path = _write_labels(labels, labels_path, inp.px, qc, progress)
     _keep_or_clean(run["tmp"], run["in_memory"], labels, nuclei)
     qc["seconds_total"] = time.perf_counter() - t_start
-    params = _result_parameters(inp, p, estimate, method, threshold, run, e_um, plan)
-    if options:
-        params["backend_options"] = options
+    params = _result_parameters(inp, p, estimate, method, threshold, run, e_um, plan, options)
     return SegmentationResult(cells=cells_df, labels=labels, nuclei=nuclei, pixel_size_um=inp.px,
-                              n_tiles=len(plan["grid"]), parameters=params,
-                              labels_path=out_path, qc=qc)
+                              n_tiles=len(plan["grid"]), parameters=params, labels_path=out_path, qc=qc)
+
+
+def _checked_options(method: Any, backend_options: Optional[dict]) -> dict:
+    """A copy of the backend options, checked against ``method`` (:func:`check_method`)."""
+    options = dict(backend_options or {})
+    check_method(method, options)
+    return options
+
+
+def _backend(method: str, options: dict, p: dict) -> Optional[tuple]:
+    """``None`` for the classical method, else ``(method, options + the nucleus diameter)``."""
+    if method == CLASSICAL:
+        return None
+    return (method, options | {"nucleus_diameter_um": p["nucleus_diameter_um"],
+                               "nucleus_diameter_px": p["nucleus_diameter_px"]})
 
 
 def _nucleus_parameters(inp: "_Inputs", nucleus_diameter_um: Optional[float],
@@ -262,13 +244,16 @@ def _segment_all_tiles(inp: "_Inputs", p: dict, e_um: float, plan: dict,
 
 def _result_parameters(inp: "_Inputs", p: dict, estimate: dict, method: str,
                        threshold: Optional[float], run: dict, e_um: float,
-                       plan: dict) -> dict[str, Any]:
-    """Every parameter of the run (µm and px), the size estimate and the scheduler used."""
+                       plan: dict, options: Optional[dict] = None) -> dict[str, Any]:
+    """Every parameter of the run (µm and px), the size estimate, the scheduler used and the
+    backend options (when any)."""
     params = dict(p)
     params["nucleus_diameter_source"] = "estimated" if "estimate_method" in estimate else "given"
     params.update({k: v for k, v in estimate.items() if k != "nucleus_diameter_um"})
     params.update(_parameters(inp, method, threshold, run["stats"], e_um, plan))
     params["scheduler"] = run["scheduler"]
+    if options:
+        params["backend_options"] = options
     return params
 
 

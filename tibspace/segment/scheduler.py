@@ -20,6 +20,13 @@ def start_scheduler(scheduler: Any, n_tiles: int,
                     n_workers: int) -> tuple[Any, Callable[[], None], bool]:
     """``(client or None, close, in_process)`` for ``scheduler`` and ``n_tiles`` tiles.
 
+    ``scheduler``: ``None`` or ``"threads"``: in-process for one tile, else a
+    new in-process ``LocalCluster`` with ``n_workers`` threads (the tile work
+    releases the GIL). ``"processes"``: a ``LocalCluster`` of ``n_workers``
+    processes with one thread each. ``"synchronous"``: all tiles in this
+    process, one after another. A scheduler address or a ``distributed.Client``:
+    use that cluster (workers must see the file and the temp dir).
+
     ``in_process`` is True when tile results can be handed back as arrays
     (no pickling to other processes).
     """

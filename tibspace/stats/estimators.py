@@ -137,6 +137,18 @@ def cross_k(xa, ya, xb, yb, radii_um, window, *, edge_correction="isotropic", ou
 def cross_l(xa, ya, xb, yb, radii_um, window, *, edge_correction="isotropic", outside="error") -> np.ndarray:
     """Cross-type L function ``sqrt(K_ab / π)`` (µm); ≈ r under independence.
 
+    Parameters
+    ----------
+    xa, ya, xb, yb : array_like
+        Coordinates (µm) of the type-a and type-b points.
+    radii_um, window, edge_correction, outside
+        As in :func:`ripley_k`.
+
+    Returns
+    -------
+    numpy.ndarray
+        L_ab(r) for each radius (µm).
+
     Examples
     --------
     >>> rng = np.random.default_rng(1)

@@ -22,6 +22,30 @@ CD8, MPO, CitH3, COL1``. True phenotypes: ``tumour`` (HepPar1+),
 ``SPP1_macrophage`` (CD68+ SPP1+), ``CAF`` (aSMA+ and/or FAP+), ``CD8_T``
 (CD3+ CD8+), ``other_T`` (CD3+ CD8-), ``neutrophil`` (MPO+), ``other``.
 
+Planted design (the knobs of :func:`make_tissue`; sizes in µm):
+
+- nests: irregular non-overlapping blobs, ≥ 120 µm apart so that their 50 µm
+  barrier bands never touch;
+- barrier (``barrier_coverage``): the covered fraction of each nest's
+  perimeter has its 0–50 µm outer band lined with SPP1 macrophages and CAFs,
+  one per 12.5 µm of arc, alternating types so every 50 µm of covered arc
+  holds both; the rest of the band holds only the stromal background of
+  barrier cells (a third of the 60 + 60 cells/mm² of stroma);
+- shields (``shield_coverage``): shielded tumour cells have NET (CitH3 + MPO)
+  and/or collagen-I painted on ≥ 70 % of a 3 µm ring outside the cell
+  outline, unshielded ones < 20 %; shielded cells come in patches and favour
+  the nest boundary;
+- T cells (``immune_phenotype``; CD8_T : other_T = 3 : 1): inflamed = same
+  density inside nests as in stroma; excluded = dense in stroma and outer
+  margin (1.5–2×), a few in the inner margin, almost none in the core
+  (infiltration ratio < 0.2); desert = ``t_density_per_mm2`` (default 10)
+  everywhere. ``barrier_excludes_t``: T cells enter the inner margin only
+  along uncovered arcs and accumulate in the outer band of covered arcs;
+- ``shields_block_t``: probability that a T cell touching a shielded tumour
+  cell (centroids within :data:`SHIELD_BLOCK_REACH_UM`) is removed, drawn
+  from its own random stream, so the rest of the tissue is identical for
+  any value.
+
 Run ``python -m tibspace.synthetic --out DIR --preset sample`` to regenerate
 the bundled ``sample_data``.
 """
@@ -70,7 +94,8 @@ __all__ = ["CHANNELS", "PHENOTYPES", "SyntheticTissue", "make_tissue", "load_tru
 
 
 def _check_args(shape, pixel_size_um, n_nests, nest_radius_um, barrier_coverage,
-                shield_coverage, immune_phenotype, cell_density, t_density, noise):
+                shield_coverage, immune_phenotype, cell_density, t_density, noise,
+                shields_block_t=0.0):
     if len(shape) != 2 or min(shape) < 64:
         raise InputError(f"make_tissue: shape must be (rows, cols) with both >= 64, got {shape}")
     if not (pixel_size_um > 0):
@@ -92,6 +117,8 @@ def _check_args(shape, pixel_size_um, n_nests, nest_radius_um, barrier_coverage,
                          f"got {immune_phenotype!r}")
     if cell_density < 0 or (t_density is not None and t_density < 0) or noise < 0:
         raise InputError("make_tissue: cell_density, t_density_per_mm2 and noise must be >= 0")
+    if not (0 <= shields_block_t <= 1):
+        raise InputError(f"make_tissue: shields_block_t must be in [0, 1], got {shields_block_t}")
     return np.broadcast_to(covs, (n_nests,)).astype(float) if n_nests else covs[:0]
 
 
@@ -105,67 +132,47 @@ def make_tissue(shape: Sequence[int] = (2048, 2048), pixel_size_um: float = 0.5,
                 autofluorescence: float = 1.0, af_speckles_per_mm2: float = 0.0,
                 t_layout: Optional[str] = None, barrier_arcs: Optional[int] = None,
                 barrier_gap_um: Optional[float] = None, scattered_tumour_cells: int = 0,
-                nest_shape: str = "blob", cord_width_um: tuple = (24.0, 36.0),
-                edge_nests: int = 0, progress=None) -> SyntheticTissue:
+                nest_shape: str = "blob", cord_width_um: tuple = (24.0, 36.0), edge_nests: int = 0,
+                progress=None) -> SyntheticTissue:
     """Render a synthetic HCC-like multiplex image with planted ground truth.
+
+    Sizes are in µm; the module docstring says what each knob plants ("Planted design").
 
     Parameters
     ----------
     shape : (rows, cols)
-        Image size in pixels.
+        Image size in pixels (both ≥ 64).
     pixel_size_um : float
-        µm per pixel; every size below is in µm and converted with it.
+        µm per pixel.
     seed : int
         Seed of every random step; same arguments ⇒ identical output.
     n_nests : int
-        Number of tumour nests (irregular, non-overlapping blobs, ≥ 120 µm
-        apart so their 50 µm barrier bands never touch).
+        Number of tumour nests.
     nest_radius_um : (min, max)
         Range of nest radii (µm).
     cell_density : float
-        Target density of ``other`` stromal cells (cells/mm² of stroma) before
-        the hard-core thinning that keeps nuclei from overlapping; the
-        realised densities are in ``planted["densities_per_mm2"]``.
+        Target density of ``other`` stromal cells (cells/mm² of stroma) before the
+        hard-core thinning of nuclei; realised: ``planted["densities_per_mm2"]``.
     barrier_coverage : float or list of float
-        Fraction of each nest's perimeter whose 0–50 µm outer band is lined
-        with SPP1 macrophages and CAFs (one per 12.5 µm of arc, alternating
-        types so every 50 µm of covered arc holds both). The rest of the band
-        holds only the stromal background of barrier cells (a third of the
-        60 + 60 cells/mm² of stroma).
+        Fraction in [0, 1] of each nest's perimeter lined with barrier cells
+        (one value for all nests, or one per nest).
     shield_coverage : float
-        Fraction of tumour cells planted as shielded: NET (CitH3 + MPO) and/or
-        collagen-I painted on ≥ 70 % of a 3 µm ring outside the cell outline;
-        unshielded tumour cells keep < 20 % coverage. Shielded cells come in
-        patches and favour the nest boundary.
+        Fraction in [0, 1] of tumour cells planted as NET / collagen-I shielded.
     immune_phenotype : {"inflamed", "excluded", "desert"}
-        T-cell (CD8_T : other_T = 3 : 1) placement. inflamed: same density
-        inside nests as in stroma. excluded: dense in stroma and outer margin
-        (1.5–2×), a few in the inner margin, almost none in the core
-        (infiltration ratio < 0.2). desert: ``t_density_per_mm2`` (default
-        10) everywhere.
+        T-cell placement.
     barrier_excludes_t : bool
-        If True, T cells enter the inner margin only along uncovered arcs and
-        accumulate in the outer band of covered arcs.
+        If True, T cells enter the inner margin only along uncovered arcs.
     t_density_per_mm2 : float, optional
         Stromal T-cell density; default 500 (inflamed, excluded), 10 (desert).
     shields_block_t : float
-        Probability that a T cell touching a shielded tumour cell (centroids
-        within :data:`SHIELD_BLOCK_REACH_UM`) is removed: 0 (default) plants
-        no effect of shields on T-cell contact, 1 plants shields that prevent
-        every contact. Drawn from its own random stream, so the rest of the
-        tissue is identical for any value.
+        Probability in [0, 1] that a T cell touching a shielded tumour cell is removed.
     noise : float
         Multiplier of shot and read noise (0 = noiseless, still quantised).
     absent_markers, illumination_gradient, autofluorescence, af_speckles_per_mm2, \
 t_layout, barrier_arcs, barrier_gap_um, scattered_tumour_cells, nest_shape, \
 cord_width_um, edge_nests
-        The wider world (:class:`tibspace.synthetic.world.World` defines each):
-        markers with no positive cell, an illumination gradient, tissue
-        autofluorescence and speckles, T-cell layouts relative to barrier
-        arcs, short gaps between arcs, isolated tumour cells in stroma,
-        irregular or trabecular nests, nests cut by the image frame. Defaults
-        give today's output bit for bit; what a knob planted is in
-        ``planted["world"]``.
+        The wider world, each defined by :class:`tibspace.synthetic.world.World`;
+        the defaults plant none of it; what a knob planted is in ``planted["world"]``.
     progress : callable, optional
         ``progress(step, done, total)``.
 
@@ -184,26 +191,32 @@ cord_width_um, edge_nests
     shape = tuple(int(s) for s in shape)
     covs = _check_args(shape, pixel_size_um, n_nests, nest_radius_um, barrier_coverage,
                        shield_coverage, immune_phenotype, cell_density, t_density_per_mm2,
-                       noise)
-    if not (0 <= shields_block_t <= 1):
-        raise InputError(f"make_tissue: shields_block_t must be in [0, 1], got {shields_block_t}")
+                       noise, shields_block_t)
     world = World(tuple(absent_markers), float(illumination_gradient), float(autofluorescence),
                   float(af_speckles_per_mm2), t_layout, barrier_arcs, barrier_gap_um,
                   int(scattered_tumour_cells), nest_shape, tuple(cord_width_um),
                   int(edge_nests)).check(n_nests)
-    px = float(pixel_size_um)
-    ss = np.random.SeedSequence(int(seed))
-    rngs = [np.random.default_rng(s) for s in ss.spawn(8)]
-    args = dict(shape=list(shape), pixel_size_um=px, seed=int(seed), n_nests=n_nests,
-                nest_radius_um=list(nest_radius_um), cell_density=cell_density,
+    args = dict(shape=list(shape), pixel_size_um=float(pixel_size_um), seed=int(seed),
+                n_nests=n_nests, nest_radius_um=list(nest_radius_um), cell_density=cell_density,
                 barrier_coverage=[float(c) for c in covs], shield_coverage=shield_coverage,
                 immune_phenotype=immune_phenotype, barrier_excludes_t=bool(barrier_excludes_t),
-                t_density_per_mm2=t_density_per_mm2, shields_block_t=float(shields_block_t),
-                noise=noise)
+                t_density_per_mm2=t_density_per_mm2, shields_block_t=float(shields_block_t), noise=noise)
+    return _render(shape, nest_radius_um, covs, world, args, progress)
+
+
+def _render(shape, nest_radius_um, covs, world, args, progress) -> SyntheticTissue:
+    """The steps of :func:`make_tissue` on its checked arguments ``args``.
+
+    Layout, cells, label images, shield masks, stains, truth; one random
+    stream per step, all spawned from ``args["seed"]``.
+    """
+    px, seed, noise = args["pixel_size_um"], args["seed"], args["noise"]
+    ss = np.random.SeedSequence(seed)
+    rngs = [np.random.default_rng(s) for s in ss.spawn(8)]
     total = 6
     report(progress, "synthetic tissue", 0, total)
-    tissue, nests, intervals, frame_ivs, widths = _layout(shape, px, n_nests, nest_radius_um,
-                                                          covs, world, rngs)
+    tissue, nests, intervals, frame_ivs, widths = _layout(shape, px, args["n_nests"],
+                                                          nest_radius_um, covs, world, rngs)
     cells = _cells(tissue, nests, intervals, px, rngs, args, world)
     report(progress, "synthetic tissue", 1, total)
     nuclei, cell_lab, qn, cells = _render_labels(cells, shape, px, rngs[3])
@@ -220,7 +233,7 @@ cord_width_um, edge_nests
     planted = _planted_summary(truth, cells, nests, intervals, covs, tissue, px, args)
     if not world.is_default():
         planted["world"] = world_truth(world, truth, cells, nests, intervals, frame_ivs, widths,
-                                       extras, t_density_per_mm2)
+                                       extras, args["t_density_per_mm2"])
     report(progress, "synthetic tissue", total, total)
     return SyntheticTissue(image=image, channel_names=list(CHANNELS), pixel_size_um=px,
                            nuclei=nuclei, cells=cell_lab, truth=truth, nests=nests,

@@ -55,6 +55,20 @@ def signed_distance_um(x_um, y_um, region, *, progress=None) -> np.ndarray:
     KD-tree search); inside test by ``shapely.contains_xy`` on the prepared
     geometry. Empty input gives an empty array.
 
+    Parameters
+    ----------
+    x_um, y_um : array_like
+        Point coordinates (µm).
+    region : TumourRegion or shapely (Multi)Polygon
+        The tumour region (µm).
+    progress : callable, optional
+        ``progress(step, done, total)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 signed distance per point (µm).
+
     Examples
     --------
     >>> sq = shapely.box(0, 0, 100, 100)

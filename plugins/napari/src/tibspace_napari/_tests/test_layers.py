@@ -226,7 +226,8 @@ def test_layers_load_into_viewer(make_napari_viewer, result):
     assert pts.extent.world[1][0] <= ext_l[1][0] + 1e-9
 
 
-@pytest.mark.parametrize("module", ["_layers", "_reader", "_results"])
+@pytest.mark.parametrize("module", ["_layers", "_layer_style", "_layer_rasters", "_layer_cells",
+                                    "_layer_shapes", "_reader", "_results"])
 def test_docstring_examples(module):
     import doctest
     import importlib

@@ -59,7 +59,14 @@ def test_sample_run_end_to_end(sample_viewer, qtbot, tmp_path, run_cache):
     assert {"phenotyping", "barrier", "exclusion"} <= names
     assert len(ticks) >= 10
 
-    layers = viewer.layers
+    _assert_result_layers(viewer.layers, r)
+    _assert_results_dock(widget, viewer, r)
+    _assert_gate_preview(widget, viewer.layers, r)
+    _assert_export(widget, qtbot, tmp_path, r)
+
+
+def _assert_result_layers(layers, r):
+    """The result layers: names, scales, points on their cells, barrier runs add up."""
     px = r.pixel_size_um
     for name in ("cells", "cells by phenotype", "tumour nests", "barrier covered",
                  "barrier gaps", "exclusion zones", "NET mask", "Col1 mask"):
@@ -85,7 +92,9 @@ def test_sample_run_end_to_end(sample_viewer, qtbot, tmp_path, run_cache):
     assert covered == pytest.approx(sample["covered_length_um"], rel=1e-6)
     assert covered + gaps == pytest.approx(sample["assessable_perimeter_um"], rel=1e-6)
 
-    # Results dock: numbers per sample and per nest, figures, click → camera on nest.
+
+def _assert_results_dock(widget, viewer, r):
+    """Results dock: numbers per sample and per nest, figures, click → camera on nest."""
     dock = widget.results_widget
     shown = {dock.summary_table.item(i, 0).text(): dock.summary_table.item(i, 1).text()
              for i in range(dock.summary_table.rowCount())}
@@ -103,7 +112,9 @@ def test_sample_run_end_to_end(sample_viewer, qtbot, tmp_path, run_cache):
 
     np.testing.assert_allclose(_camera(viewer).center[-2:], ((y0 + y1) / 2, (x0 + x1) / 2))
 
-    # Gate preview from the cell table: no re-analysis, counts match the table.
+
+def _assert_gate_preview(widget, layers, r):
+    """Gate preview from the cell table: no re-analysis, counts match the table."""
     idx = widget.marker_combo.findData("CD8")
     widget.marker_combo.setCurrentIndex(idx)
     gate = r.metrics["gates"]["CD8"]["value"]
@@ -115,7 +126,9 @@ def test_sample_run_end_to_end(sample_viewer, qtbot, tmp_path, run_cache):
         assert len(prev.data) == n == prev.metadata["tibspace"]["n_positive"]
     assert widget.result is r
 
-    # Export writes the CLI's files.
+
+def _assert_export(widget, qtbot, tmp_path, r):
+    """Export writes the CLI's files."""
     out = tmp_path / "out"
     widget.out_edit.setText(str(out))
     widget.export()
