@@ -49,6 +49,50 @@ def test_cellpose_seg_npy_and_masks_tif(tmp_path):
     _check(read_label_mask(tmp_path / "img_cp_masks.tif"), lab)
 
 
+class _RunsCode:
+    """Unpickling this calls a function: what a hostile _seg.npy would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_cellpose_seg_npy_with_a_real_cellpose_dict(tmp_path):
+    # the keys and value types Cellpose 3 writes: arrays, lists of arrays, numpy scalars, None, text
+    lab = _lab().astype(np.uint16)
+    dat = {"masks": lab, "outlines": lab * 0, "chan_choose": [0, 0], "ismanual": np.zeros(3, bool),
+           "filename": "img.tif", "flows": [np.zeros((40, 50, 3), np.uint8), np.zeros((2, 40, 50), np.float32)],
+           "est_diam": np.float64(17.5), "diameter": 30.0, "colors": None, "model_path": 0}
+    np.save(tmp_path / "img_seg.npy", dat, allow_pickle=True)
+    _check(read_label_mask(tmp_path / "img_seg.npy"), lab)
+    np.save(tmp_path / "plain_seg.npy", lab)  # a bare label array (no pickle)
+    _check(read_label_mask(tmp_path / "plain_seg.npy"), lab)
+
+
+def test_cellpose_seg_npy_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    np.save(tmp_path / "evil_seg.npy", {"masks": _lab(), "x": _RunsCode(marker)}, allow_pickle=True)
+    with pytest.raises(InputError, match=r"evil_seg\.npy: refusing to load: .*pathlib.*touch"):
+        read_label_mask(tmp_path / "evil_seg.npy")
+    assert not marker.exists()
+    # np.load would have run it: the test's file really is hostile
+    np.load(tmp_path / "evil_seg.npy", allow_pickle=True)
+    assert marker.exists()
+
+
+def test_cellpose_seg_npy_truncated_or_not_npy(tmp_path):
+    np.save(tmp_path / "a_seg.npy", {"masks": _lab()}, allow_pickle=True)
+    data = (tmp_path / "a_seg.npy").read_bytes()
+    (tmp_path / "cut_seg.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"cut_seg\.npy: unreadable pickled \.npy"):
+        read_label_mask(tmp_path / "cut_seg.npy")
+    (tmp_path / "txt_seg.npy").write_text("masks")
+    with pytest.raises(InputError, match=r"txt_seg\.npy: not a NumPy \.npy file"):
+        read_label_mask(tmp_path / "txt_seg.npy")
+
+
 def test_stardist_float_integer_valued_ok(tmp_path):
     lab = _lab()
     tifffile.imwrite(tmp_path / "sd.tif", lab.astype(np.float32))

@@ -18,7 +18,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "tibspace"
 
 # layer -> the layers it may import from (itself always allowed)
-BASE = {"errors", "progress", "jsonable"}
+BASE = {"errors", "progress", "jsonable", "heap"}
 ALLOWED = {
     "base": set(),
     "io": {"base"},
@@ -112,3 +112,21 @@ def test_modules_are_of_readable_size():
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PKG)))
 def test_every_module_opens_with_a_docstring(path):
     assert ast.get_docstring(ast.parse(path.read_text())), f"{path.relative_to(PKG)} has no module docstring"
+
+
+def test_heap_cap_reaches_cli_and_cohort_workers(monkeypatch, tmp_path):
+    import tibspace.cli as cli
+    from tibspace.cohort.workers import _config
+    from tibspace.heap import bound_heap, heap_environment
+
+    # glibc reads MALLOC_ARENA_MAX when a process starts: it must be in the pre-spawn environment
+    assert _config()["distributed.nanny.pre-spawn-environ"]["MALLOC_ARENA_MAX"] == "2"
+    monkeypatch.setenv("TIBSPACE_GLIBC_MALLOC", "1")
+    assert heap_environment() == {} and not bound_heap()
+    assert "MALLOC_ARENA_MAX" not in _config()["distributed.nanny.pre-spawn-environ"]
+    monkeypatch.delenv("TIBSPACE_GLIBC_MALLOC")
+    calls = []
+    monkeypatch.setattr(cli, "bound_heap", lambda: calls.append(1) or True)
+    assert cli.main(["analyze", str(tmp_path / "missing.csv"), "--panel", str(tmp_path / "p.toml"),
+                     "--out", str(tmp_path / "o")]) == 2
+    assert calls == [1]

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from tibspace.errors import TibspaceError
+from tibspace.heap import bound_heap
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGE = REPO_ROOT / "sample_data" / "hcc_sample.ome.tif"
@@ -393,6 +394,7 @@ def kernels_compiled() -> bool:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    bound_heap()
     if args.command in ("run", "analyze", "cohort", "demo") and not kernels_compiled():
         print("tibspace: compiling numerical kernels (first run only; about 1-2 minutes, then cached)",
               file=sys.stderr, flush=True)

@@ -24,6 +24,7 @@ import os
 from typing import Callable
 
 from tibspace.errors import InputError
+from tibspace.heap import bound_heap, heap_environment
 
 #: Modules a sample's run imports lazily; imported once per worker at start-up.
 PRELOAD = ("tibspace.pipeline", "tibspace.cohort.run", "tibspace.outputs", "tibspace.outputs.report",
@@ -70,6 +71,7 @@ def _plugin_class():
         name = "tibspace-warm-imports"
 
         def setup(self, worker):
+            bound_heap()
             warm_imports()
 
     return WarmImports
@@ -83,6 +85,7 @@ def _config() -> dict:
     # which would turn off glibc's adaptive mmap threshold for every large temporary.
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
+    environ.update(heap_environment())  # read by glibc when the worker process starts
     return {"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.profile.enabled": False}
 
 

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from tibspace.errors import InputError
+from tibspace.io.safe_npy import load_seg_npy
 
 FORMATS = ("auto", "deepcell", "cellpose", "stardist", "qupath", "inform", "mcmicro", "steinbock", "tiff")
 
@@ -118,9 +119,9 @@ def _sniff(path: Path) -> str:
 def _raw(path: Path, fmt: str, nuclei: bool, shape: Optional[tuple[int, int]] = None
          ) -> tuple[np.ndarray, Optional[float]]:
     if path.suffix.lower() == ".npy":
+        d = load_seg_npy(path)
         try:
-            d = np.load(path, allow_pickle=True).item()
-            return np.asarray(d["masks"]), None
+            return np.asarray(d["masks"] if isinstance(d, dict) else d), None
         except Exception as e:  # noqa: BLE001
             raise InputError(f"{path}: expected a Cellpose _seg.npy dict with 'masks' ({e})") from None
     try:
