@@ -184,3 +184,44 @@ def test_cell_detections_written_in_blocks_are_one_document(tmp_path, monkeypatc
     assert [f["geometry"]["coordinates"][0] for f in feats] == list(np.round(cells["x_um"] / 0.5 + 0.5, 3))
     assert "signed_dist_um" not in feats[2]["properties"]["measurements"]
     assert feats[3]["properties"]["measurements"]["area_um2"] == round(cells["area_um2"][3], 3)
+
+
+def test_geometry_text_features_write_the_same_file(tmp_path):
+    """Features keeping GEOS's geometry text give the same bytes as features holding parsed geometries."""
+    polys = [shapely.Point(10, 10).buffer(5), shapely.box(0, 0, 3, 4), shapely.LineString([(0, 0), (1.23456, 7)])]
+    meas = [{"area_um2": 78.5, "flag": True, "call": "excluded", "nan": float("nan"), "k": np.int64(3)},
+            {"area_um2": np.float64(12.0), "none": None}, {}]
+    for kw in ({}, {"ids": ["a", "b", "c"]}):
+        parsed = geojson_features(polys, name="tumour_nest", pixel_size_um=0.5, measurements=meas, **kw)
+        text = geojson_features(polys, name="tumour_nest", pixel_size_um=0.5, measurements=meas,
+                                geometry_text=True, **kw)
+        write_geojson(parsed, tmp_path / "parsed.geojson")
+        write_geojson(text, tmp_path / "text.geojson")
+        assert (tmp_path / "text.geojson").read_bytes() == (tmp_path / "parsed.geojson").read_bytes()
+        fc = json.loads((tmp_path / "text.geojson").read_text())
+        assert json.dumps(fc, separators=(",", ":")) == (tmp_path / "text.geojson").read_text()
+        assert fc["features"][0]["properties"]["measurements"] == {"area_um2": 78.5, "k": 3}
+        assert fc["features"][0]["properties"]["metadata"] == {"flag": "true", "call": "excluded"}
+
+
+def test_cell_detections_thread_error_leaves_the_previous_result(tmp_path, monkeypatch):
+    """cells.geojson is written on its own thread: its failure fails the write, and --out keeps the old set."""
+    import tibspace
+    import tibspace.outputs.report as rep
+    from tibspace.cells import Panel
+    from tibspace.synthetic import make_clustered_cells
+
+    r = tibspace.analyze_table(make_clustered_cells(1500, seed=1), Panel.from_dict({"parameters": {"n_envelope_sim": 0}}))
+    out = tmp_path / "out"
+    tibspace.write_outputs(r, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full_disk(cells, path, **kw):
+        path.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rep, "write_cell_detections", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        tibspace.write_outputs(r, out)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left

@@ -305,26 +305,32 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
               "bandwidth_um": float(bandwidth_um), "grid_um": float(grid_um),
               "exclusion_fraction": float(exclusion_fraction), "min_zone_area_um2": float(min_zone_area_um2),
               "zone_alpha": float(zone_alpha)}
-    steps = 4
-    report(progress, "exclusion", 0, steps)
+    report(progress, "exclusion", 0, 4)
     t = _t_cells(cells, region, t_types, w, ob)
     sample, compartments = _sample_compartments(t, region, tissue, w, ob, desert_density, excluded_ratio)
-    report(progress, "exclusion", 1, steps)
+    report(progress, "exclusion", 1, 4)
     per_nest = _per_nest_summaries(t, region, tissue, w, ob, desert_density, excluded_ratio)
-    report(progress, "exclusion", 2, steps)
+    report(progress, "exclusion", 2, 4)
+    zones, zone_table, dmap = _zone_step(t, region, tissue, sample, per_nest, params, progress)
+    report(progress, "exclusion", 4, 4)
+    return ExclusionResult(compartments=compartments, per_nest=per_nest, sample=sample, zones=zones,
+                           zone_table=zone_table, density_map=dmap, parameters=params)
+
+
+def _zone_step(t, region, tissue, sample, per_nest, params, progress):
+    """Exclusion zones against the stromal density; adds the zone summary to ``sample``."""
+    w, grid_um = params["margin_um"], params["grid_um"]
     stromal = sample["t_density_stroma_per_mm2"]
-    threshold = exclusion_fraction * stromal if math.isfinite(stromal) else float("nan")
-    maps, bands = _side_maps(t, region, tissue, w, bandwidth_um, grid_um)
+    threshold = params["exclusion_fraction"] * stromal if math.isfinite(stromal) else float("nan")
+    maps, bands = _side_maps(t, region, tissue, w, params["bandwidth_um"], grid_um)
     zones, zone_n, zone_e, zone_p, zone_note = _zones(t, maps, bands, stromal, threshold, grid_um,
-                                                      min_zone_area_um2, zone_alpha)
+                                                      params["min_zone_area_um2"], params["zone_alpha"])
     dmap = _display_map(maps, grid_um)
-    report(progress, "exclusion", 3, steps)
+    report(progress, "exclusion", 3, 4)
     zone_table, per_border, per_len = _zone_borders(zones, zone_n, zone_e, zone_p, region, per_nest)
     sample.update(_zone_summary(region, per_nest, zones, bands, per_border, per_len, stromal, threshold,
                                 zone_note))
-    report(progress, "exclusion", 4, steps)
-    return ExclusionResult(compartments=compartments, per_nest=per_nest, sample=sample, zones=zones,
-                           zone_table=zone_table, density_map=dmap, parameters=params)
+    return zones, zone_table, dmap
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ annotations round-trip through QuPath. Every writer is atomic.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -30,7 +31,8 @@ GRID = 1e-3  # coordinate grid of the written files (QuPath pixels, or µm witho
 
 def geojson_features(geometries: Iterable, *, name: str, object_type: str = "annotation",
                      pixel_size_um: float | None = None, colour: tuple[int, int, int] | None = None,
-                     measurements: Sequence[Mapping] | None = None, ids: Sequence | None = None) -> list[dict]:
+                     measurements: Sequence[Mapping] | None = None, ids: Sequence | None = None,
+                     geometry_text: bool = False) -> list[dict]:
     """QuPath-style GeoJSON features from shapely geometries given in µm.
 
     Coordinates are converted to QuPath pixels when ``pixel_size_um`` is
@@ -39,7 +41,9 @@ def geojson_features(geometries: Iterable, *, name: str, object_type: str = "ann
     geometry valid (plain rounding of coordinates can make rings cross).
     Numeric measurements go to ``properties.measurements`` (QuPath reads only
     numbers there); text and boolean values go to ``properties.metadata`` as
-    strings, where QuPath keeps them.
+    strings, where QuPath keeps them. ``geometry_text=True`` keeps each
+    ``geometry`` as the GeoJSON text GEOS wrote (a :class:`GeometryText`),
+    which :func:`write_geojson` copies into the file as is, instead of a dict.
     """
     geoms = np.asarray(list(geometries), dtype=object)
     keep = np.array([g is not None and not g.is_empty for g in geoms], dtype=bool)
@@ -55,7 +59,8 @@ def geojson_features(geometries: Iterable, *, name: str, object_type: str = "ann
     shapes = np.full(len(out), None, dtype=object)
     valid = np.array([g is not None and not g.is_empty for g in out], dtype=bool)
     if valid.any():
-        shapes[valid] = [json.loads(t) for t in shapely.to_geojson(out[valid])]
+        texts = shapely.to_geojson(out[valid])
+        shapes[valid] = [GeometryText(t) for t in texts] if geometry_text else [json.loads(t) for t in texts]
     feats = []
     for i in np.flatnonzero(valid):
         props = {
@@ -75,10 +80,20 @@ def geojson_features(geometries: Iterable, *, name: str, object_type: str = "ann
     return feats
 
 
+class GeometryText(str):
+    """A geometry's GeoJSON text, written into a file verbatim by :func:`write_geojson`."""
+
+
 def _split_measurements(values: Mapping) -> tuple[dict, dict]:
     """(numeric measurements, text metadata) of one feature; NaN and None are dropped."""
     numeric, text = {}, {}
-    for k, v in to_jsonable(dict(values)).items():
+    for k, v in values.items():
+        t = type(v)  # plain Python values (a DataFrame's records) skip the generic conversion
+        if t is float:
+            v = v if math.isfinite(v) else None
+        elif t not in (int, bool, str) and v is not None:
+            v = to_jsonable(v)
+        k = str(k)
         if v is None:
             continue
         if isinstance(v, bool):
@@ -92,12 +107,18 @@ def _split_measurements(values: Mapping) -> tuple[dict, dict]:
 
 def write_geojson(features: list[dict], path: str | os.PathLike) -> Path:
     """Write a FeatureCollection atomically (coordinates as given by :func:`geojson_features`)."""
-    fc = {"type": "FeatureCollection", "features": features}
     path = Path(path)
-    text = json.dumps(fc, separators=(",", ":"), allow_nan=False)
+    text = '{"type":"FeatureCollection","features":[' + ",".join(map(_feature_text, features)) + "]}"
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def _feature_text(feature: Mapping) -> str:
+    """Compact JSON of one feature, a :class:`GeometryText` geometry copied verbatim."""
+    def dump(v):
+        return v if isinstance(v, GeometryText) else json.dumps(v, separators=(",", ":"), allow_nan=False)
+    return "{" + ",".join(json.dumps(str(k)) + ":" + dump(v) for k, v in feature.items()) + "}"
 
 
 def read_geojson_annotations(path: str | os.PathLike, *, pixel_size_um: float | None = None,

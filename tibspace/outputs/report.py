@@ -112,9 +112,47 @@ def write_report_files(result, folder, *, progress=None) -> None:
              _write_figures, _write_report]
     report(progress, "writing outputs", 0, len(steps))
     figures: dict[str, bytes] = {}
-    for k, step in enumerate(steps, start=1):
-        step(result, folder, figures)
-        report(progress, "writing outputs", k, len(steps))
+    detections = _CellDetectionsWriter(result, folder)  # cells.geojson: Arrow kernels beside the other writers
+    try:
+        for k, step in enumerate(steps, start=1):
+            step(result, folder, figures)
+            report(progress, "writing outputs", k, len(steps))
+    finally:
+        detections.join()
+
+
+class _CellDetectionsWriter:
+    """``cells.geojson`` written on a thread of its own while the other files are written.
+
+    The text is built by Arrow compute kernels, which release the GIL, so the
+    two overlap on a multi-core machine. The thread owns its input: a copy of
+    the few columns it needs, made here (pandas frames carry caches that are
+    not safe to share between threads). :meth:`join` re-raises its error.
+    """
+
+    COLUMNS = ("cell_id", "x_um", "y_um", "phenotype", "area_um2", "signed_dist_um")
+
+    def __init__(self, result, folder: Path):
+        import threading
+
+        cells = result.cells
+        own = cells[[c for c in self.COLUMNS if c in cells.columns]].copy(deep=True)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(own, folder / "cells.geojson",
+                                                                result.pixel_size_um),
+                                        name="tibspace-cells-geojson", daemon=True)
+        self._thread.start()
+
+    def _run(self, cells, path, pixel_size_um):
+        try:
+            write_cell_detections(cells, path, pixel_size_um=pixel_size_um)
+        except BaseException as exc:  # noqa: BLE001 - handed to join()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _write_cells(result, folder, figures):
@@ -160,9 +198,10 @@ def _write_geometries(result, folder, figures):
         pn = result.per_nest.to_dict(orient="records") if len(result.per_nest) else None
         ids = [f"nest-{i}" for i in range(1, result.region.n_nests + 1)]
         write_geojson(geojson_features(result.region.nests, name="tumour_nest", pixel_size_um=px,
-                                       measurements=pn, ids=ids), folder / "nests.geojson")
+                                       measurements=pn, ids=ids, geometry_text=True), folder / "nests.geojson")
     if result.tissue is not None:
-        write_geojson(geojson_features([result.tissue], name="tissue", pixel_size_um=px), folder / "tissue.geojson")
+        write_geojson(geojson_features([result.tissue], name="tissue", pixel_size_um=px, geometry_text=True),
+                      folder / "tissue.geojson")
     br = (result.analyses or {}).get("barrier")
     if br is not None:  # one feature per covered run / gap, with its nest and length, as measured
         feats, runs = [], br.runs
@@ -170,11 +209,12 @@ def _write_geometries(result, folder, figures):
             sel = runs[runs["covered"] == flag] if len(runs) else runs
             if len(sel):
                 meas = sel[["nest_id", "ring", "start_um", "length_um"]].to_dict(orient="records")
-                feats += geojson_features(list(sel["geometry"]), name=key, pixel_size_um=px, measurements=meas)
+                feats += geojson_features(list(sel["geometry"]), name=key, pixel_size_um=px, measurements=meas,
+                                          geometry_text=True)
         write_geojson(feats, folder / "barrier_segments.geojson")
-    write_cell_detections(result.cells, folder / "cells.geojson", pixel_size_um=px)
     if result.exclusion_zones:
-        write_geojson(geojson_features(result.exclusion_zones, name="exclusion_zone", pixel_size_um=px),
+        write_geojson(geojson_features(result.exclusion_zones, name="exclusion_zone", pixel_size_um=px,
+                                       geometry_text=True),
                       folder / "exclusion_zones.geojson")
 
 
