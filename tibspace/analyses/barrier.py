@@ -81,21 +81,45 @@ def can_run_barrier(panel_or_phenotypes: Any, *, macrophage_types: Iterable[str]
 # ---------------------------------------------------------------------------
 @dataclass
 class BarrierResult:
-    """Result of :func:`barrier_analysis` (µm, µm², cells/mm²)."""
+    """Result of :func:`barrier_analysis` (µm, µm², cells/mm²).
 
-    segments: pd.DataFrame          # one row per perimeter segment (with shapely geometry)
-    per_nest: pd.DataFrame          # one row per nest
-    sample: dict                    # whole-sample numbers (coverage, gaps, composition, link, ...)
-    colocalization: pd.DataFrame = field(default_factory=pd.DataFrame)  # cross-L envelope table
-    covered_geometry: Any = None    # shapely MultiLineString of covered runs (µm)
-    gap_geometry: Any = None        # shapely MultiLineString of gap runs (µm)
-    gaps: pd.DataFrame = field(default_factory=pd.DataFrame)  # nest_id, ring, start_um, n_subsegments, length_um
-    # covered and gap runs for display/export: the gaps columns plus covered (bool) and geometry
+    Attributes
+    ----------
+    segments : DataFrame
+        One row per perimeter segment: ``segment_id, nest_id, ring, position,
+        length_um, geometry, n_barrier, n_macrophage, n_caf, outer_area_um2,
+        barrier_density_per_mm2, assessable, covered, thickness_um,
+        n_t_inner, n_t_outer, inner_area_um2, t_inner_density,
+        t_outer_density, t_ratio``.
+    per_nest : DataFrame
+        One row per nest (coverage, gaps, thickness, composition, link).
+    sample : dict
+        Whole-sample numbers (coverage, gaps, composition, colocalisation, link).
+    colocalization : DataFrame
+        Cross-L macrophage → CAF envelope table.
+    covered_geometry, gap_geometry : shapely MultiLineString
+        Covered runs and gap runs along the boundary (µm).
+    gaps : DataFrame
+        ``nest_id, ring, start_um, n_subsegments, length_um`` per gap run.
+    runs : DataFrame
+        Covered and gap runs for display / export: the ``gaps`` columns plus
+        ``covered`` (bool) and ``geometry``.
+    parameters : dict
+    """
+
+    segments: pd.DataFrame
+    per_nest: pd.DataFrame
+    sample: dict
+    colocalization: pd.DataFrame = field(default_factory=pd.DataFrame)
+    covered_geometry: Any = None
+    gap_geometry: Any = None
+    gaps: pd.DataFrame = field(default_factory=pd.DataFrame)
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     parameters: dict = field(default_factory=dict)
 
     @property
     def barrier_coverage(self) -> float:
+        """Covered / assessable boundary length over all nests."""
         return self.sample["barrier_coverage"]
 
     def to_dict(self) -> dict:
@@ -111,6 +135,10 @@ class BarrierResult:
         })
 
 
+#: progress steps of :func:`barrier_analysis`
+_N_STEPS = 6
+
+
 def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP1_macrophage", "CAF"),
                      macrophage_types=("SPP1_macrophage",), caf_types=("CAF",), t_types=("CD8_T",),
                      segment_um: float = 50.0, barrier_width_um: float = 50.0, barrier_density: float = 400.0,
@@ -121,101 +149,72 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     Parameters
     ----------
     cells : pandas.DataFrame
-        ``x_um``, ``y_um``, ``phenotype`` (segments are recomputed from
-        ``region``, and signed distances too unless ``signed_dist_um`` is given,
-        so they always match it).
-    region : tibspace.geometry.TumourRegion
+        ``x_um``, ``y_um``, ``phenotype``.
+    region : tibspace.tissue.TumourRegion
+        Tumour nests; the perimeter segments are always cut from it.
     tissue : shapely geometry
         Tissue region (µm); densities are per tissue area.
     barrier_types, macrophage_types, caf_types, t_types : tuple of str
         Phenotype roles (barrier cells; SPP1 macrophages; CAFs; effector T).
-    segment_um : float
-        Perimeter segment arc length (µm).
-    barrier_width_um : float
-        Outer band 0 < d ≤ width that must hold the barrier (µm).
-    barrier_density : float
-        Barrier-cell density (cells/mm² of tissue) a covered segment needs.
+    segment_um, barrier_width_um, barrier_density : float
+        Perimeter segment arc length (µm); width w of the outer band 0 < d ≤ w that must
+        hold the barrier (µm); barrier-cell density a covered band needs (cells/mm² of tissue).
     margin_um : float
-        Width of the inner (−w < d ≤ 0) and outer (0 < d ≤ w) T-cell bands
-        of the barrier → exclusion link (µm).
+        Width w of the link's inner (−w < d ≤ 0) and outer (0 < d ≤ w) T-cell bands (µm).
     colocalization_radii_um : sequence of float
         Radii of the macrophage → CAF cross-L (µm).
-    n_shifts : int
-        Circular shifts of the link test (≥ 999 recommended).
-    n_sim : int
-        Random-labelling simulations of the colocalisation envelope.
-    seed : int
+    n_shifts, n_sim, seed : int
+        Link-test circular shifts (≥ 999 recommended); colocalisation-envelope simulations; seed.
     signed_dist_um : array of float, optional
-        Signed distance of every cell to ``region``'s boundary (µm), when
-        already computed for this region (the pipeline's
-        :func:`~tibspace.geometry.annotate_cells`); default: computed here.
+        Signed distance of every cell to ``region``'s boundary (µm) when already
+        computed (:func:`~tibspace.tissue.annotate_cells`), else computed here.
     progress : callable, optional
 
     Returns
     -------
     BarrierResult
-        ``segments`` (``segment_id, nest_id, ring, position, length_um,
-        geometry, n_barrier, n_macrophage, n_caf, outer_area_um2,
-        barrier_density_per_mm2, assessable, covered, thickness_um, n_t_inner,
-        n_t_outer, inner_area_um2, t_inner_density, t_outer_density,
-        t_ratio``), ``per_nest``, ``sample``, ``colocalization``, ``gaps``,
-        ``covered_geometry``, ``gap_geometry``, ``parameters``.
 
     Raises
     ------
     InputError
-        Missing columns or an empty role list.
+        Missing columns, an empty role list, a non-positive length, empty tissue.
 
     Examples
     --------
     >>> from tibspace.tissue import TumourRegion
     >>> rng = np.random.default_rng(0)
-    >>> nest = shapely.Point(400, 400).buffer(150)
+    >>> region = TumourRegion.from_polygons([shapely.Point(400, 400).buffer(150)])
     >>> ang = np.linspace(0.05, np.pi - 0.05, 40); r = 150 + rng.uniform(2, 45, 40)   # half lined
     >>> x = np.r_[400 + r * np.cos(ang), rng.uniform(0, 800, 1500)]
     >>> y = np.r_[400 + r * np.sin(ang), rng.uniform(0, 800, 1500)]
     >>> ph = np.r_[np.where(np.arange(40) % 2, "CAF", "SPP1_macrophage"),
     ...            rng.choice(["other", "CD8_T"], 1500, p=[0.9, 0.1])]
     >>> cells = pd.DataFrame({"x_um": x, "y_um": y, "phenotype": ph})
-    >>> res = barrier_analysis(cells, TumourRegion.from_polygons([nest]), shapely.box(0, 0, 800, 800),
-    ...                        n_sim=19, n_shifts=99)
+    >>> res = barrier_analysis(cells, region, shapely.box(0, 0, 800, 800), n_sim=19, n_shifts=99)
     >>> round(res.barrier_coverage, 1), res.sample["n_gaps"]
     (0.5, 1)
     """
-    from tibspace import tissue as geo
-
     types = _check_inputs(cells, tissue, barrier_types, macrophage_types, caf_types, t_types,
                           segment_um=segment_um, barrier_width_um=barrier_width_um, margin_um=margin_um)
-    params = {**types, "segment_um": float(segment_um), "barrier_width_um": float(barrier_width_um),
-              "barrier_density": float(barrier_density), "margin_um": float(margin_um),
-              "colocalization_radii_um": [float(r) for r in colocalization_radii_um],
-              "n_shifts": int(n_shifts), "n_sim": int(n_sim), "seed": int(seed),
-              "min_band_fraction": _MIN_BAND_FRACTION, "t_ratio_pseudocount": 0.5}
+    params = _parameters(types, segment_um, barrier_width_um, barrier_density, margin_um,
+                         colocalization_radii_um, n_shifts, n_sim, seed)
     bw, mw = float(barrier_width_um), float(margin_um)
-    total = 6
-    report(progress, "barrier", 0, total)
-
-    # every segment is k_sub consecutive sub-segments (rows in the same order), so a
-    # cell's nearest segment is the parent of its nearest sub-segment and segment band
-    # areas are sums of sub-segment band areas: one assignment, one partition
-    seg = geo.perimeter_segments(region, segment_um=float(segment_um)).reset_index(drop=True)
-    sub = geo.perimeter_segments(region, segment_um=float(segment_um),
-                                 subdivide=_COVERAGE_SUBDIVIDE).reset_index(drop=True)
-    parent = np.arange(len(sub)) // _COVERAGE_SUBDIVIDE
+    report(progress, "barrier", 0, _N_STEPS)
+    seg, sub, parent = _boundary_segments(region, float(segment_um))
     c = _assign_cells(cells, region, sub, parent, types, max(bw, mw), signed_dist_um)
-    report(progress, "barrier", 1, total)
+    report(progress, "barrier", 1, _N_STEPS)
     areas = _band_areas(sub, parent, len(seg), region, tissue, bw, mw)
-    report(progress, "barrier", 2, total)
+    report(progress, "barrier", 2, _N_STEPS)
     seg, prof = _segment_table(seg, sub, parent, c, areas, bw, mw, float(barrier_density))
-    report(progress, "barrier", 3, total)
+    report(progress, "barrier", 3, _N_STEPS)
     runs, gap_runs, covered_geometry, gap_geometry = _coverage_runs(sub, prof)
     link = _link(seg, n_shifts, seed)
-    report(progress, "barrier", 4, total)
+    report(progress, "barrier", 4, _N_STEPS)
     per_nest = _per_nest_table(seg, sub, prof, gap_runs, region.n_nests, n_shifts, seed)
-    report(progress, "barrier", 5, total)
+    report(progress, "barrier", 5, _N_STEPS)
     coloc, coloc_note = _colocalization(c, colocalization_radii_um, tissue, n_sim, seed)
     sample = _sample_summary(seg, sub, prof, gap_runs, region.n_nests, coloc, coloc_note, link)
-    report(progress, "barrier", total, total)
+    report(progress, "barrier", _N_STEPS, _N_STEPS)
     return BarrierResult(segments=seg, per_nest=per_nest, sample=sample, colocalization=coloc,
                          covered_geometry=covered_geometry, gap_geometry=gap_geometry, gaps=gap_runs,
                          runs=runs, parameters=params)
@@ -223,6 +222,38 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
 
 # ---------------------------------------------------------------------------
 # steps of barrier_analysis
+def _parameters(types, segment_um, barrier_width_um, barrier_density, margin_um, colocalization_radii_um,
+                n_shifts, n_sim, seed) -> dict:
+    """The parameters recorded with a result: role lists, lengths (µm), density (cells/mm²), counts."""
+    return {**types, "segment_um": float(segment_um), "barrier_width_um": float(barrier_width_um),
+            "barrier_density": float(barrier_density), "margin_um": float(margin_um),
+            "colocalization_radii_um": [float(r) for r in colocalization_radii_um],
+            "n_shifts": int(n_shifts), "n_sim": int(n_sim), "seed": int(seed),
+            "min_band_fraction": _MIN_BAND_FRACTION, "t_ratio_pseudocount": 0.5}
+
+
+def _boundary_segments(region, segment_um: float):
+    """Perimeter segments of ``region``, their sub-segments and each sub-segment's segment.
+
+    Returns
+    -------
+    seg, sub : DataFrame
+        :func:`~tibspace.tissue.perimeter_segments` tables at ``segment_um``
+        and subdivided ``_COVERAGE_SUBDIVIDE`` times (index 0..n−1).
+    parent : int array (len(sub),)
+        Row of ``seg`` holding each sub-segment. Every segment is
+        ``_COVERAGE_SUBDIVIDE`` consecutive sub-segments (rows in the same
+        order), so a cell's nearest segment is the parent of its nearest
+        sub-segment and a segment's band area is the sum of its sub-segments'.
+    """
+    from tibspace import tissue as geo
+
+    seg = geo.perimeter_segments(region, segment_um=segment_um).reset_index(drop=True)
+    sub = geo.perimeter_segments(region, segment_um=segment_um,
+                                 subdivide=_COVERAGE_SUBDIVIDE).reset_index(drop=True)
+    return seg, sub, np.arange(len(sub)) // _COVERAGE_SUBDIVIDE
+
+
 def _check_inputs(cells, tissue, barrier_types, macrophage_types, caf_types, t_types, **lengths) -> dict:
     """Validate the cell table, role lists, lengths and tissue; return the role lists."""
     if not isinstance(cells, pd.DataFrame):
@@ -266,6 +297,11 @@ class _Cells:
 
 
 def _assign_cells(cells, region, sub, parent, types, reach, signed_dist_um) -> _Cells:
+    """Role cells of ``cells`` with their signed distance d (µm) and nearest (sub-)segment.
+
+    Cells with |d| ≤ ``reach`` (µm) are assigned to their nearest row of ``sub``
+    and, through ``parent``, to its segment; the others get −1 (see :class:`_Cells`).
+    """
     from tibspace import tissue as geo
 
     x = cells["x_um"].to_numpy(float)
@@ -382,6 +418,7 @@ def _coverage_runs(sub, prof):
 
 
 def _ring_keys(seg):
+    """One integer per boundary ring of a segment table: nest_id * 100 000 + ring."""
     return seg["nest_id"].to_numpy(np.int64) * 100_000 + seg["ring"].to_numpy(np.int64)
 
 
@@ -394,6 +431,11 @@ def _link(seg, n_shifts, seed, mask=None) -> dict:
 
 
 def _per_nest_table(seg, sub, prof, gap_runs, n_nests, n_shifts, seed) -> pd.DataFrame:
+    """One row per nest 1..n_nests: coverage, gaps, thickness, composition and link.
+
+    Lengths in µm; composition counts the band cells of covered segments; the
+    link test runs within the nest with seed ``seed + nest_id``.
+    """
     length = seg["length_um"].to_numpy(float)
     covered = seg["covered"].to_numpy(bool)
     thick = seg["thickness_um"].to_numpy(float)
@@ -447,6 +489,7 @@ def _colocalization(c: _Cells, radii_um, tissue, n_sim, seed):
 
 
 def _sample_summary(seg, sub, prof, gap_runs, n_nests, coloc, coloc_note, link) -> dict:
+    """Whole-sample numbers: coverage over all nests, gaps, thickness, composition, colocalisation, link."""
     length = seg["length_um"].to_numpy(float)
     covered = seg["covered"].to_numpy(bool)
     thick = seg["thickness_um"].to_numpy(float)
@@ -472,6 +515,7 @@ def _sample_summary(seg, sub, prof, gap_runs, n_nests, coloc, coloc_note, link) 
 
 
 def _coloc_summary(coloc, note) -> dict:
+    """The colocalisation envelope as lists per radius, with its global p and the skip note."""
     return {
         "statistic": "cross_L SPP1_macrophage -> CAF, random labelling among macrophages and CAFs",
         "r_um": coloc["r_um"].tolist() if len(coloc) else [],
@@ -485,6 +529,7 @@ def _coloc_summary(coloc, note) -> dict:
 
 
 def _link_summary(link) -> dict:
+    """The link test result with the definitions of its statistic, null and alternative."""
     return {
         "statistic": "median(t_ratio | covered) - median(t_ratio | uncovered)",
         "t_ratio": "((n_T inner + 0.5) / inner area) / ((n_T outer + 0.5) / outer area) per segment",

@@ -8,6 +8,8 @@ spatial autocorrelation) while the values stay in place.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 __all__ = ["circular_shift_test"]
@@ -31,14 +33,11 @@ def circular_shift_test(values: np.ndarray, covered: np.ndarray, ring: np.ndarra
     """One-sided circular-shift test: do covered segments have LOWER values?
 
     Statistic: ``median(values[covered]) − median(values[~covered])`` over
-    finite values. Null: the covered labels are rotated along each ring by an
-    independent uniform offset (which keeps the run structure, i.e. the
-    spatial autocorrelation, of the barrier), values stay in place.
-    ``p = (1 + #{null ≤ observed}) / (1 + n_shifts)``; when the number of
-    distinct rotation combinations (product of ring lengths) is ≤
-    ``n_shifts`` all are enumerated and ``p = #{null ≤ observed} / #combos``
-    (exact; includes the identity). All shifts are evaluated as one numpy
-    operation (in blocks of ≤ ``max_block`` elements).
+    finite values. Null: the covered labels rotated along each ring by
+    independent uniform offsets, values in place. ``p = (1 + #{null ≤
+    observed}) / (1 + n_shifts)``; when the number of rotation combinations
+    (product of ring lengths) is ≤ ``n_shifts`` all are enumerated and
+    ``p = #{null ≤ observed} / #combos`` (exact; includes the identity).
 
     Parameters
     ----------
@@ -49,19 +48,20 @@ def circular_shift_test(values: np.ndarray, covered: np.ndarray, ring: np.ndarra
         Ring key per segment (e.g. nest_id * 1000 + ring).
     position : int array (n,)
         Circular index of the segment along its ring (0 … len − 1, each once).
-    n_shifts : int
-    seed : int
+    n_shifts, seed : int
+        Random rotations when not exact; their seed.
+    max_block : int
+        Most array elements evaluated at once (shifts × segments).
 
     Returns
     -------
     dict
         ``statistic, p_value, n_shifts (used), exact (bool),
         median_covered, median_uncovered, n_covered, n_uncovered,
-        n_informative_rings, null (array)``. Rotations only move labels
-        within rings, so rings that are wholly covered or wholly uncovered
-        carry no information: with ``n_informative_rings == 0`` the null is
-        the observed value and ``p = 1`` (the test compares segments along
-        the same boundary, never nests with each other).
+        n_informative_rings, null (array)``. Rings wholly covered or wholly
+        uncovered do not change under rotation: with
+        ``n_informative_rings == 0`` the null is the observed value and
+        ``p = 1`` (the test never compares nests with each other).
 
     Examples
     --------
@@ -71,60 +71,121 @@ def circular_shift_test(values: np.ndarray, covered: np.ndarray, ring: np.ndarra
     >>> round(res["statistic"], 2), res["exact"], res["p_value"] < 0.05
     (-0.8, True, True)
     """
-    v = np.asarray(values, float)
-    c = np.asarray(covered, bool)
-    ring = np.asarray(ring)
-    pos = np.asarray(position, np.int64)
-    n = v.size
-    out = {"statistic": float("nan"), "p_value": float("nan"), "n_shifts": 0, "exact": False,
-           "n_informative_rings": 0,
-           "median_covered": float("nan"), "median_uncovered": float("nan"),
-           "n_covered": 0, "n_uncovered": 0, "null": np.zeros(0)}
-    if n == 0:
+    out = _untested()
+    if np.asarray(values, float).size == 0:
         return out
-    # order segments by (ring, position) so ring r occupies [start_r, start_r + n_r)
-    rkeys, rc = np.unique(ring, return_inverse=True)
-    order = np.lexsort((pos, rc))
-    v, c, rc, pos = v[order], c[order], rc[order], pos[order]
-    sizes = np.bincount(rc, minlength=rkeys.size)
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    local = np.arange(n) - starts[rc]               # 0..n_r-1 in position order
-    valid = np.isfinite(v)
-    # only rings holding both covered and uncovered segments can change under rotation
-    has_c = np.bincount(rc, weights=c.astype(float), minlength=rkeys.size) > 0
-    has_u = np.bincount(rc, weights=(~c).astype(float), minlength=rkeys.size) > 0
-    out["n_informative_rings"] = int(np.sum(has_c & has_u))
-    out["n_covered"] = int((c & valid).sum())
-    out["n_uncovered"] = int((~c & valid).sum())
+    rings = _ring_layout(values, covered, ring, position)
+    out.update(_label_counts(rings))
     if out["n_covered"] == 0 or out["n_uncovered"] == 0:
         return out
-    vo = np.argsort(v[valid], kind="stable")
-    vs = v[valid][vo]
-    cols = np.flatnonzero(valid)[vo]                # columns in sorted-value order
+    ranked = _ValueRanks.of(rings)
+    obs = float(_shifted_differences(rings, ranked, np.zeros((1, rings.sizes.size), np.int64))[0])
+    v, c, valid = rings.values, rings.covered, rings.valid
+    out.update({"statistic": obs, "median_covered": float(np.median(v[c & valid])),
+                "median_uncovered": float(np.median(v[~c & valid]))})
+    shifts, exact = _rotation_offsets(rings.sizes, n_shifts, seed)
+    block = max(1, int(max_block // max(v.size, 1)))
+    null = np.concatenate([_shifted_differences(rings, ranked, shifts[i:i + block])
+                           for i in range(0, len(shifts), block)])
+    out.update({"p_value": _shift_p_value(null, obs, exact), "n_shifts": int(len(null)), "exact": bool(exact),
+                "null": null})
+    return out
 
-    def stats(shift):                               # shift: (S, R) offsets
-        g = starts[rc][None, :] + (local[None, :] - shift[:, rc]) % sizes[rc][None, :]
-        cs = c[g][:, cols]
-        return _masked_medians(vs, cs) - _masked_medians(vs, ~cs)
 
-    obs = float(stats(np.zeros((1, rkeys.size), np.int64))[0])
-    out["statistic"] = obs
-    out["median_covered"] = float(np.median(v[c & valid]))
-    out["median_uncovered"] = float(np.median(v[~c & valid]))
+# ---------------------------------------------------------------------------
+# steps of circular_shift_test
+def _untested() -> dict:
+    """The result of a test that cannot run (no segments, or no covered or no uncovered value)."""
+    return {"statistic": float("nan"), "p_value": float("nan"), "n_shifts": 0, "exact": False,
+            "n_informative_rings": 0,
+            "median_covered": float("nan"), "median_uncovered": float("nan"),
+            "n_covered": 0, "n_uncovered": 0, "null": np.zeros(0)}
+
+
+@dataclass(frozen=True)
+class _RingLayout:
+    """Segments ordered by (ring, position): ring r occupies rows ``starts[r] … starts[r] + sizes[r] − 1``.
+
+    Attributes
+    ----------
+    values, covered, valid : arrays (n,)
+        Value, covered label and ``isfinite(value)`` of each row.
+    ring_of : int array (n,)
+        Ring number 0..R−1 of each row (rings in sorted key order).
+    local : int array (n,)
+        Position of each row along its ring, 0..sizes[r] − 1.
+    sizes, starts : int arrays (R,)
+        Segments per ring; first row of each ring.
+    """
+
+    values: np.ndarray
+    covered: np.ndarray
+    valid: np.ndarray
+    ring_of: np.ndarray
+    local: np.ndarray
+    sizes: np.ndarray
+    starts: np.ndarray
+
+
+def _ring_layout(values, covered, ring, position) -> _RingLayout:
+    """Order the segments by (ring, position) (see :class:`_RingLayout`)."""
+    v = np.asarray(values, float)
+    c = np.asarray(covered, bool)
+    pos = np.asarray(position, np.int64)
+    rkeys, rc = np.unique(np.asarray(ring), return_inverse=True)
+    order = np.lexsort((pos, rc))
+    v, c, rc = v[order], c[order], rc[order]
+    sizes = np.bincount(rc, minlength=rkeys.size)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    return _RingLayout(values=v, covered=c, valid=np.isfinite(v), ring_of=rc, local=np.arange(v.size) - starts[rc],
+                       sizes=sizes, starts=starts)
+
+
+def _label_counts(rings: _RingLayout) -> dict:
+    """Rings holding both covered and uncovered segments; covered / uncovered segments with a finite value."""
+    rc, c, n_rings = rings.ring_of, rings.covered, rings.sizes.size
+    has_c = np.bincount(rc, weights=c.astype(float), minlength=n_rings) > 0
+    has_u = np.bincount(rc, weights=(~c).astype(float), minlength=n_rings) > 0
+    return {"n_informative_rings": int(np.sum(has_c & has_u)), "n_covered": int((c & rings.valid).sum()),
+            "n_uncovered": int((~c & rings.valid).sum())}
+
+
+@dataclass(frozen=True)
+class _ValueRanks:
+    """The finite values in ascending order (``ascending``) and the row of each (``rows``)."""
+
+    ascending: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def of(cls, rings: _RingLayout) -> "_ValueRanks":
+        """Stable ascending order of the finite values of ``rings``."""
+        vo = np.argsort(rings.values[rings.valid], kind="stable")
+        return cls(ascending=rings.values[rings.valid][vo], rows=np.flatnonzero(rings.valid)[vo])
+
+
+def _shifted_differences(rings: _RingLayout, ranked: _ValueRanks, shift: np.ndarray) -> np.ndarray:
+    """Median covered − median uncovered value after each row of ring offsets ``shift`` (S, R)."""
+    rc = rings.ring_of
+    g = rings.starts[rc][None, :] + (rings.local[None, :] - shift[:, rc]) % rings.sizes[rc][None, :]
+    cs = rings.covered[g][:, ranked.rows]
+    return _masked_medians(ranked.ascending, cs) - _masked_medians(ranked.ascending, ~cs)
+
+
+def _rotation_offsets(sizes: np.ndarray, n_shifts: int, seed: int) -> tuple[np.ndarray, bool]:
+    """Ring offsets (S, R) of the null: every combination when ≤ ``n_shifts`` (exact), else random."""
     n_combos = float(np.prod(sizes.astype(float)))
     exact = n_combos <= n_shifts
     if exact:
         grids = np.meshgrid(*[np.arange(s) for s in sizes], indexing="ij")
-        shifts = np.stack([g.ravel() for g in grids], axis=1).astype(np.int64)
-    else:
-        rng = np.random.default_rng(seed)
-        shifts = (rng.random((int(n_shifts), rkeys.size)) * sizes[None, :]).astype(np.int64)
-    block = max(1, int(max_block // max(n, 1)))
-    null = np.concatenate([stats(shifts[i:i + block]) for i in range(0, len(shifts), block)])
+        return np.stack([g.ravel() for g in grids], axis=1).astype(np.int64), exact
+    rng = np.random.default_rng(seed)
+    return (rng.random((int(n_shifts), sizes.size)) * sizes[None, :]).astype(np.int64), exact
+
+
+def _shift_p_value(null: np.ndarray, obs: float, exact: bool) -> float:
+    """Share of null statistics ≤ the observed one (+1 on both counts when not exact)."""
     le = np.sum(null <= obs + 1e-12 * max(1.0, abs(obs)))
     if exact:
-        p = le / len(null)
-    else:
-        p = (1 + le) / (1 + len(null))
-    out.update({"p_value": float(p), "n_shifts": int(len(null)), "exact": bool(exact), "null": null})
-    return out
+        return float(le / len(null))
+    return float((1 + le) / (1 + len(null)))
