@@ -209,39 +209,32 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
                     tissue=None, edge_um: float = 20.0, progress=None) -> ShieldResult:
     """NET / collagen-I shields around tumour cells, T-cell contact and NET–T antagonism.
 
-    Contact, edge-only contact and antagonism are defined in the module
-    docstring.
+    Steps: ring coverage, contact test, per-nest table, antagonism tiles,
+    cross-pcf; contact, edge-only contact and antagonism as in the module docstring.
 
     Parameters
     ----------
     cells : pandas.DataFrame
-        ``cell_id`` (== label value), ``x_um``, ``y_um``, ``phenotype``
-        (``area_um2``: neutrophil area when there are no labels).
+        ``cell_id`` (== label value), ``x_um``, ``y_um``, ``phenotype`` (``area_um2``: neutrophil area without labels).
     cell_labels : int ndarray (Y, X) or None
-        Whole-cell labels. None (table-only run): no ring coverage nor
-        shielded/unshielded comparison (said in ``sample["notes"]``);
-        contact by centroid distance.
+        Whole-cell labels. None (table-only run): no ring coverage nor shielded/unshielded comparison
+        (said in ``sample["notes"]``); contact by centroid distance.
     masks : dict or None
         ``"net"`` and/or ``"col1"`` boolean pixel masks (Y, X).
     pixel_size_um : float
     region : TumourRegion
         Tumour nests (µm): per-nest numbers and boundary strips.
     tumour_types, t_types, neutrophil_types : tuple of str
-    shield_ring_um, shield_min_coverage : float
-        Ring width outside each tumour cell (µm); ring coverage from which a
-        cell is shielded (also the strip rule of :func:`nest_shield_fraction`).
-    nest_strip_um, contact_um, edge_um : float
-        Outer boundary strip (µm, from the tumour-cell outline with labels);
-        centroid contact distance without labels; depth of the nest edge for
-        the edge-only contact test.
+    shield_ring_um, shield_min_coverage, nest_strip_um, contact_um, edge_um : float
+        Ring width outside each tumour cell (µm); ring coverage from which a cell is shielded (also the strip rule
+        of :func:`nest_shield_fraction`); outer boundary strip (µm, from the tumour-cell outline with labels);
+        centroid contact distance without labels (µm); depth of the nest edge for the edge-only contact test (µm).
     antagonism_tile_um, antagonism_radii_um : float, sequence of float
-        Tile side of the antagonism grid; radii of the neutrophil → T
-        cross-pcf (µm).
+        Tile side of the antagonism grid; radii of the neutrophil → T cross-pcf (µm).
     n_sim, seed : int
         Random-labelling simulations and seed.
     tissue : shapely geometry, optional
-        Window of the tile grid and the pcf; default
-        :func:`tibspace.tissue.tissue_region_from_cells`.
+        Window of the tile grid and the pcf; default :func:`tibspace.tissue.tissue_region_from_cells`.
     progress : callable, optional
 
     Returns
@@ -264,45 +257,62 @@ def shield_analysis(cells: pd.DataFrame, cell_labels: np.ndarray | None, masks: 
     [[1, True]]
     """
     cells, labels, masks, shape = _check_inputs(cells, cell_labels, masks, pixel_size_um, tumour_types, t_types)
-    tumour_types, t_types = [str(t) for t in tumour_types], [str(t) for t in t_types]
-    neutrophil_types = [str(t) for t in neutrophil_types]
     params = _parameters(tumour_types, t_types, neutrophil_types, shield_ring_um, shield_min_coverage, nest_strip_um,
                          contact_um, antagonism_tile_um, antagonism_radii_um, n_sim, edge_um, seed, pixel_size_um)
     notes: list[str] = []
     report(progress, "shield", 0, 5)
+    roles = _roles(cells, masks, shape, params, notes)
+    cov, contact, per_nest, strip, contact_edge, ring_available = _cell_steps(cells, labels, roles, region, params,
+                                                                              notes, progress)
+    tissue = _tissue_or_default(tissue, cells, notes)
+    tiles, pcf, antagonism = _antagonism_steps(cells, roles, labels, tissue, params, notes, progress)
+    sample = _sample_summary(cov, roles.tum_ids, ring_available, roles.net, roles.col, strip, masks, contact,
+                             contact_edge)
+    report(progress, "shield", 5, 5)
+    return ShieldResult(per_cell=cov, per_nest=per_nest, sample={**sample, "antagonism": antagonism, "notes": notes},
+                        tiles=tiles, cross_pcf=pcf, parameters=params)
+
+
+@dataclass(frozen=True)
+class _Roles:
+    """Masks and cell roles that the steps of :func:`shield_analysis` share."""
+
+    net: np.ndarray | None          # NET mask (Y, X) bool, or None
+    col: np.ndarray | None          # collagen-I mask, or None
+    union: np.ndarray | None        # NET ∪ COL1, None when neither is given
+    tum_ids: np.ndarray             # cell_id of the tumour cells (int64)
+    is_t: np.ndarray                # per row of ``cells``: effector T cell
+    is_neu: np.ndarray              # per row of ``cells``: neutrophil
+
+
+def _roles(cells, masks: dict, shape, params: dict, notes: list[str]) -> _Roles:
+    """The NET / COL1 masks and their union; tumour ids, T and neutrophil rows of ``cells``."""
     net, col = masks.get("net"), masks.get("col1")
     union = _mask_union(net, col, shape, notes)
     ph = cells["phenotype"].astype(str).to_numpy()
-    is_t, is_neu = np.isin(ph, t_types), np.isin(ph, neutrophil_types)
-    tum_ids = cells["cell_id"].to_numpy(np.int64)[np.isin(ph, tumour_types)]
-    cov, contact, per_nest, strip, contact_edge, ring_available = _cell_steps(
-        cells, labels, net, col, union, tum_ids, is_t, region, params, notes, progress)
-    tissue = _tissue_or_default(tissue, cells, notes)
-    tiles, pcf, antagonism = _antagonism_steps(cells, is_t, is_neu, labels, net, tissue, params, notes, progress)
-    sample = _sample_summary(cov, tum_ids, ring_available, net, col, strip, masks, contact, contact_edge)
-    sample["antagonism"] = antagonism
-    sample["notes"] = notes
-    report(progress, "shield", 5, 5)
-    return ShieldResult(per_cell=cov, per_nest=per_nest, sample=sample, tiles=tiles, cross_pcf=pcf,
-                        parameters=params)
+    tum_ids = cells["cell_id"].to_numpy(np.int64)[np.isin(ph, params["tumour_types"])]
+    return _Roles(net=net, col=col, union=union, tum_ids=tum_ids, is_t=np.isin(ph, params["t_types"]),
+                  is_neu=np.isin(ph, params["neutrophil_types"]))
 
 
-def _antagonism_steps(cells, is_t, is_neu, labels, net, tissue, params: dict, notes, progress):
+def _antagonism_steps(cells, roles: _Roles, labels, tissue, params: dict, notes, progress):
     """Antagonism tiles, neutrophil → T cross-pcf and their summary (steps 4–5 of :func:`shield_analysis`)."""
-    tiles, rho, p_rho, area_method = _antagonism_tiles(cells, is_t, is_neu, labels, net, params["pixel_size_um"],
-                                                       tissue, float(params["antagonism_tile_um"]), notes)
+    tiles, rho, p_rho, area_method = _antagonism_tiles(cells, roles.is_t, roles.is_neu, labels, roles.net,
+                                                       params["pixel_size_um"], tissue,
+                                                       float(params["antagonism_tile_um"]), notes)
     report(progress, "shield", 4, 5)
     pcf = _cross_pcf(cells, params["neutrophil_types"], params["t_types"], params["antagonism_radii_um"], tissue,
                      params["n_sim"], params["seed"], notes)
     return tiles, pcf, _antagonism_summary(tiles, params["antagonism_tile_um"], area_method, rho, p_rho, pcf)
 
 
-def _cell_steps(cells, labels, net, col, union, tum_ids, is_t, region, params: dict, notes, progress):
+def _cell_steps(cells, labels, roles: _Roles, region, params: dict, notes, progress):
     """Ring coverage, contact test and per-nest table (steps 1–3 of :func:`shield_analysis`)."""
     px, min_cov = params["pixel_size_um"], params["shield_min_coverage"]
+    net, col, union, tum_ids = roles.net, roles.col, roles.union, roles.tum_ids
     cov, ring_available = _ring_step(labels, union, tum_ids, net, col, px, params["shield_ring_um"], min_cov, notes)
     report(progress, "shield", 1, 5)
-    contact = _contact_step(cells, cov, tum_ids, is_t, labels, params["contact_um"], ring_available)
+    contact = _contact_step(cells, cov, tum_ids, roles.is_t, labels, params["contact_um"], ring_available)
     report(progress, "shield", 2, 5)
     per_nest, strip, contact_edge = _nest_step(cells, cov, tum_ids, labels, union, region, px,
                                                params["nest_strip_um"], min_cov, params["edge_um"], ring_available)
@@ -312,8 +322,9 @@ def _cell_steps(cells, labels, net, col, union, tum_ids, is_t, region, params: d
 
 def _parameters(tumour_types, t_types, neutrophil_types, ring_um, min_coverage, strip_um, contact_um, tile_um,
                 radii_um, n_sim, edge_um, seed, pixel_size_um) -> dict:
-    """``ShieldResult.parameters`` (JSON-safe)."""
-    return {"tumour_types": tumour_types, "t_types": t_types, "neutrophil_types": neutrophil_types,
+    """``ShieldResult.parameters`` (JSON-safe; phenotype names as lists of str)."""
+    return {"tumour_types": [str(t) for t in tumour_types], "t_types": [str(t) for t in t_types],
+            "neutrophil_types": [str(t) for t in neutrophil_types],
             "shield_ring_um": float(ring_um), "shield_min_coverage": float(min_coverage),
             "nest_strip_um": float(strip_um), "contact_um": float(contact_um),
             "antagonism_tile_um": float(tile_um),
