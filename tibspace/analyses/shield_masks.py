@@ -21,6 +21,27 @@ robust floor alone: signal above tissue background — MPO decorating NETs
 is much dimmer than MPO in intact neutrophils, which an Otsu gate would
 pick out instead) unless the dict names them.
 
+Background: before an automatic gate, the channel's smooth background is
+estimated at the physical scale ``background_um`` (default 25 µm blocks, a
+3 × 3-block median; :mod:`tibspace.analyses.shield_background`) and removed:
+the gate and the threshold see ``raw − background + level`` (``level`` = the
+background's median), so an uneven background (illumination, thickness,
+autofluorescence blotches) neither raises the noise floor nor fills the mask
+on the bright side. Gates of automatic channels are reported in these
+flattened units. ``background_um=0`` thresholds raw intensities; a numeric
+gate always applies to raw intensities (its units are the channel's).
+
+Edge growth: where an automatic gate is set by its noise floor (median +
+5 σ above Otsu, a noisy channel), pixels above the lower floor median + 3 σ
+(:data:`GROW_SD`) within :data:`GROW_UM` µm of a pixel above the gate join
+the mask, so the PSF-dimmed rims of real structures are kept while isolated
+noise is not. Where Otsu sets the gate (median + 5 σ below it), both gates
+are Otsu and nothing grows. A co-required channel with an automatic gate
+(MPO on NETs) is gated at that lower floor (max(split, median + 3 σ)): it only
+has to show signal within ``require_dilation_um`` of the mask's own positive
+pixels, and NET-bound MPO is dim enough that a 5 σ floor loses it in a noisy
+channel.
+
 The image is processed in tiles of ``tile_size_px`` with a halo, so peak
 memory is set by the tile size plus the output masks. Small-object removal
 is exact across tile seams: an object cut by the halo edge is at least as
@@ -37,8 +58,14 @@ from scipy import ndimage as ndi
 
 from tibspace.errors import InputError
 from tibspace.progress import report
+from tibspace.analyses.shield_background import estimate_background, flatten
 
-__all__ = ["shield_masks", "otsu_gate_log1p"]
+__all__ = ["shield_masks", "otsu_gate_log1p", "GROW_SD", "GROW_UM"]
+
+#: Noise floor (σ above the median) of the growth gate (module docstring).
+GROW_SD = 3.0
+#: Reach (µm) of edge growth from pixels above the gate.
+GROW_UM = 1.0
 
 def _spec_get(spec: Any, name: str, default: Any = None) -> Any:
     if isinstance(spec, Mapping):
@@ -81,10 +108,16 @@ def _image_yx(image: Any) -> tuple[int, int]:
     return shape[1], shape[2]
 
 
-def _strided_sample(image: Any, c: int, max_pixels: int) -> np.ndarray:
-    """Every s-th pixel in y and x of channel ``c`` (s chosen so ≤ max_pixels)."""
+def _stride(image: Any, max_pixels: int) -> int:
+    """Sample spacing s (pixels) so that every s-th pixel in y and x gives ≤ max_pixels."""
     ny, nx = _image_yx(image)
-    s = max(1, int(math.ceil(math.sqrt(ny * nx / float(max_pixels)))))
+    return max(1, int(math.ceil(math.sqrt(ny * nx / float(max_pixels)))))
+
+
+def _strided_sample(image: Any, c: int, max_pixels: int) -> np.ndarray:
+    """Every s-th pixel in y and x of channel ``c`` (s = :func:`_stride`)."""
+    ny, nx = _image_yx(image)
+    s = _stride(image, max_pixels)
     if isinstance(image, np.ndarray):
         return np.asarray(image[c, ::s, ::s])
     data = getattr(image, "data", None)
@@ -120,6 +153,13 @@ def otsu_gate_log1p(values: np.ndarray, *, floor_sd: float = 5.0, method: str = 
     >>> bool(otsu_gate_log1p(bg) > bg.max() * 0.8)   # no positives: the floor keeps the gate above noise
     True
     """
+    split, med, sd = _split_and_noise(values, method, seed)
+    return float(max(split, med + floor_sd * sd)) if floor_sd > 0 else float(split)
+
+
+def _split_and_noise(values: np.ndarray, method: str, seed: int = 0) -> tuple[float, float, float]:
+    """(split, median, σ) of :func:`otsu_gate_log1p` in raw units: the Otsu / GMM split (−inf for
+    ``"background"``) and the background median and noise σ of its floor."""
     from skimage.filters import threshold_otsu
 
     v = np.asarray(values, dtype=np.float64).ravel()
@@ -139,14 +179,12 @@ def otsu_gate_log1p(values: np.ndarray, *, floor_sd: float = 5.0, method: str = 
         t = float(np.log1p(auto_gate(sub, "gmm", marker="mask channel", seed=seed)))
     else:
         raise InputError(f"automatic gate method {method!r}: expected \"otsu\", \"gmm\" or \"background\"")
-    gate = float(np.expm1(t)) if np.isfinite(t) else -np.inf
-    if floor_sd > 0:
-        # background noise is additive: estimate it in raw units from the left half
-        p16, med = np.percentile(v, [15.865, 50.0])
-        left = v[v <= med]
-        sd = max(med - p16, float(np.sqrt(np.mean((left - med) ** 2))) if left.size else 0.0, 1e-12)
-        gate = max(gate, med + floor_sd * sd)
-    return float(gate)
+    split = float(np.expm1(t)) if np.isfinite(t) else -np.inf
+    # background noise is additive: estimate it in raw units from the left half
+    p16, med = np.percentile(v, [15.865, 50.0])
+    left = v[v <= med]
+    sd = max(med - p16, float(np.sqrt(np.mean((left - med) ** 2))) if left.size else 0.0, 1e-12)
+    return split, float(med), float(sd)
 
 
 def _tissue_sample_mask(image: Any, channels: Sequence[int], max_pixels: int) -> np.ndarray:
@@ -185,7 +223,7 @@ def _resolve_gate(gate: Any, channel: str, is_required: bool) -> Any:
 def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapping[str, int] | None,
                  pixel_size_um: float, *, tile_size_px: int = 2048, require_dilation_um: float = 1.0,
                  tissue_mask: np.ndarray | None = None, max_gate_pixels: int = 4_000_000,
-                 progress=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                 background_um: float = 25.0, progress=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Boolean NET / collagen-I pixel masks from the image channels.
 
     For each mask spec (``MaskSpec(name, channels, require, gate,
@@ -220,7 +258,9 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
     tissue_mask : bool ndarray (Y, X), optional
         Restrict Otsu samples to tissue pixels.
     max_gate_pixels : int
-        Size of the subsample for automatic gates.
+        Size of the subsample for automatic gates (and the background mesh).
+    background_um : float
+        Block side (µm) of the background removed before automatic gates; 0: none.
     progress : callable, optional
         ``progress(step, done, total)``.
 
@@ -228,7 +268,8 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
     -------
     masks : dict of str -> bool ndarray (Y, X)
     gates : dict of str -> float
-        ``"<mask>:<channel>"`` -> gate used (raw intensity units).
+        ``"<mask>:<channel>"`` -> gate used (raw intensity units; automatic gates in
+        background-flattened units, see the module docstring).
 
     Examples
     --------
@@ -244,7 +285,8 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
         raise InputError(f"pixel_size_um={pixel_size_um}: expected a positive pixel size in µm")
     ny, nx = _image_yx(image)
     gates: dict[str, float] = {}
-    plans = _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels, gates)
+    plans = _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels, gates,
+                        (float(pixel_size_um), float(background_um or 0.0)))
     dil_px = int(math.ceil(require_dilation_um / pixel_size_um))
     n_tiles = int(math.ceil(ny / tile_size_px)) * int(math.ceil(nx / tile_size_px))
     masks: dict[str, np.ndarray] = {}
@@ -256,12 +298,14 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
     return masks, gates
 
 
-def _auto_gate(image, c: int, method: str, channel_index, tissue_mask, max_gate_pixels: int, cache: dict) -> float:
-    """Automatic gate of channel ``c`` from a strided sample restricted to tissue pixels."""
-    ny, nx = _image_yx(image)
+def _auto_gate(image, c: int, method: str, channel_index, tissue_mask, max_gate_pixels: int, cache: dict,
+               scale: tuple[float, float]):
+    """Automatic gate of channel ``c`` from a strided sample restricted to tissue pixels, after removing the
+    channel's background; ``(gate, growth gate, Background or None)``. ``scale`` = (pixel_size_um,
+    background_um)."""
+    st_ = _stride(image, max_gate_pixels)
     sample = _strided_sample(image, c, max_gate_pixels)
     if tissue_mask is not None:
-        st_ = max(1, int(math.ceil(math.sqrt(ny * nx / float(max_gate_pixels)))))
         tm = np.asarray(tissue_mask[::st_, ::st_], bool)[: sample.shape[0], : sample.shape[1]]
     else:
         if "tissue" not in cache:
@@ -269,12 +313,21 @@ def _auto_gate(image, c: int, method: str, channel_index, tissue_mask, max_gate_
                 list(range(int(image.shape[0])))
             cache["tissue"] = _tissue_sample_mask(image, all_c, max_gate_pixels)
         tm = cache["tissue"]
-    sample = sample[tm] if tm.shape == sample.shape and tm.any() else sample
-    return otsu_gate_log1p(sample, method=method)
+    in_tissue = tm.shape == sample.shape and tm.any()
+    bg = None
+    if scale[1] > 0:
+        bg = estimate_background(sample, tm if in_tissue else None, st_, scale[0], scale[1])
+        sample = flatten(sample, bg, np.arange(sample.shape[0]) * st_, np.arange(sample.shape[1]) * st_)
+    sample = sample[tm] if in_tissue else sample
+    gate = otsu_gate_log1p(sample, method=method)
+    split, med, sd = _split_and_noise(sample, method)
+    return gate, min(gate, max(split, med + GROW_SD * sd)), bg
 
 
-def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels: int, gates: dict) -> list:
-    """Per mask: (name, [(channel, gate)] own, [(channel, gate)] required, min_object_um2); fills ``gates``."""
+def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels: int, gates: dict,
+                scale: tuple[float, float]) -> list:
+    """Per mask: (name, own, required, min_object_um2), own / required = [(channel, gate, Background or None,
+    growth gate)]; fills ``gates``. ``scale`` = (pixel_size_um, background_um)."""
     plans = []
     cache: dict = {}
     for name, spec in panel_masks.items():
@@ -290,13 +343,17 @@ def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels:
             for ch in group:
                 c = _channel_of(image, channel_index, ch, name)
                 g = _resolve_gate(gate, ch, is_req)
+                bg, grow = None, None
                 if isinstance(g, str):
                     if g.lower() not in ("otsu", "gmm", "background"):
                         raise InputError(f"mask {name!r}: gate {g!r} for channel {ch!r}; expected a number, "
                                          "\"otsu\", \"gmm\" or \"background\"")
-                    g = _auto_gate(image, c, g.lower(), channel_index, tissue_mask, max_gate_pixels, cache)
+                    g, grow, bg = _auto_gate(image, c, g.lower(), channel_index, tissue_mask, max_gate_pixels,
+                                             cache, scale)
+                if is_req and grow is not None:
+                    g = grow       # a co-required channel only has to show signal: its floor is GROW_SD σ
                 gates[f"{name}:{ch}"] = float(g)
-                gi.append((c, float(g)))
+                gi.append((c, float(g), bg, float(g) if grow is None or is_req else float(grow)))
             cidx.append(gi)
         plans.append((name, cidx[0], cidx[1], min_um2))
     return plans
@@ -304,26 +361,31 @@ def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels:
 
 def _mask_tiles(image, own, req, min_um2: float, pixel_size_um: float, dil_px: int, tile_size_px: int,
                 step) -> np.ndarray:
-    """One mask, tile by tile: halo for exact object sizes plus the dilation reach of ``require``."""
+    """One mask, tile by tile: halo for exact object sizes plus the reach of ``require``'s dilation and of
+    edge growth."""
     ny, nx = _image_yx(image)
     min_px = int(math.ceil(min_um2 / pixel_size_um ** 2)) if min_um2 > 0 else 0
     halo = min_px + 2
+    grow_px = int(math.ceil(GROW_UM / pixel_size_um)) if any(gl < g for _, g, _, gl in own) else 0
+    grow_disk = _disk(grow_px)
+    reach = max(dil_px, grow_px)
     out = np.zeros((ny, nx), dtype=bool)
-    disk = None
-    if req and dil_px > 0:
-        r = np.arange(-dil_px, dil_px + 1)
-        disk = (r[:, None] ** 2 + r[None, :] ** 2) <= dil_px ** 2
+    disk = _disk(dil_px) if req else None
     done = 0
     for y0 in range(0, ny, tile_size_px):
         for x0 in range(0, nx, tile_size_px):
             y1, x1 = min(y0 + tile_size_px, ny), min(x0 + tile_size_px, nx)
-            ey0, ex0 = max(0, y0 - halo - dil_px), max(0, x0 - halo - dil_px)
-            ey1, ex1 = min(ny, y1 + halo + dil_px), min(nx, x1 + halo + dil_px)
+            ey0, ex0 = max(0, y0 - halo - reach), max(0, x0 - halo - reach)
+            ey1, ex1 = min(ny, y1 + halo + reach), min(nx, x1 + halo + reach)
             pos = np.zeros((ey1 - ey0, ex1 - ex0), dtype=bool)
-            for c, g in own:
-                pos |= _read(image, c, ey0, ey1, ex0, ex1) > g
-            for c, g in req:
-                r_ok = _read(image, c, ey0, ey1, ex0, ex1) > g
+            for c, g, bg, g_low in own:
+                v = _channel_tile(image, c, bg, ey0, ey1, ex0, ex1)
+                hi = v > g
+                if g_low < g and hi.any():
+                    hi |= (v > g_low) & ndi.binary_dilation(hi, structure=grow_disk)
+                pos |= hi
+            for c, g, bg, _ in req:
+                r_ok = _channel_tile(image, c, bg, ey0, ey1, ex0, ex1) > g
                 if disk is not None:
                     r_ok = ndi.binary_dilation(r_ok, structure=disk)
                 pos &= r_ok
@@ -337,6 +399,20 @@ def _mask_tiles(image, own, req, min_um2: float, pixel_size_um: float, dil_px: i
             done += 1
             step(done)
     return out
+
+
+def _disk(r_px: int) -> np.ndarray | None:
+    """Disk structuring element of radius ``r_px`` pixels (None for 0)."""
+    if r_px <= 0:
+        return None
+    r = np.arange(-r_px, r_px + 1)
+    return (r[:, None] ** 2 + r[None, :] ** 2) <= r_px ** 2
+
+
+def _channel_tile(image, c: int, bg, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Channel ``c`` on rows y0..y1, cols x0..x1: raw, or background-flattened when ``bg`` is given."""
+    v = _read(image, c, y0, y1, x0, x1)
+    return v if bg is None else flatten(v, bg, np.arange(y0, y1), np.arange(x0, x1))
 
 
 def _remove_small_keep_cut(pos: np.ndarray, min_px: int, cut: tuple[bool, bool, bool, bool]) -> np.ndarray:
