@@ -190,3 +190,84 @@ def test_multi_image_qupath_table_is_split_into_samples(tmp_path, capsys):
     cov = summary["barrier.barrier_coverage"]
     assert cov["export_slide_A"] > 0.6 > 0.2 > cov["export_slide_B"]
     assert "barrier.link.p_value" in summary.columns   # nested results are kept, flattened
+
+
+def _text_starts(page) -> list[tuple[float, str]]:
+    """(x in points from the page's left edge, text) of every piece of text pypdf finds on ``page``."""
+    starts = []
+
+    def visit(text, cm, tm, font, size):
+        if text.strip():
+            starts.append((tm[4] * cm[0] + tm[5] * cm[2] + cm[4], text.strip()))
+
+    page.extract_text(visitor_text=visit)
+    return starts
+
+
+def test_cohort_pdf_prints_the_cohort_and_every_sample_report_on_a4(tmp_path, capsys):
+    """--pdf: cohort_report.pdf on A4 with its widest tables inside the page, and a report.pdf in every
+    sample's result set, also for samples an earlier run without --pdf had done (no rerun)."""
+    from tibspace.cli import main
+    from tibspace.io.resultset import read_manifest as result_files
+    from tibspace.outputs.report_pdf import find_browser
+
+    if find_browser() is None:
+        pytest.skip("no Chromium (scripts/test.sh installs it as root)")
+    import pypdf
+
+    make_cohort(tmp_path / "in", CohortDesign(patients_per_group=2, samples_per_patient=(1,)), seed=6)
+    manifest = pd.read_csv(tmp_path / "in" / "manifest.csv")
+    for k in range(8):   # a wide manifest: eight clinical columns with long values
+        manifest[f"clinical_annotation_{k}"] = [f"treatment-arm-{k}-cycle-{i}-long-free-text-note"
+                                                for i in range(len(manifest))]
+    manifest.to_csv(tmp_path / "in" / "manifest.csv", index=False)
+    args = ["cohort", str(tmp_path / "in" / "manifest.csv"), "--panel", str(PANEL), "--out", str(tmp_path / "out"),
+            "--scheduler", "synchronous", "--quiet", "--by", "response"]
+    assert main(args) == 0 and not (tmp_path / "out" / "cohort_report.pdf").exists()
+    first = manifest["sample_id"].iloc[0]
+    t = pd.read_parquet(tmp_path / "in" / f"{first}.parquet")
+    t.iloc[:-1].to_parquet(tmp_path / "in" / f"{first}.parquet", index=False)   # only this sample runs again
+    capsys.readouterr()
+    assert main(args + ["--pdf"]) == 0
+    assert f"and {(tmp_path / 'out' / 'cohort_report.pdf').resolve()}" in capsys.readouterr().out
+    status = pd.read_csv(tmp_path / "out" / "cohort_status.csv").set_index("sample_id")["status"]
+    assert status.to_dict() == {s: ("done" if s == first else "cached") for s in manifest["sample_id"]}
+    for s in manifest["sample_id"]:
+        folder = tmp_path / "out" / s
+        assert (folder / "report.pdf").read_bytes()[:5] == b"%PDF-", s
+        assert {"report.pdf", "report.html", "tibspace_run_key.json"} <= result_files(folder), s
+        assert s in pypdf.PdfReader(folder / "report.pdf").pages[0].extract_text()
+
+    reader = pypdf.PdfReader(tmp_path / "out" / "cohort_report.pdf")
+    text = " ".join(p.extract_text() for p in reader.pages)
+    for page in reader.pages:
+        box = page.mediabox
+        assert (float(box.width), float(box.height)) == pytest.approx((595.3, 841.9), abs=1.0)   # A4 in points
+        starts = _text_starts(page)
+        assert starts and all(0.0 <= x <= float(box.width) for x, _ in starts), \
+            [(round(x), s) for x, s in starts if not 0.0 <= x <= float(box.width)][:5]
+    words = " ".join(text.split())
+    assert "barrier.barrier_coverage" in words.replace(" ", "") and all(s in words for s in manifest["sample_id"])
+    assert "report" in words.split("time (s)")[-1]      # the samples table's last column is on the page
+    # compare refreshes the PDF it finds beside the report
+    before = (tmp_path / "out" / "cohort_report.pdf").stat().st_mtime_ns
+    assert main(["compare", str(tmp_path / "out"), "--by", "response", "--n-boot", "200"]) == 0
+    assert (tmp_path / "out" / "cohort_report.pdf").stat().st_mtime_ns > before
+
+
+def test_cohort_pdf_without_a_browser_is_one_line(tmp_path, monkeypatch, capsys):
+    from tibspace.cli import main
+
+    (tmp_path / "a.parquet").write_bytes(b"not a parquet file")
+    (tmp_path / "m.csv").write_text("sample_id,table\nA,a.parquet\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "cohort_report.pdf").write_bytes(b"%PDF- of an earlier run")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    monkeypatch.delenv("TIBSPACE_BROWSER", raising=False)
+    assert main(["cohort", str(tmp_path / "m.csv"), "--panel", str(PANEL), "--out", str(tmp_path / "out"),
+                 "--scheduler", "synchronous", "--quiet", "--pdf"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "pdf" in ln]
+    assert err == ["cohort_report.pdf and report.pdf skipped: no Chromium/Chrome found "
+                   "(install chromium or set TIBSPACE_BROWSER)"]
+    assert (tmp_path / "out" / "cohort_report.html").exists()
+    assert not (tmp_path / "out" / "cohort_report.pdf").exists()   # an older PDF would tell another run

@@ -1,7 +1,7 @@
 """Input and output of raw data: lazy multiplex images (OME-TIFF, named TIFF pages, folders), cell tables from other tools, channel-name matching, QuPath's pixel convention, and atomic file writes."""
 
 from tibspace.io.files import atomic_path
-from tibspace.io.resultset import (MANIFEST, check_free_space, result_set, safe_name, safe_path,
+from tibspace.io.resultset import (MANIFEST, check_free_space, extended_result_set, result_set, safe_name, safe_path,
                                    work_folder)
 from tibspace.io.channels import match_vendor_name, normalise_name, vendor_base_name
 from tibspace.io.limits import MAX_PIXELS, check_declared_pixels, check_memory
@@ -19,6 +19,7 @@ __all__ = [
     "atomic_path",
     "MANIFEST",
     "result_set",
+    "extended_result_set",
     "work_folder",
     "check_free_space",
     "safe_name",
