@@ -10,7 +10,7 @@ from tibspace.io.image import MultiplexImage, check_not_empty
 from tibspace.io.channels import normalise_name as normalise_channel_name
 from tibspace.io.tiff_meta import LENGTH_UNITS_UM, check_pixel_size_um
 from tibspace.io.tiff_read import open_image
-from tibspace.io.zarr_image import split_element
+from tibspace.io.zarr_image import ELEMENT_SEP, is_zarr, open_labels, open_zarr, split_element
 from tibspace.io.ome_write import write_labels_ome_tiff, write_ome_tiff
 from tibspace.io.tables import UNCLASSIFIED, check_table_classes, read_cell_table, standardise_cell_table
 from tibspace.io.thumbnail import composite_rgb, thumbnail
@@ -35,6 +35,10 @@ __all__ = [
     "MultiplexImage",
     "open_image",
     "split_element",
+    "ELEMENT_SEP",
+    "is_zarr",
+    "open_zarr",
+    "open_labels",
     "check_not_empty",
     "write_ome_tiff",
     "write_labels_ome_tiff",

@@ -26,8 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from tibspace.errors import InputError
-from tibspace.io import MultiplexImage
-from tibspace.io.zarr_image import ELEMENT_SEP, is_zarr, open_labels, open_zarr, split_element
+from tibspace.io import ELEMENT_SEP, MultiplexImage, is_zarr, open_labels, open_zarr, split_element
 
 from ._layer_rasters import label_pyramid
 from ._reader import METADATA_KEY, UM, image_layers, open_for_layers
