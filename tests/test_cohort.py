@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,73 @@ def test_multi_image_qupath_table_is_split_into_samples(tmp_path, capsys):
     cov = summary["barrier.barrier_coverage"]
     assert cov["export_slide_A"] > 0.6 > 0.2 > cov["export_slide_B"]
     assert "barrier.link.p_value" in summary.columns   # nested results are kept, flattened
+
+
+def test_cohort_pdf_prints_the_cohort_and_every_sample_report_on_a4(tmp_path, capsys):
+    """--pdf: cohort_report.pdf on A4 with its widest tables inside the page, and a report.pdf in every
+    sample's result set, also for samples an earlier run without --pdf had done (no rerun)."""
+    from tibspace.cli import main
+    from tibspace.io.resultset import read_manifest as result_files
+    from tibspace.outputs.report_pdf import find_browser
+
+    if find_browser() is None:
+        pytest.skip("no Chromium (scripts/test.sh installs it as root)")
+    import pypdf
+
+    make_cohort(tmp_path / "in", CohortDesign(patients_per_group=2, samples_per_patient=(1,)), seed=6)
+    manifest = pd.read_csv(tmp_path / "in" / "manifest.csv")
+    for k in range(8):   # a wide manifest: eight clinical columns with long values
+        manifest[f"clinical_annotation_{k}"] = [f"treatment-arm-{k}-cycle-{i}-long-free-text-note"
+                                                for i in range(len(manifest))]
+    manifest.to_csv(tmp_path / "in" / "manifest.csv", index=False)
+    args = ["cohort", str(tmp_path / "in" / "manifest.csv"), "--panel", str(PANEL), "--out", str(tmp_path / "out"),
+            "--scheduler", "synchronous", "--quiet", "--by", "response"]
+    assert main(args) == 0 and not (tmp_path / "out" / "cohort_report.pdf").exists()
+    first = manifest["sample_id"].iloc[0]
+    t = pd.read_parquet(tmp_path / "in" / f"{first}.parquet")
+    t.iloc[:-1].to_parquet(tmp_path / "in" / f"{first}.parquet", index=False)   # only this sample runs again
+    capsys.readouterr()
+    assert main(args + ["--pdf"]) == 0
+    assert f"and {(tmp_path / 'out' / 'cohort_report.pdf').resolve()}" in capsys.readouterr().out
+    status = pd.read_csv(tmp_path / "out" / "cohort_status.csv").set_index("sample_id")["status"]
+    assert status.to_dict() == {s: ("done" if s == first else "cached") for s in manifest["sample_id"]}
+    for s in manifest["sample_id"]:
+        folder = tmp_path / "out" / s
+        assert (folder / "report.pdf").read_bytes()[:5] == b"%PDF-", s
+        assert {"report.pdf", "report.html", "tibspace_run_key.json"} <= result_files(folder), s
+        assert s in pypdf.PdfReader(folder / "report.pdf").pages[0].extract_text()
+
+    reader = pypdf.PdfReader(tmp_path / "out" / "cohort_report.pdf")
+    for page in reader.pages:
+        box = page.mediabox
+        assert (float(box.width), float(box.height)) == pytest.approx((595.3, 841.9), abs=1.0)   # A4 in points
+    # Chromium clips what overflows the page and prints no text for it: every column of the
+    # samples table (the last ones too) and every metric must be there (lines may wrap anywhere).
+    text = unicodedata.normalize("NFKC", "".join("".join(p.extract_text().split()) for p in reader.pages))  # ﬀ -> ff
+    wide = [c for c in manifest.columns if c.startswith("clinical_annotation_")]
+    for cell in wide + list(manifest[wide[-1]]) + list(manifest["sample_id"]) + ["time(s)report"]:
+        assert cell in text, cell
+    tested = pd.read_csv(tmp_path / "out" / "compare_response.csv").dropna(subset=["q_value"])["metric"]
+    assert len(tested) > 20 and [m for m in tested if m not in text] == []
+    # compare refreshes the PDF it finds beside the report
+    before = (tmp_path / "out" / "cohort_report.pdf").stat().st_mtime_ns
+    assert main(["compare", str(tmp_path / "out"), "--by", "response", "--n-boot", "200"]) == 0
+    assert (tmp_path / "out" / "cohort_report.pdf").stat().st_mtime_ns > before
+
+
+def test_cohort_pdf_without_a_browser_is_one_line(tmp_path, monkeypatch, capsys):
+    from tibspace.cli import main
+
+    (tmp_path / "a.parquet").write_bytes(b"not a parquet file")
+    (tmp_path / "m.csv").write_text("sample_id,table\nA,a.parquet\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "cohort_report.pdf").write_bytes(b"%PDF- of an earlier run")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    monkeypatch.delenv("TIBSPACE_BROWSER", raising=False)
+    assert main(["cohort", str(tmp_path / "m.csv"), "--panel", str(PANEL), "--out", str(tmp_path / "out"),
+                 "--scheduler", "synchronous", "--quiet", "--pdf"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "skipped" in ln]
+    assert err == ["cohort_report.pdf and report.pdf skipped: no Chromium/Chrome found "
+                   "(install chromium or set TIBSPACE_BROWSER)"]
+    assert (tmp_path / "out" / "cohort_report.html").exists()
+    assert not (tmp_path / "out" / "cohort_report.pdf").exists()   # an older PDF would tell another run

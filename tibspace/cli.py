@@ -140,10 +140,11 @@ def cmd_cohort(args) -> int:
 
     status = run_manifest(args.manifest, args.panel, args.out, scheduler=args.scheduler, n_workers=args.workers,
                           seed=args.seed, force=args.force, by=args.by, spatialdata=args.spatialdata,
-                          max_pixels=args.max_pixels)
+                          max_pixels=args.max_pixels, pdf=args.pdf)
     out = Path(args.out).resolve()
     n_failed = int((status["status"] == "failed").sum())
-    print(f"cohort: {len(status) - n_failed} of {len(status)} samples done; report {out / 'cohort_report.html'}; "
+    pdf = f" and {out / 'cohort_report.pdf'}" if args.pdf and (out / "cohort_report.pdf").exists() else ""
+    print(f"cohort: {len(status) - n_failed} of {len(status)} samples done; report {out / 'cohort_report.html'}{pdf}; "
           f"status {out / 'cohort_status.csv'}")
     return 1 if n_failed else 0
 
@@ -268,6 +269,10 @@ def _add_common(sp, default_out=None):
     if sp.prog.split()[-1] in ("run", "analyze", "demo"):
         sp.add_argument("--pdf", action="store_true",
                         help="also print report.pdf with a headless Chromium (a one-line note if none is found)")
+    elif sp.prog.split()[-1] == "cohort":
+        sp.add_argument("--pdf", action="store_true",
+                        help="also print cohort_report.pdf and each sample's report.pdf with a headless Chromium "
+                             "(samples already done get theirs without a rerun; a one-line note if none is found)")
 
 
 def _add_local_dask(sp, scheduler_help):

@@ -1,4 +1,9 @@
-"""The cohort report (HTML): status of every sample, the group comparison and links to each sample's report."""
+"""The cohort report (HTML, and PDF with ``--pdf``): status of every sample, the group comparison and links
+to each sample's report.
+
+The PDFs are printed by a headless Chromium (:mod:`tibspace.outputs.report_pdf`);
+the report's ``@media print`` rules fit its tables to A4 (long names wrap).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import base64
 import io
 import math
 from pathlib import Path
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -57,3 +63,44 @@ def write_cohort_report(out_dir: str | Path, samples: list[Sample], status: pd.D
     with atomic_path(target) as tmp:
         tmp.write_text(html, encoding="utf-8")
     return target
+
+
+def print_cohort_pdf(out_dir: str | Path, browser: Optional[str] = None) -> Optional[str]:
+    """Print ``DIR/cohort_report.html`` to ``DIR/cohort_report.pdf``; None when written, else a one-line note.
+
+    A previous ``cohort_report.pdf`` is removed when printing fails, so the PDF
+    never tells another story than the HTML beside it.
+    """
+    from tibspace.outputs.report_pdf import print_pdf
+
+    out_dir = Path(out_dir)
+    note = print_pdf(out_dir / "cohort_report.html", out_dir / "cohort_report.pdf", browser=browser)
+    if note:
+        (out_dir / "cohort_report.pdf").unlink(missing_ok=True)
+    return note
+
+
+def print_sample_pdfs(out_dir: str | Path, samples: Sequence[Sample], status: pd.DataFrame,
+                      browser: Optional[str] = None) -> list[str]:
+    """``report.pdf`` for every finished sample whose folder has none (e.g. done by an earlier run
+    without ``--pdf``), added to its result set (:func:`tibspace.io.extended_result_set`).
+
+    Returns
+    -------
+    list of str
+        One line per sample whose PDF could not be printed (``"<sample_id>: <why>"``).
+    """
+    from tibspace.io import extended_result_set
+    from tibspace.outputs.report_pdf import print_pdf
+
+    finished = set(status.loc[status["status"] != "failed", "sample_id"])
+    notes = []
+    for s in samples:
+        folder = Path(out_dir) / s.folder
+        if s.sample_id not in finished or (folder / "report.pdf").exists() or not (folder / "report.html").exists():
+            continue
+        with extended_result_set(folder) as stage:
+            note = print_pdf(stage / "report.html", stage / "report.pdf", browser=browser)
+        if note:
+            notes.append(f"{s.sample_id}: {note}")
+    return notes

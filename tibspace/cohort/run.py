@@ -74,7 +74,7 @@ def _finished(out: Path, key: str) -> bool:
 
 def run_sample(sample: Sample, panel_text: str, out: str, key: str | None, seed: int | None,
                segmentation: str = "worker", spatialdata: bool = False, force: bool = True,
-               max_pixels: int | None = None) -> SampleStatus:
+               max_pixels: int | None = None, pdf: bool = False) -> SampleStatus:
     """Run one sample into ``out`` (a Dask task; also callable in-process).
 
     ``key`` None: the run key is computed here, where the inputs are read
@@ -84,6 +84,7 @@ def run_sample(sample: Sample, panel_text: str, out: str, key: str | None, seed:
     this small status; the sample's files are written by the task itself.
     ``segmentation="worker"`` lets the image's tiles spread over the cluster
     (a client from inside the task); ``"local"`` segments in this process.
+    ``pdf``: also print the sample's ``report.pdf`` (not part of the run key).
     """
     import tomllib
 
@@ -105,9 +106,10 @@ def run_sample(sample: Sample, panel_text: str, out: str, key: str | None, seed:
         panel = Panel.from_dict(tomllib.loads(panel_text))
         if sample.table is not None:
             analyze_table(sample.table, panel, out_dir=out, seed=seed, sample_id=sample.sample_id,
-                          extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"}, spatialdata=spatialdata)
+                          extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"}, spatialdata=spatialdata,
+                          pdf=pdf)
         else:
-            _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata, max_pixels)
+            _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata, max_pixels, pdf)
         status.status, status.result = "done", str(out)
     except TibspaceError as exc:
         status.error = str(exc).splitlines()[0]
@@ -122,10 +124,10 @@ def _options(spatialdata: bool) -> str:
     return "spatialdata" if spatialdata else ""
 
 
-def _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata, max_pixels=None):
+def _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata, max_pixels=None, pdf=False):
     from tibspace.pipeline import run_image
 
-    kwargs = dict(out_dir=out, seed=seed, sample_id=sample.sample_id, spatialdata=spatialdata,
+    kwargs = dict(out_dir=out, seed=seed, sample_id=sample.sample_id, spatialdata=spatialdata, pdf=pdf,
                   extra_files={RUN_KEY_FILE: json.dumps({"run_key": key}) + "\n"})
     if sample.labels is not None:
         kwargs["labels"] = sample.labels
@@ -145,7 +147,7 @@ def _run_image_task(sample, panel, out, key, seed, segmentation, spatialdata, ma
 def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str | Path, *,
                scheduler: str | None = None, n_workers: int | None = None, seed: int | None = None,
                force: bool = False, progress: Callable[[str], None] | None = None,
-               spatialdata: bool = False, max_pixels: int | None = None) -> pd.DataFrame:
+               spatialdata: bool = False, max_pixels: int | None = None, pdf: bool = False) -> pd.DataFrame:
     """Run every sample (see module docstring); returns the status table.
 
     Parameters
@@ -154,6 +156,9 @@ def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str |
         None: a local cluster of ``n_workers`` processes (default: the
         machine's cores); "synchronous": one sample after another in this
         process; ``tcp://host:8786``: a running cluster.
+    pdf : bool
+        Each sample run also prints its ``report.pdf`` (samples found done are
+        left as they are: :func:`tibspace.cohort.report.print_sample_pdfs`).
     """
     from tibspace.cells import load_panel
 
@@ -166,7 +171,7 @@ def run_cohort(samples: Sequence[Sample], panel_path: str | Path, out_dir: str |
         say(f"{len(statuses)} of {len(samples)} samples already done with the same inputs, panel and seed "
             "(--force runs them again)")
     statuses += _execute(todo, panel_text, seed, scheduler, n_workers, say, len(statuses), len(samples),
-                         spatialdata, force, max_pixels)
+                         spatialdata, force, max_pixels, pdf)
     table = pd.DataFrame([s.__dict__ for s in statuses], columns=STATUS_COLUMNS)
     order = {s.sample_id: i for i, s in enumerate(samples)}
     table = table.sort_values("sample_id", key=lambda c: c.map(order)).reset_index(drop=True)
@@ -201,7 +206,7 @@ def _cached_or_todo(samples, panel_text, seed, out_dir: Path, force: bool, optio
 
 
 def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total, spatialdata=False, force=False,
-             max_pixels=None):
+             max_pixels=None, pdf=False):
     if not todo:
         return []
     t0 = time.perf_counter()
@@ -219,14 +224,14 @@ def _execute(todo, panel_text, seed, scheduler, n_workers, say, n_done, n_total,
         for s, key, target in todo:
             say(f"sample {n_done + len(done) + 1}/{n_total} {s.sample_id}: running")
             tick(run_sample(s, panel_text, str(target), key, seed, segmentation="local", spatialdata=spatialdata,
-                            force=force, max_pixels=max_pixels))
+                            force=force, max_pixels=max_pixels, pdf=pdf))
         return done
     client, close = cohort_client(scheduler, n_workers)
     try:
         from distributed import as_completed
 
         futures = [client.submit(run_sample, s, panel_text, str(target), key, seed, spatialdata=spatialdata,
-                                 force=force, max_pixels=max_pixels,
+                                 force=force, max_pixels=max_pixels, pdf=pdf,
                                  key=f"sample-{s.folder}-{uuid.uuid4().hex[:12]}", retries=2, pure=False)
                    for s, key, target in todo]
         for fut in as_completed(futures):

@@ -197,10 +197,7 @@ def _carry_over_foreign_files(old: Path, stage: Path, ours: set[str]) -> None:
             if os.path.islink(src):
                 os.symlink(os.readlink(src), dst)
                 continue
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
+            _link_or_copy(src, dst)
         for name in dirs:
             (stage / rel_root / name).mkdir(parents=True, exist_ok=True)
             if os.path.islink(Path(root) / name):
@@ -245,6 +242,43 @@ def result_set(out_dir: str | os.PathLike) -> Iterator[Path]:
         _swap_into_place(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def extended_result_set(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging folder holding ``out_dir``'s current result set; what is written into it joins the set.
+
+    The current set's files are hard-linked (or copied) into the staging
+    folder, which then replaces ``out_dir`` whole as in :func:`result_set`:
+    a reader sees the set with or without the new files, never part of one.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> with result_set(out) as stage:
+    ...     _ = (stage / "report.html").write_text("<p>")
+    >>> with extended_result_set(out) as stage:
+    ...     _ = (stage / "report.pdf").write_bytes(b"%PDF-")
+    >>> sorted(read_manifest(out))
+    ['report.html', 'report.pdf']
+    """
+    out_dir = Path(out_dir)
+    ours = read_manifest(out_dir)
+    with result_set(out_dir) as stage:
+        for rel in sorted(ours):
+            src, dst = out_dir / rel, stage / rel
+            if src.is_file() and not src.is_symlink():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(src, dst)
+        yield stage
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _swap_into_place(stage: Path, out_dir: Path) -> None:

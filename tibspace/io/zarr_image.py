@@ -13,6 +13,9 @@
   ``tables`` group (what tibspace's ``--spatialdata`` writes), else the pixel
   size must be given (``--pixel-size-um`` or the panel).
 
+- **labels** of a SpatialData store (``labels/<name>``, for viewers):
+  :func:`open_labels`, by the same rules.
+
 Axes other than c, y, x of length > 1 are refused (Z-stacks, time series).
 """
 
@@ -178,3 +181,27 @@ def open_zarr(path: Path, element: Optional[str] = None) -> tuple[Any, Optional[
     img = MultiplexImage(path=path, channel_names=[str(n) for n in names], pixel_size_um=float("nan"),
                          levels=levels, dtype=levels[0].dtype)
     return img, _pixel_size(path, group, ms, axes)
+
+
+def open_labels(path: Path, name: str) -> tuple[list, Optional[float]]:
+    """Lazy ``(Y, X)`` levels of the label element ``labels/<name>`` of a SpatialData store and
+    its µm per pixel (the rules of its images: µm when the store holds ``tables``), None when unknown.
+
+    Raises
+    ------
+    InputError
+        No such element, no ``multiscales`` metadata, or not a 2-D label image (one line).
+    """
+    group = Path(path) / "labels" / name
+    if not group.is_dir():
+        raise InputError(f"{path}: no label element {name!r}")
+    ms = (_attrs(group).get("multiscales") or [None])[0]
+    if ms is None:
+        raise InputError(f"{group}: no OME-Zarr 'multiscales' metadata")
+    axes = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", ["y", "x"])]
+    if "y" not in axes or "x" not in axes:
+        raise InputError(f"{group}: axes {axes} have no y and x")
+    levels = _levels(group, ms, axes)
+    if int(levels[0].shape[0]) != 1:
+        raise InputError(f"{group}: {int(levels[0].shape[0])} channels; a label image has one")
+    return [lv[0] for lv in levels], _pixel_size(Path(path), group, ms, axes)

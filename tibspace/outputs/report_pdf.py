@@ -1,4 +1,5 @@
-"""``report.pdf``: ``report.html`` printed by a headless Chromium (A4, the report's ``@media print`` rules).
+"""``report.pdf``: ``report.html`` printed by a headless Chromium (A4, the report's ``@media print`` rules);
+the cohort's ``cohort_report.pdf`` likewise.
 
 The browser is looked up once on ``PATH`` (:func:`find_browser`: ``chromium``,
 ``chromium-browser``, ``google-chrome``, ``google-chrome-stable``, or the
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+#: Why a PDF was not printed when no browser is found.
+NO_BROWSER = "no Chromium/Chrome found (install chromium or set TIBSPACE_BROWSER)"
 
 #: Chromium flags for a quiet, offline, throw-away headless session.
 HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -42,10 +45,10 @@ def print_pdf(html: Path, pdf: Path, *, browser: Optional[str] = None, timeout_s
 
     The file appears whole or not at all (written beside, then renamed).
     """
+    html, pdf = Path(html).resolve(), Path(pdf)
     browser = browser or find_browser()
     if browser is None:
-        return "report.pdf skipped: no Chromium/Chrome found (install chromium or set TIBSPACE_BROWSER)"
-    html, pdf = Path(html).resolve(), Path(pdf)
+        return f"{pdf.name} skipped: {NO_BROWSER}"
     tmp = pdf.with_name(f".{pdf.name}.part")
     with tempfile.TemporaryDirectory(prefix="tibspace-chromium-") as profile:
         cmd = headless_command(browser, Path(profile), "--no-pdf-header-footer", "--run-all-compositor-stages-before-draw",
@@ -54,9 +57,9 @@ def print_pdf(html: Path, pdf: Path, *, browser: Optional[str] = None, timeout_s
             subprocess.run(cmd, check=True, capture_output=True, timeout=timeout_s)
         except (OSError, subprocess.SubprocessError) as exc:
             tmp.unlink(missing_ok=True)
-            return f"report.pdf skipped: {Path(browser).name} failed ({type(exc).__name__})"
+            return f"{pdf.name} skipped: {Path(browser).name} failed ({type(exc).__name__})"
     if not tmp.exists() or tmp.read_bytes()[:5] != b"%PDF-":
         tmp.unlink(missing_ok=True)
-        return f"report.pdf skipped: {Path(browser).name} wrote no PDF"
+        return f"{pdf.name} skipped: {Path(browser).name} wrote no PDF"
     tmp.replace(pdf)
     return None

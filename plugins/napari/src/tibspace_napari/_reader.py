@@ -23,7 +23,7 @@ import numpy as np
 from tibspace.errors import InputError
 from tibspace.io import MultiplexImage, normalise_channel_name, open_image
 
-__all__ = ["napari_get_reader", "read_image", "image_layers", "marker_colormap",
+__all__ = ["napari_get_reader", "read_image", "open_for_layers", "image_layers", "marker_colormap",
            "contrast_limits", "METADATA_KEY", "UM"]
 
 #: Key under which tibspace stores its information in ``layer.metadata``.
@@ -211,12 +211,17 @@ def image_layers(img: MultiplexImage, *, pixel_size_known: bool = True,
     return layers
 
 
-def read_image(path: str | Path, pixel_size_um: Optional[float] = None) -> list[tuple]:
-    """Open ``path`` with :func:`tibspace.io.open_image` and return image layers.
+def open_for_layers(path: str | Path,
+                    pixel_size_um: Optional[float] = None) -> tuple[MultiplexImage, bool]:
+    """Open ``path`` with :func:`tibspace.io.open_image`, in pixel units if it records no pixel size.
 
-    When the file records no pixel size (and none is given), the image is
-    opened in pixel units (scale 1) with a warning; set the pixel size in the
-    tibspace widget before running the analysis.
+    Returns
+    -------
+    img : tibspace.io.MultiplexImage
+        The opened image (``pixel_size_um`` is a 1 µm placeholder when unknown).
+    pixel_size_known : bool
+        False when neither the file nor ``pixel_size_um`` gave a pixel size
+        (a warning says so; set the pixel size in the tibspace widget before running).
 
     Raises
     ------
@@ -225,8 +230,7 @@ def read_image(path: str | Path, pixel_size_um: Optional[float] = None) -> list[
     """
     path = Path(path)
     try:
-        img = open_image(path, pixel_size_um=pixel_size_um)
-        known = True
+        return open_image(path, pixel_size_um=pixel_size_um), True
     except InputError as exc:
         if pixel_size_um is not None:
             raise
@@ -236,10 +240,24 @@ def read_image(path: str | Path, pixel_size_um: Optional[float] = None) -> list[
             img = open_image(path, pixel_size_um=1.0)
         except InputError:
             raise exc from None
-        known = False
-        warnings.warn(f"{path.name}: no pixel size in the file; layers are in pixels. "
-                      "Set the pixel size (µm) in the tibspace widget before running.",
-                      stacklevel=2)
+    warnings.warn(f"{path.name}: no pixel size in the file; layers are in pixels. "
+                  "Set the pixel size (µm) in the tibspace widget before running.",
+                  stacklevel=3)
+    return img, False
+
+
+def read_image(path: str | Path, pixel_size_um: Optional[float] = None) -> list[tuple]:
+    """Open ``path`` with :func:`tibspace.io.open_image` and return image layers.
+
+    When the file records no pixel size (and none is given), the image is
+    opened in pixel units (scale 1) with a warning (:func:`open_for_layers`).
+
+    Raises
+    ------
+    tibspace.errors.InputError
+        Unreadable or unsupported file (one-line message naming the file).
+    """
+    img, known = open_for_layers(path, pixel_size_um)
     return image_layers(img, pixel_size_known=known)
 
 
