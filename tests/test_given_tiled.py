@@ -52,7 +52,7 @@ def test_tiled_equals_whole_image_measurement(tissue, with_nuclei):
         tiled = segment_from_label_files(img, d / "cells.tif", nuc, tile_size_px=MEASURE_TILE)
     finally:
         img.close()
-    assert tiled.n_tiles == 64 and len(tiled.cells) == int((np.unique(t.cells) > 0).sum()) > 200
+    assert tiled.n_tiles == 64 and len(tiled.cells) == int((np.unique(t.cells) > 0).sum()) > 100
     # every cell measured once, the same numbers to the bit, ids and original ids as before
     pd.testing.assert_frame_equal(tiled.cells, whole.cells, check_exact=True)
     assert np.array_equal(tiled.cells["label_id"], np.unique(t.cells[t.cells > 0]) * 7 + 1000)
@@ -119,7 +119,7 @@ def _peak_bytes(fn) -> int:
 
 
 def test_memory_does_not_grow_with_the_mask(tissue, tmp_path, monkeypatch):
-    """Peak traced memory at a fixed 128 px tile: 16× the mask pixels, well under 2× the memory;
+    """Peak traced memory at a fixed 128 px tile: 16× the mask pixels, under 1.5× the memory;
     the whole-image path grows with the mask."""
     d, t = tissue
     monkeypatch.setattr(given_tiled, "_IN_MEMORY_MAX_PX", 0)  # labels to zarr, as on a slide
@@ -136,9 +136,11 @@ def test_memory_does_not_grow_with_the_mask(tissue, tmp_path, monkeypatch):
         finally:
             img.close()
         sizes.append(nbytes)
+    print(f"peak traced MB, tiled {[p / 1e6 for p in peaks]}, whole {[p / 1e6 for p in whole_peaks]}")
     assert sizes[1] == 16 * sizes[0]
-    assert peaks[1] < 2.0 * peaks[0], peaks
-    assert peaks[1] < 0.5 * sizes[1], (peaks, sizes)  # less than half the uint32 mask itself
+    assert peaks[1] < 1.5 * peaks[0], peaks
+    # the tiled peak grows by less than a quarter of what the uint32 mask grows by
+    assert peaks[1] - peaks[0] < 0.25 * (sizes[1] - sizes[0]), (peaks, sizes)
     assert whole_peaks[1] > 8 * whole_peaks[0] and whole_peaks[1] > 4 * peaks[1], (whole_peaks, peaks)
 
 
