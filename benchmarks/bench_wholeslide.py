@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_wholeslide.py image --sides 8192 16384 32768 [--stage segment|run|both]
+    python benchmarks/bench_wholeslide.py image --sides 8192 16384 --stage labels [--roots . /work/main]
     python benchmarks/bench_wholeslide.py tables --sizes 1000000 3000000 5000000
 
 ``image``: for each side, a ``side`` x ``side`` x 12-channel tiled pyramidal
@@ -14,6 +15,11 @@ and/or the whole ``tibspace run`` runs on it under ``/usr/bin/time -v``;
 printed: wall, CPU seconds, peak RSS, cells, Mpx/s and the stage timings
 (segmentation qc / ``run_log.json``), the load average before and after, and
 throughput and peak-RSS ratios against the first side.
+``--stage labels``: bring your own masks. ``segment_image`` writes the cell labels
+(a tiled pyramidal uint32 OME-TIFF), then the segmentation step of
+``tibspace run IMAGE --labels cell_labels.ome.tif`` (``tibspace.pipeline._given_labels``:
+read the mask, relabel, measure all 12 channels) runs on it under ``/usr/bin/time -v``,
+once per ``--roots`` checkout of tibspace (e.g. this branch and main, for before / after).
 
 ``tables``: clustered synthetic cell tables of each size through
 ``tibspace analyze`` (every output written), each under ``/usr/bin/time -v``,
@@ -41,10 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TIBSPACE = [sys.executable, "-m", "tibspace"]
 
 
-def timed(cmd: list[str], cwd: Path = ROOT) -> dict:
-    """Run ``cmd`` under /usr/bin/time -v (in ``cwd``); wall, CPU seconds and peak RSS (GB)."""
+def timed(cmd: list[str], cwd: Path = ROOT, root: Path = ROOT) -> dict:
+    """Run ``cmd`` under /usr/bin/time -v (in ``cwd``, importing tibspace from ``root``); wall,
+    CPU seconds and peak RSS (GB)."""
     t0 = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=cwd, env=env)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
@@ -89,6 +96,44 @@ def run_segment(a) -> None:
                       **{k: v for k, v in res.qc.items() if k.startswith("seconds_")}}))
 
 
+def run_labels(a) -> None:
+    """(Child process) the given-labels segmentation step of ``tibspace run --labels``; prints a summary."""
+    import inspect
+
+    from tibspace import pipeline
+    from tibspace.io import open_image
+
+    img = open_image(a.image)
+    kw = {"work_dir": Path(a.out)} if "work_dir" in inspect.signature(pipeline._given_labels).parameters else {}
+    t0 = time.perf_counter()
+    seg = pipeline._given_labels(img, Path(a.image), a.labels, None, "auto", {"cell_expansion_um": 3.0}, **kw)
+    print(json.dumps({"n_cells": int(len(seg.cells)), "n_tiles": int(seg.n_tiles),
+                      "seconds": time.perf_counter() - t0, "labels": type(seg.labels).__name__,
+                      "tibspace": str(Path(pipeline.__file__).parents[1])}))
+
+
+def bench_labels(slide: Path, side: int, a, d: Path, row: dict) -> None:
+    """Segment to write a cell mask, then time the given-labels step on it per ``--roots`` checkout."""
+    mpx = side * side / 1e6
+    (d / "seg").mkdir(exist_ok=True)
+    r = timed([sys.executable, __file__, "_segment", str(slide), str(d / "seg")])
+    mask = d / "seg" / "cell_labels.ome.tif"
+    print(f"segment_image {side}² (mask writer): wall {r['wall_s']:.0f} s, peak RSS {r['peak_rss_gb']:.2f} GB, "
+          f"mask {mask.stat().st_size / 1e6:.0f} MB", flush=True)
+    for root in a.roots:
+        load0 = _load()
+        (d / "lab").mkdir(exist_ok=True)
+        r = timed([sys.executable, __file__, "_labels", str(slide), str(mask), str(d / "lab")], root=Path(root))
+        out = json.loads(r.pop("stdout").strip().splitlines()[-1])
+        tag = Path(root).resolve().name
+        row.update({f"labels_{tag}_{k}": v for k, v in r.items()}, cells=out["n_cells"])
+        print(f"given labels {side}² [{out['tibspace']}]: wall {r['wall_s']:.0f} s, CPU {r['cpu_s']:.0f} s, "
+              f"peak RSS {r['peak_rss_gb']:.2f} GB, {out['n_cells']:,} cells, {out['n_tiles']} tiles, labels "
+              f"{out['labels']}, {mpx / r['wall_s']:.2f} Mpx/s wall; load {load0} -> {_load()}", flush=True)
+        shutil.rmtree(d / "lab")
+    shutil.rmtree(d / "seg")
+
+
 def _load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -101,6 +146,8 @@ def bench_one(side: int, a, d: Path) -> dict:
           flush=True)
     mpx = side * side / 1e6
     row = {"side": side, "mpx": mpx}
+    if a.stage == "labels":
+        bench_labels(slide, side, a, d, row)
     if a.stage in ("segment", "both"):
         (d / "seg").mkdir(exist_ok=True)
         load0 = _load()
@@ -185,14 +232,19 @@ def main():
     i = sub.add_parser("image")
     i.add_argument("--sides", type=int, nargs="+", default=[8192, 16384, 32768],
                    help="mosaic sides (multiples of 4096); ratios are against the first")
-    i.add_argument("--stage", choices=["segment", "run", "both"], default="segment",
-                   help="segment_image alone, the whole tibspace run, or both (each under /usr/bin/time -v)")
+    i.add_argument("--stage", choices=["segment", "run", "both", "labels"], default="segment",
+                   help="segment_image alone, the whole tibspace run, or both (each under /usr/bin/time -v); "
+                        "labels: given-labels measurement on a mask written by segment_image")
+    i.add_argument("--roots", nargs="+", default=[str(ROOT)],
+                   help="--stage labels: tibspace checkouts to time (e.g. this one and main)")
     t = sub.add_parser("tables")
     t.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000, 5_000_000])
     for p in (i, t):
         p.add_argument("--tmp", default=os.environ.get("TMPDIR", "/tmp"), help="scratch folder (needs space)")
     if len(sys.argv) == 4 and sys.argv[1] == "_segment":
         return run_segment(argparse.Namespace(image=sys.argv[2], out=sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "_labels":
+        return run_labels(argparse.Namespace(image=sys.argv[2], labels=sys.argv[3], out=sys.argv[4]))
     a = ap.parse_args()
     bench_image(a) if a.what == "image" else bench_tables(a)
 

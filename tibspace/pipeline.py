@@ -228,7 +228,8 @@ def _segment(img, image_path, nuclear, membrane, params, labels, nuclei, labels_
     """
     from tibspace.segment import segment_image
 
-    seg = (_given_labels(img, image_path, labels, nuclei, labels_format, params)
+    seg = (_given_labels(img, image_path, labels, nuclei, labels_format, params, tile=tile,
+                         work_dir=work_dir, progress=progress)
            if labels is not None or nuclei is not None else None)
     seg = seg or segment_image(
         img, nuclear, membrane,
@@ -415,23 +416,18 @@ def analyze_table(cells, panel, *, out_dir=None, seed: int | None = None,
 
 
 # ---------------------------------------------------------------------------
-def _given_labels(img, image_path, labels, nuclei, fmt, params):
-    """Segmentation result from user masks (``--labels`` / ``--nuclei``)."""
-    from tibspace.io import label_source, read_label_mask, resolve_label_path
-    from tibspace.segment import segment_from_labels
+def _given_labels(img, image_path, labels, nuclei, fmt, params, *, tile=2048, work_dir=None,
+                  progress=None):
+    """Segmentation result from user masks (``--labels`` / ``--nuclei``):
+    :func:`tibspace.segment.segment_from_label_files`."""
+    from tibspace.io import resolve_label_path
+    from tibspace.segment import segment_from_label_files
 
-    shape = tuple(int(v) for v in img.shape[-2:])
-    read, ids, source = {}, None, {}
-    for key, path in (("cells", labels), ("nuclei", nuclei)):
-        if path is None:
-            continue
-        p = resolve_label_path(path, Path(image_path).name, nuclei=key == "nuclei")
-        read[key], key_ids = read_label_mask(p, fmt=fmt, nuclei=key == "nuclei", shape=shape,
-                                             pixel_size_um=float(img.pixel_size_um))
-        ids = key_ids if key == "cells" or ids is None else ids
-        source[key] = label_source(p, fmt)
-    return segment_from_labels(img, read.get("cells"), read.get("nuclei"), label_ids=ids,
-                               expansion_um=float(params["cell_expansion_um"]), source=source)
+    paths = {key: resolve_label_path(path, Path(image_path).name, nuclei=key == "nuclei")
+             for key, path in (("cells", labels), ("nuclei", nuclei)) if path is not None}
+    return segment_from_label_files(img, paths.get("cells"), paths.get("nuclei"), fmt=fmt,
+                                    expansion_um=float(params["cell_expansion_um"]),
+                                    tile_size_px=tile, work_dir=work_dir, progress=progress)
 
 
 def analyze_cells(cells: pd.DataFrame, panel, *, pixel_size_um: float | None, labels=None, image=None,

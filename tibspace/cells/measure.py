@@ -92,8 +92,12 @@ def _perimeters_px(lab: np.ndarray, n: int, weights: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _moments_px(lab: np.ndarray, n: int):
-    """Pixel count, centroid (row, col) and central second moments per label."""
+def _moments_px(lab: np.ndarray, n: int, oy: int, ox: int):
+    """Pixel count, centroid (row, col) and central second moments per label.
+
+    Coordinates are whole-image pixels (``lab``'s top-left pixel is ``(oy, ox)``),
+    so a label measured in any window that holds it gives the same bits.
+    """
     h, w = lab.shape
     cnt = np.zeros(n + 1, np.float64)
     sr = np.zeros(n + 1, np.float64)
@@ -103,8 +107,8 @@ def _moments_px(lab: np.ndarray, n: int):
             v = lab[r, c]
             if v:
                 cnt[v] += 1.0
-                sr[v] += r
-                sc[v] += c
+                sr[v] += r + oy
+                sc[v] += c + ox
     cr = np.zeros(n + 1, np.float64)
     cc = np.zeros(n + 1, np.float64)
     for v in range(n + 1):
@@ -118,8 +122,8 @@ def _moments_px(lab: np.ndarray, n: int):
         for c in range(w):
             v = lab[r, c]
             if v:
-                dr = r - cr[v]
-                dc = c - cc[v]
+                dr = (r + oy) - cr[v]
+                dc = (c + ox) - cc[v]
                 mrr[v] += dr * dr
                 mcc[v] += dc * dc
                 mrc[v] += dr * dc
@@ -288,8 +292,9 @@ def measure_cells(cell_labels: Any, nuclei_labels: Any, intensities: Any,
     pixel_size_um : float
         µm per pixel.
     offset_px : (int, int)
-        ``(row, col)`` of the labels' top-left pixel in the whole image;
-        added to centroids so tiles report whole-image coordinates.
+        ``(row, col)`` of the labels' top-left pixel in the whole image: centroids
+        and moments are computed in whole-image pixels, so a cell measured in a
+        window (a tile) gives the same values as in the whole image.
 
     Returns
     -------
@@ -383,7 +388,8 @@ def _measure_sparse_ids(lab, nuc, intensities, names, px, offset_px) -> pd.DataF
 def _shape_columns(lab: np.ndarray, n: int, px: float, offset_px):
     """``(ids, columns, pixel counts)``: centroid, area, perimeter, eccentricity,
     solidity of every label present (µm / µm²)."""
-    cnt, cr_all, cc_all, mrr_all, mcc_all, mrc_all = _moments_px(lab, n)
+    oy, ox = (int(v) for v in offset_px)
+    cnt, cr_all, cc_all, mrr_all, mcc_all, mrc_all = _moments_px(lab, n, oy, ox)
     ids = np.flatnonzero(cnt)
     ids = ids[ids > 0]
     a = cnt[ids]
@@ -401,8 +407,7 @@ def _shape_columns(lab: np.ndarray, n: int, px: float, offset_px):
     hull = _convex_areas_px(lab, n)[ids]
     with np.errstate(invalid="ignore", divide="ignore"):
         solidity = np.where(hull > 0, np.minimum(a / np.maximum(hull, 1e-12), 1.0), 1.0)
-    oy, ox = (float(v) for v in offset_px)
-    cols = {"cell_id": ids.astype(np.int64), "x_um": (cc + ox) * px, "y_um": (cr + oy) * px,
+    cols = {"cell_id": ids.astype(np.int64), "x_um": cc * px, "y_um": cr * px,
             "area_um2": a * px * px, "perimeter_um": perim * px, "eccentricity": ecc,
             "solidity": solidity}
     return ids, cols, a

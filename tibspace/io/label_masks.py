@@ -143,35 +143,56 @@ def _raw(path: Path, fmt: str, nuclei: bool, shape: Optional[tuple[int, int]] = 
     return arr, px
 
 
-def read_label_mask(path: Any, *, fmt: str = "auto", nuclei: bool = False,
-                    shape: Optional[tuple[int, int]] = None,
-                    pixel_size_um: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read one label mask → (labels int32 relabelled 1..n, original ids of 1..n)."""
-    path = Path(path)
+def resolve_format(path: Path, fmt: str) -> str:
+    """The layout of ``path``: ``fmt``, or (``"auto"``) detected from the name, then the pages."""
     if fmt not in FORMATS:
         raise InputError(f"--labels-format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "auto":
         fmt = detect_label_format(path)
         if fmt == "tiff" and path.suffix.lower() in (".tif", ".tiff"):
             fmt = _sniff(path)
+    return fmt
+
+
+def check_label_pixel_size(path: Path, px: Optional[float], pixel_size_um: Optional[float]) -> None:
+    """Refuse a mask whose recorded pixel size differs from the image's by more than 1 %."""
+    if px is not None and pixel_size_um is not None and abs(px - pixel_size_um) > 0.01 * pixel_size_um:
+        raise InputError(f"{path}: label pixel size {px:.6g} µm (from its resolution tags / OME "
+                         f"PhysicalSize) does not match the image's {pixel_size_um:.6g} µm; give a "
+                         "mask made on this image at its own resolution")
+
+
+def check_label_dtype(path: Path, dtype: np.dtype) -> None:
+    """Refuse boolean and non-numeric label dtypes (floats are checked value by value)."""
+    if dtype.kind == "b":
+        raise InputError(f"{path}: expected integer labels, got a boolean mask")
+    if dtype.kind not in "iuf":
+        raise InputError(f"{path}: expected integer labels, got dtype {dtype}")
+
+
+def check_label_values(path: Path, arr: np.ndarray) -> None:
+    """Refuse non-integer (float) or negative label values in ``arr`` (a mask or a window of it)."""
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise InputError(f"{path}: expected integer labels, found non-integer values")
+    if arr.size and arr.min() < 0:
+        raise InputError(f"{path}: expected non-negative labels, found {arr.min()}")
+
+
+def read_label_mask(path: Any, *, fmt: str = "auto", nuclei: bool = False,
+                    shape: Optional[tuple[int, int]] = None,
+                    pixel_size_um: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read one label mask → (labels int32 relabelled 1..n, original ids of 1..n)."""
+    path = Path(path)
+    fmt = resolve_format(path, fmt)
     arr, px = _raw(path, fmt, nuclei, shape if fmt != "deepcell" else None)
     if arr.ndim != 2:
         raise InputError(f"{path}: expected a 2-D label image, got shape {arr.shape}")
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise InputError(f"{path}: label shape {arr.shape[0]}x{arr.shape[1]} does not match image {shape[0]}x{shape[1]}")
-    if px is not None and pixel_size_um is not None and abs(px - pixel_size_um) > 0.01 * pixel_size_um:
-        raise InputError(f"{path}: label pixel size {px:.6g} µm (from its resolution tags / OME "
-                         f"PhysicalSize) does not match the image's {pixel_size_um:.6g} µm; give a "
-                         "mask made on this image at its own resolution")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise InputError(f"{path}: expected integer labels, found non-integer values")
-    elif arr.dtype.kind == "b":
-        raise InputError(f"{path}: expected integer labels, got a boolean mask")
-    elif arr.dtype.kind not in "iu":
-        raise InputError(f"{path}: expected integer labels, got dtype {arr.dtype}")
-    if arr.size and arr.min() < 0:
-        raise InputError(f"{path}: expected non-negative labels, found {arr.min()}")
+    check_label_pixel_size(path, px, pixel_size_um)
+    check_label_dtype(path, arr.dtype)
+    check_label_values(path, arr)
     if not np.any(arr):
         raise InputError(f"{path}: label mask is empty (no labelled pixels)")
     a = arr.astype(np.int64)

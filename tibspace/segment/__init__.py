@@ -5,7 +5,8 @@ Modules: ``nuclei`` (one image: smoothing, foreground, seeds, watershed),
 grid, tile worker, ownership, stitching), ``scheduler`` (in-process or Dask
 cluster), ``image`` (:func:`segment_image` over a whole file), ``scale``
 (nucleus size estimated from the image), ``matching``
-(scoring against a reference).
+(scoring against a reference), ``given`` / ``given_tiled`` (measurement on
+given label masks, whole or tile by tile).
 """
 
 from tibspace.segment.nuclei import segment_nuclei, smooth_nuclear
@@ -15,7 +16,8 @@ from tibspace.segment.tiling import tile_grid
 from tibspace.segment.image import SegmentationResult, segment_image
 from tibspace.segment.matching import match_labels, match_points
 from tibspace.segment.scale import estimate_nucleus_diameter, noise_smoothing_um
-from tibspace.segment.given import segment_from_labels
+from tibspace.segment.given import segment_from_label_files, segment_from_labels
+from tibspace.segment.given_tiled import segment_from_label_planes
 
 __all__ = [
     "segment_nuclei",
@@ -31,4 +33,6 @@ __all__ = [
     "estimate_nucleus_diameter",
     "noise_smoothing_um",
     "segment_from_labels",
+    "segment_from_label_files",
+    "segment_from_label_planes",
 ]
