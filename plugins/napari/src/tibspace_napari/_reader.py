@@ -276,16 +276,18 @@ def napari_get_reader(path: str | Sequence[str]) -> Optional[Callable[..., list]
     >>> napari_get_reader("notes.txt") is None
     True
     """
-    if isinstance(path, (list, tuple)):
-        if len(path) != 1:
-            return None
-        path = path[0]
-    if not _accepts(path):
+    path = single_path(path)
+    if path is None or not _accepts(path):
         return None
     return _reader_function
 
 
-def _reader_function(path: str | Sequence[str]) -> list[tuple]:
+def single_path(path: str | Sequence[str]) -> Optional[str]:
+    """The one path napari hands a reader (a list of one), or None for several."""
     if isinstance(path, (list, tuple)):
-        path = path[0]
-    return read_image(path)
+        return path[0] if len(path) == 1 else None
+    return path
+
+
+def _reader_function(path: str | Sequence[str]) -> list[tuple]:
+    return read_image(single_path(path))

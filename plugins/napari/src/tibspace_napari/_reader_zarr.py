@@ -29,7 +29,7 @@ from tibspace.errors import InputError
 from tibspace.io import ELEMENT_SEP, MultiplexImage, is_zarr, open_labels, open_zarr, split_element
 
 from ._layer_rasters import label_pyramid
-from ._reader import METADATA_KEY, UM, image_layers, open_for_layers
+from ._reader import METADATA_KEY, UM, image_layers, open_for_layers, single_path
 
 __all__ = ["napari_get_zarr_reader", "read_zarr", "zarr_image_elements"]
 
@@ -163,16 +163,11 @@ def napari_get_zarr_reader(path: str | Sequence[str]) -> Optional[Callable[..., 
     >>> napari_get_zarr_reader("slide.ome.tif") is None
     True
     """
-    if isinstance(path, (list, tuple)):
-        if len(path) != 1:
-            return None
-        path = path[0]
-    if not zarr_image_elements(path):
+    path = single_path(path)
+    if path is None or not zarr_image_elements(path):
         return None
     return _reader_function
 
 
 def _reader_function(path: str | Sequence[str]) -> list[tuple]:
-    if isinstance(path, (list, tuple)):
-        path = path[0]
-    return read_zarr(path)
+    return read_zarr(single_path(path))
