@@ -245,3 +245,44 @@ def test_merge_disjoint_sides_equals_union_all():
     assert shapely.symmetric_difference(shapely.union_all(got), shapely.union_all(ref)).area < 1e-6
     assert sorted(round(p.area, 6) for p in got) == sorted(round(p.area, 6) for p in ref)
     assert _merge_disjoint_sides([]) == []
+
+
+@pytest.mark.parametrize("n_stroma_expected", [2.0, 5.0, 40.0])
+def test_zone_p_value_holds_its_level_when_the_stroma_has_few_t_cells(n_stroma_expected):
+    """Equal T densities in zone and stroma: P(p < 0.05) must be ≤ 0.05 whatever the reference count.
+
+    Taking the stromal density as exact (a Poisson test at n_s / A_s), a zone of 3x the stroma's
+    area rejects in 13-19 % of such draws (2-40 expected stromal cells); the conditional test 2.5-4 %.
+    """
+    from scipy.stats import poisson
+    from tibspace.analyses.exclusion import _zone_depletion_p
+
+    rng = np.random.default_rng(1)
+    zone, a_zone, a_stroma = shapely.box(0, 0, 300, 100), 3e4, 1e4       # µm²
+    lam = n_stroma_expected / a_stroma
+    rejects, naive = 0, 0
+    for _ in range(3000):
+        n_z, n_s = rng.poisson(lam * a_zone), rng.poisson(lam * a_stroma)
+        x = rng.uniform(0, 300, n_z)
+        _, _, p = _zone_depletion_p([zone], x, rng.uniform(0, 100, n_z), int(n_s), a_stroma)
+        rejects += p[0] < 0.05
+        naive += n_s > 0 and poisson.cdf(n_z, n_s / a_stroma * a_zone) < 0.05
+    assert rejects / 3000 <= 0.05, rejects
+    assert naive / 3000 > 0.1, naive      # the test input does expose the exact-reference test
+
+
+def test_a_desert_has_no_exclusion_zones_even_with_a_t_poor_margin():
+    """A real DCIS field read "desert" with zones along 100 % of its perimeter from 2-3 stromal T cells."""
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0, 600, 3000), rng.uniform(0, 600, 3000)
+    nest = shapely.Point(300, 300).buffer(150)
+    inside = shapely.contains_xy(nest, x, y)
+    d = shapely.distance(nest.exterior, shapely.points(x, y))
+    far = ~inside & (d > 60)
+    ph = np.where(inside, "tumour", "other")
+    ph[np.flatnonzero(far)[:3]] = "CD8_T"                    # 3 T cells in the stroma, none at the margin
+    res = exclusion_analysis(pd.DataFrame({"x_um": x, "y_um": y, "phenotype": ph}),
+                             TumourRegion.from_polygons([nest]), shapely.box(0, 0, 600, 600))
+    assert res.immune_phenotype == "desert"
+    assert res.zones == [] and res.sample["n_zones"] == 0 and res.sample["zone_perimeter_fraction"] == 0
+    assert "desert" in res.sample["zone_note"]

@@ -135,6 +135,10 @@ def test_dcis_mibi_runs_and_skips_what_it_cannot(real_data, tmp_path, field, n_c
     assert "shield_net" in m["skipped"] and "shield" in m["analyses"] and "exclusion" in m["analyses"]
     assert abs(m["n_cells"] - n_cells) <= 0.1 * n_cells
     assert m["phenotype_counts"].get("tumour", 0) > 0.3 * m["n_cells"]  # ductal carcinoma fields
+    # consistent calls: these fields are deserts (0-3 CD8 T cells within 200 µm of the ducts), so no
+    # exclusion zones (they read zones on 100 % of the perimeter from 2-3 stromal T cells before)
+    ex = m["analyses"]["exclusion"]["sample"]
+    assert ex["immune_phenotype"] == "desert" and ex["n_zones"] == 0 and ex["zone_perimeter_fraction"] == 0
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "cells.parquet").is_file()
 
 

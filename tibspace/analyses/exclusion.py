@@ -27,9 +27,18 @@ Choices that metrics.md leaves open (stated here and in the docstrings):
   border are exact, not staircase.
 - Zones must be *significant*: at a few hundred CD8/mm² a 30 µm kernel
   holds ~2 T cells, so "density < 25 % of stroma" fires by chance. A zone
-  is kept only if its T-cell count is improbably low for its area at the
-  stromal density (one-sided Poisson p < ``zone_alpha``, default 0.05);
-  ``zone_p_value`` is reported per zone.
+  is kept only if its T-cell count is improbably low against the stroma's,
+  area for area. The stromal density is itself a count, so the test is the
+  conditional two-Poisson test: with ``n`` T cells in zone area ``A`` and
+  ``n_s`` in stromal area ``A_s``, under equal densities
+  ``n ~ Binomial(n + n_s, A / (A + A_s))`` and ``p = P(N ≤ n)``
+  (< ``zone_alpha``, default 0.05); ``zone_p_value`` is reported per zone.
+  (A Poisson test at the stromal density taken as exact called a zone on a
+  real DCIS field from 2 stromal T cells.)
+- A *desert* sample has no exclusion zones: a zone is a margin where T cells
+  stop, and a desert has no T-cell population to stop (the call and zones
+  along the whole perimeter at once contradicted each other on real DCIS
+  fields); ``zone_note`` says so.
 - A boundary point "borders" a zone when it lies within ``bandwidth_um`` of
   it: the map resolves nothing finer than its kernel, and a T-poor inner
   margin whose zone stops a few µm short of the boundary still borders it.
@@ -214,26 +223,34 @@ def _summary(counts: dict, areas: dict, desert_density: float, excluded_ratio: f
     return out
 
 
-def _zone_depletion_p(zones: list, x_um: np.ndarray, y_um: np.ndarray, stromal_per_mm2: float):
+def _zone_depletion_p(zones: list, x_um: np.ndarray, y_um: np.ndarray, n_stroma: int, area_stroma_um2: float):
     """T cells in each zone, the number expected at the stromal density, and the
-    one-sided Poisson p-value ``P(N <= n | expected)`` of so few.
+    conditional one-sided p-value of so few against the stroma's count.
+
+    With ``n`` T cells in a zone of area ``A`` and ``n_s`` in the stroma of area
+    ``A_s``, equal densities give ``n ~ Binomial(n + n_s, A / (A + A_s))``;
+    ``p = P(N ≤ n)``. The stromal density's own uncertainty is in the test: a
+    reference of 2 T cells cannot make a zone significant.
 
     Examples
     --------
-    >>> z = [shapely.box(0, 0, 100, 100)]                 # 0.01 mm²: 5 expected at 500/mm²
-    >>> n, e, p = _zone_depletion_p(z, np.array([50.0]), np.array([50.0]), 500.0)
+    >>> z = [shapely.box(0, 0, 100, 100)]                 # 0.01 mm²
+    >>> n, e, p = _zone_depletion_p(z, np.array([50.0]), np.array([50.0]), 500, 1e6)  # 500/mm²
     >>> int(n[0]), float(e[0]), round(float(p[0]), 4)
-    (1, 5.0, 0.0404)
+    (1, 5.0, 0.0411)
+    >>> round(float(_zone_depletion_p(z, np.array([]), np.array([]), 2, 1e4)[2][0]), 4)  # 2 cells, 0.01 mm²
+    0.25
     """
-    from scipy.stats import poisson
+    from scipy.stats import binom
 
     counts = np.zeros(len(zones), np.int64)
     if len(x_um):
         tree = shapely.STRtree(np.asarray(zones, dtype=object))
         _, zone_idx = tree.query(shapely.points(x_um, y_um), predicate="within")
         counts = np.bincount(zone_idx, minlength=len(zones))
-    expected = stromal_per_mm2 * shapely.area(np.asarray(zones, dtype=object)) / 1e6
-    return counts, expected, poisson.cdf(counts, expected)
+    area = shapely.area(np.asarray(zones, dtype=object))
+    expected = n_stroma / area_stroma_um2 * area
+    return counts, expected, binom.cdf(counts, counts + n_stroma, area / (area + area_stroma_um2))
 
 
 def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",), margin_um: float = 50.0,
@@ -270,9 +287,9 @@ def exclusion_analysis(cells: pd.DataFrame, region, tissue, *, t_types=("CD8_T",
         Smallest zone kept (µm²).
     zone_alpha : float
         A zone is kept only when it holds significantly fewer T cells than the
-        stromal density predicts for its area: one-sided Poisson
-        ``P(N ≤ n_observed | stromal density × area) < zone_alpha`` (1 keeps
-        every zone, as metrics.md does).
+        stroma, area for area: the conditional two-Poisson test
+        ``P(N ≤ n | N ~ Binomial(n + n_stroma, A / (A + A_stroma))) < zone_alpha``
+        (1 keeps every zone, as metrics.md does). A desert sample has no zones.
     progress : callable, optional
 
     Returns
@@ -323,8 +340,10 @@ def _zone_step(t, region, tissue, sample, per_nest, params, progress):
     stromal = sample["t_density_stroma_per_mm2"]
     threshold = params["exclusion_fraction"] * stromal if math.isfinite(stromal) else float("nan")
     maps, bands = _side_maps(t, region, tissue, w, params["bandwidth_um"], grid_um)
+    reference = (int(sample["n_t_stroma"]), float(sample["area_stroma_um2"]))
     zones, zone_n, zone_e, zone_p, zone_note = _zones(t, maps, bands, stromal, threshold, grid_um,
-                                                      params["min_zone_area_um2"], params["zone_alpha"])
+                                                      params["min_zone_area_um2"], params["zone_alpha"],
+                                                      reference, sample["immune_phenotype"])
     dmap = _display_map(maps, grid_um)
     report(progress, "exclusion", 3, 4)
     zone_table, per_border, per_len = _zone_borders(zones, zone_n, zone_e, zone_p, region, per_nest)
@@ -452,10 +471,17 @@ def _side_maps(t: _TCells, region, tissue, w, bandwidth_um, grid_um):
     return maps, bands
 
 
-def _zones(t: _TCells, maps, bands, stromal, threshold, grid_um, min_zone_area_um2, zone_alpha):
-    """Significant low-density zones of the margin band: (zones, n, expected, p, note)."""
+def _zones(t: _TCells, maps, bands, stromal, threshold, grid_um, min_zone_area_um2, zone_alpha, reference,
+           call):
+    """Significant low-density zones of the margin band: (zones, n, expected, p, note).
+
+    ``reference`` = (stromal T count, stromal area µm²); ``call`` the sample's immune phenotype.
+    """
     zones: list = []
     zone_n = zone_e = zone_p = np.zeros(0)
+    if call == "desert":
+        return zones, zone_n, zone_e, zone_p, ("no zones: the sample is a desert (too few T cells on both "
+                                               "sides of the margin for any to be kept out)")
     if not (math.isfinite(stromal) and stromal > 0):
         return zones, zone_n, zone_e, zone_p, ("no zones: the stromal T density is 0 or undefined "
                                                "(no reference to compare with)")
@@ -475,7 +501,7 @@ def _zones(t: _TCells, maps, bands, stromal, threshold, grid_um, min_zone_area_u
     if pieces:
         zones = [p for p in _merge_disjoint_sides(pieces) if p.area >= min_zone_area_um2]
     if zones:
-        zone_n, zone_e, zone_p = _zone_depletion_p(zones, t.x, t.y, stromal)
+        zone_n, zone_e, zone_p = _zone_depletion_p(zones, t.x, t.y, *reference)
         keep = zone_p < zone_alpha
         zones = [z for z, k in zip(zones, keep) if k]
         zone_n, zone_e, zone_p = zone_n[keep], zone_e[keep], zone_p[keep]
