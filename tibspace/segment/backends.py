@@ -86,6 +86,19 @@ _CELLPOSE_KEYS = ("model", "flow_threshold", "cellprob_threshold")
 _local = threading.local()
 
 
+def _check_model_name(model: str, models: Any) -> None:
+    """``model`` is one of cellpose's own or user-added model names.
+
+    Cellpose 3 silently falls back to (and downloads) its default ``cyto3``
+    model for an unknown name, so a misspelt ``"nucleus"`` would segment with
+    a different model; this makes it a one-line error instead.
+    """
+    known = list(dict.fromkeys(list(models.MODEL_NAMES) + list(models.get_user_models())))
+    if model not in known:
+        raise InputError(f"[segmentation] model = {model!r}: not a cellpose model name nor a "
+                         f"weights file; cellpose names: {', '.join(known)}")
+
+
 def _cellpose_model(model: str) -> Any:
     """The cellpose model (loaded once per thread): a weights file or a library model name."""
     cache = getattr(_local, "models", None)
@@ -101,6 +114,8 @@ def _cellpose_model(model: str) -> Any:
     except ImportError:
         raise InputError("[segmentation] method = 'cellpose' needs the extra: "
                          "pip install 'tibspace[cellpose]'") from None
+    if not is_path:
+        _check_model_name(model, models)
     try:
         net = (models.CellposeModel(gpu=False, pretrained_model=str(model)) if is_path
                else models.CellposeModel(gpu=False, model_type=model))
