@@ -16,8 +16,9 @@ The cellpose model is loaded once per thread (no model shared between
 threads) from ``params['model']``: a local weights file, or a name of the
 library's own models (default ``"nuclei"``), which cellpose looks for in its
 model folder (``~/.cellpose/models``, or ``$CELLPOSE_LOCAL_MODELS_PATH``) and
-would download there on a machine with internet access; its other options
-are ``flow_threshold`` and ``cellprob_threshold``.
+would download there on a machine with internet access (a name it does not
+know is an error, not its default model); its other options are
+``flow_threshold`` and ``cellprob_threshold``.
 """
 
 from __future__ import annotations
