@@ -2,6 +2,15 @@
 # once per version of the dependency lists (a stamp file records it).
 PY=${PYTHON:-python3}
 
+# The cellpose extra (tests/test_seg_backends.py) needs torch. Only this CPU build is
+# taken, and only from a local file (pip's find-links, e.g. /opt/wheels): torch from
+# the index, or any newer release, would be a CUDA build of several GB.
+TORCH_PIN=torch==2.13.0
+
+cpu_torch_on_disk() {  # installs $TORCH_PIN into .venv if a local file has it (no download)
+  .venv/bin/python -m pip install -q --no-index --no-deps "$TORCH_PIN" >/dev/null 2>&1
+}
+
 ensure_venv() {  # $1 = core | test
   local kind=$1
   if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
@@ -18,7 +27,13 @@ ensure_venv() {  # $1 = core | test
     if [ "$kind" = core ]; then
       .venv/bin/python -m pip install -q -e .
     else
-      .venv/bin/python -m pip install -q -e ".[test]" -e plugins/napari "napari[pyqt6]" pytest-qt
+      local extras=test torch=()
+      if cpu_torch_on_disk; then
+        extras=test,cellpose torch=("$TORCH_PIN")
+      else
+        echo "$TORCH_PIN (CPU build) is not on this machine's disk: installing without the cellpose extra, its tests will skip" >&2
+      fi
+      .venv/bin/python -m pip install -q -e ".[$extras]" "${torch[@]}" -e plugins/napari "napari[pyqt6]" pytest-qt
     fi
     touch "$stamp"
   fi

@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 
@@ -19,14 +21,18 @@ def test_unknown_backend_is_one_line_input_error():
     assert "\n" not in str(e.value) and "cellpose" in str(e.value)
 
 
-def test_cellpose_without_extra_says_how_to_install():
-    try:
-        import cellpose  # noqa: F401
-        pytest.skip("cellpose installed: the missing-extra path is not reachable")
-    except ImportError:
-        pass
-    with pytest.raises(InputError, match=r"tibspace\[cellpose\]"):
+def test_cellpose_without_extra_says_how_to_install(monkeypatch):
+    import threading
+
+    import tibspace.segment.backends as bk
+
+    # the missing extra is simulated, so this runs whether or not cellpose is installed
+    monkeypatch.setitem(sys.modules, "cellpose", None)
+    monkeypatch.setattr(bk, "_local", threading.local())  # no model cached by another test
+    with pytest.raises(InputError,
+                       match=r"needs the extra: pip install 'tibspace\[cellpose\]'") as e:
         get_backend("cellpose")(np.zeros((4, 4)), None, 0.5, {})
+    assert "\n" not in str(e.value)
 
 
 # --------------------------------------------------------------------------
@@ -205,3 +211,78 @@ def test_cellpose_runs_per_tile_with_the_nucleus_diameter(tiny_cellpose_weights,
     assert len(calls) == res.n_tiles == 4
     assert all(d == pytest.approx(14.0) for _, d in calls)
     assert len(res.cells) == int(discs[1].max())
+
+
+@pytest.fixture()
+def cellpose_offline(monkeypatch, tmp_path):
+    """Real cellpose, an empty model folder and no network: downloads are recorded, then fail."""
+    import threading
+    from urllib.error import URLError
+
+    import tibspace.segment.backends as bk
+
+    from cellpose import models, utils
+
+    downloads = []
+
+    def no_network(url, dst, progress=True):
+        downloads.append((url, dst))
+        raise URLError("no network in this test")
+
+    monkeypatch.setattr(utils, "download_url_to_file", no_network)
+    monkeypatch.setattr(models, "MODEL_DIR", tmp_path)
+    monkeypatch.setattr(models, "MODEL_LIST_PATH", str(tmp_path / "gui_models.txt"))
+    monkeypatch.setattr(bk, "_local", threading.local())  # no model cached by another test
+    return tmp_path, downloads
+
+
+def test_cellpose_named_model_loads_from_the_model_folder(tiny_cellpose_weights,
+                                                           cellpose_offline):
+    """A library model name is looked up in cellpose's model folder (as copied for offline use)."""
+    import shutil
+
+    import tibspace.segment.backends as bk
+
+    path, state = tiny_cellpose_weights
+    folder, downloads = cellpose_offline
+    shutil.copy(path, folder / "nucleitorch_0")  # the file cellpose 3 keeps for "nuclei"
+    model = bk._cellpose_model("nuclei")
+    assert downloads == [] and model.diam_mean == 17.0
+    loaded = model.net.state_dict()
+    assert all((loaded[k].cpu() == v).all() for k, v in state.items())
+
+
+def test_cellpose_named_model_offline_is_one_line_error(tiny_cellpose_weights, cellpose_offline):
+    import tibspace.segment.backends as bk
+
+    folder, downloads = cellpose_offline
+    with pytest.raises(InputError, match=r"model = 'nuclei': cellpose could not load it .*"
+                                         r"without internet give a local weights file") as e:
+        bk._cellpose_model("nuclei")
+    assert "\n" not in str(e.value)
+    # cellpose tried to fetch its nuclei weights into its model folder
+    assert [(u.rsplit("/", 1)[-1], d) for u, d in downloads] == [
+        ("nucleitorch_0", str(folder / "nucleitorch_0"))]
+
+
+def test_cellpose_unknown_model_name_is_an_error_not_the_default_model(tiny_cellpose_weights,
+                                                                        cellpose_offline):
+    """Cellpose 3 would swap an unknown name for its default cyto3 model (and download it)."""
+    import tibspace.segment.backends as bk
+
+    _, downloads = cellpose_offline
+    with pytest.raises(InputError, match=r"model = 'nucleus': not a cellpose model name nor a "
+                                         r"weights file; cellpose names: cyto3, nuclei, ") as e:
+        bk._cellpose_model("nucleus")
+    assert "\n" not in str(e.value) and downloads == []
+
+
+def test_cellpose_unreadable_weights_file_is_one_line_error(tiny_cellpose_weights,
+                                                            cellpose_offline, tmp_path):
+    import tibspace.segment.backends as bk
+
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match=r"broken.pth': cellpose could not load it \(") as e:
+        bk._cellpose_model(str(bad))
+    assert "\n" not in str(e.value) and cellpose_offline[1] == []

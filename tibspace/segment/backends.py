@@ -16,8 +16,9 @@ The cellpose model is loaded once per thread (no model shared between
 threads) from ``params['model']``: a local weights file, or a name of the
 library's own models (default ``"nuclei"``), which cellpose looks for in its
 model folder (``~/.cellpose/models``, or ``$CELLPOSE_LOCAL_MODELS_PATH``) and
-would download there on a machine with internet access; its other options
-are ``flow_threshold`` and ``cellprob_threshold``.
+would download there on a machine with internet access (a name it does not
+know is an error, not its default model); its other options are
+``flow_threshold`` and ``cellprob_threshold``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,19 @@ _CELLPOSE_KEYS = ("model", "flow_threshold", "cellprob_threshold")
 _local = threading.local()
 
 
+def _check_model_name(model: str, models: Any) -> None:
+    """``model`` is one of cellpose's own or user-added model names.
+
+    Cellpose 3 silently falls back to (and downloads) its default ``cyto3``
+    model for an unknown name, so a misspelt ``"nucleus"`` would segment with
+    a different model; this makes it a one-line error instead.
+    """
+    known = list(dict.fromkeys(list(models.MODEL_NAMES) + list(models.get_user_models())))
+    if model not in known:
+        raise InputError(f"[segmentation] model = {model!r}: not a cellpose model name nor a "
+                         f"weights file; cellpose names: {', '.join(known)}")
+
+
 def _cellpose_model(model: str) -> Any:
     """The cellpose model (loaded once per thread): a weights file or a library model name."""
     cache = getattr(_local, "models", None)
@@ -101,6 +115,8 @@ def _cellpose_model(model: str) -> Any:
     except ImportError:
         raise InputError("[segmentation] method = 'cellpose' needs the extra: "
                          "pip install 'tibspace[cellpose]'") from None
+    if not is_path:
+        _check_model_name(model, models)
     try:
         net = (models.CellposeModel(gpu=False, pretrained_model=str(model)) if is_path
                else models.CellposeModel(gpu=False, model_type=model))
