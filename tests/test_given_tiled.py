@@ -144,6 +144,42 @@ def test_memory_does_not_grow_with_the_mask(tissue, tmp_path, monkeypatch):
     assert whole_peaks[1] > 8 * whole_peaks[0] and whole_peaks[1] > 4 * peaks[1], (whole_peaks, peaks)
 
 
+def test_nuclei_alone_are_grown_window_by_window_as_on_the_whole_image(tissue):
+    """A nucleus mask alone: cells grown per window (halo = expansion) equal the whole-image expansion."""
+    d, t = tissue
+    img = open_image(d / "image.ome.tif")
+    try:
+        nuc, ids = read_label_mask(d / "nuclei.tif", nuclei=True, shape=(512, 512))
+        whole = segment_from_labels(img, None, nuc, label_ids=ids)
+        tiled = segment_from_label_files(img, None, d / "nuclei.tif", tile_size_px=MEASURE_TILE)
+    finally:
+        img.close()
+    assert tiled.n_tiles == 64 and tiled.parameters["cells_source"] == "expanded from nuclei"
+    assert tiled.parameters["expansion_um"] == 3.0 and len(tiled.cells) > 100
+    pd.testing.assert_frame_equal(tiled.cells, whole.cells, check_exact=True)
+    assert np.array_equal(tiled.labels, whole.labels) and np.array_equal(tiled.nuclei, whole.nuclei)
+    # cells really grew past their nuclei, across the 64 px tile seams too
+    assert (tiled.labels > 0).sum() > 1.3 * (tiled.nuclei > 0).sum()
+
+
+def test_nuclei_alone_memory_does_not_grow_with_the_mask(tissue, tmp_path, monkeypatch):
+    """As for cell masks: 16x the nucleus-mask pixels, under 1.5x the peak traced memory."""
+    d, t = tissue
+    monkeypatch.setattr(given_tiled, "_IN_MEMORY_MAX_PX", 0)
+    peaks = []
+    for n in (1, 4):
+        image, mask, _ = _mosaic(tmp_path, t, n)
+        img = open_image(image)
+        try:
+            run = lambda: segment_from_label_files(img, None, mask, tile_size_px=128,  # noqa: E731
+                                                   work_dir=tmp_path)
+            run()
+            peaks.append(_peak_bytes(run))
+        finally:
+            img.close()
+    assert peaks[1] < 1.5 * peaks[0], peaks
+
+
 def _whole_any(img, cells_path):
     shape = tuple(int(v) for v in img.shape[-2:])
     cells, ids = read_label_mask(cells_path, shape=shape)

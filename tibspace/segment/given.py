@@ -5,12 +5,13 @@ Nuclei given with cells are re-keyed to the cell they lie in (nucleus pixels out
 are dropped); nuclei alone are grown into cells by :func:`expand_nuclei_to_cells`; cells alone
 use the cell as its own nucleus for the nuclear measurements (``nuclei_source = "cells"``).
 :func:`segment_from_label_files` measures a cell mask TIFF readable by window tile by tile
-(:mod:`tibspace.segment.given_tiled`, same table); other masks, and nuclei alone (the
-expansion runs on the whole nucleus image), are read whole.
+(:mod:`tibspace.segment.given_tiled`, same table), and so is a nucleus mask given alone
+(grown into cells window by window); other masks are read whole.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -75,6 +76,11 @@ def segment_from_label_files(image: Any, cells_path: Optional[Any], nuclei_path:
     px = float(image.pixel_size_um)
     paths = {k: p for k, p in (("cells", cells_path), ("nuclei", nuclei_path)) if p is not None}
     cells = open_label_plane(cells_path, fmt=fmt, shape=shape, pixel_size_um=px) if cells_path else None
+    if cells is None and nuclei_path is not None:
+        nuclei = open_label_plane(nuclei_path, fmt=fmt, nuclei=True, shape=shape, pixel_size_um=px)
+        if nuclei is not None:
+            return _expanded_from_nucleus_plane(image, nuclei, nuclei_path, fmt, expansion_um, tile_size_px,
+                                                work_dir, progress)
     if cells is not None:
         nuclei = None
         try:
@@ -97,3 +103,23 @@ def segment_from_label_files(image: Any, cells_path: Optional[Any], nuclei_path:
     source = {k: label_source(p, fmt) for k, p in paths.items()}
     return segment_from_labels(image, read.get("cells"), read.get("nuclei"), label_ids=ids,
                                expansion_um=expansion_um, source=source)
+
+
+def _expanded_from_nucleus_plane(image, nuclei, nuclei_path, fmt, expansion_um, tile_size_px, work_dir,
+                                 progress) -> SegmentationResult:
+    """Nuclei alone, read by window: cells grown window by window, measured tile by tile."""
+    from tibspace.io import label_source
+    from tibspace.segment.given_tiled import ExpandedNuclei
+
+    e_um = float(expansion_um)
+    if not (math.isfinite(e_um) and e_um >= 0):
+        raise InputError(f"expansion_um must be ≥ 0 µm, got {expansion_um!r}")
+    try:
+        res = segment_from_label_planes(image, ExpandedNuclei(nuclei, e_um / float(image.pixel_size_um)), nuclei,
+                                        tile_size_px=tile_size_px, work_dir=work_dir,
+                                        source={"nuclei": label_source(nuclei_path, fmt)}, progress=progress)
+    finally:
+        nuclei.close()
+    res.parameters.update({"cells_source": "expanded from nuclei", "nuclei_source": "given",
+                           "expansion_um": e_um})
+    return res

@@ -13,11 +13,14 @@ they lie in, pixel by pixel (nucleus pixels outside every cell are dropped). The
 cell and nucleus label images are pasted core by core into numpy arrays (up to 64 Mpx) or
 zarr arrays on disk (above), as :func:`tibspace.segment.segment_image` hands them on.
 Memory: one window of pixels and channels, the per-cell index, and the numpy label images of
-images up to 64 Mpx.
+images up to 64 Mpx. A nucleus mask given alone is grown into cells window by window
+(:class:`ExpandedNuclei`): each window is expanded from the nuclei within a halo of the
+expansion distance, which gives the whole-image expansion pixel for pixel.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from typing import Any, Optional
@@ -32,6 +35,46 @@ from tibspace.segment.image import _IN_MEMORY_MAX_PX, SegmentationResult, _keep_
 from tibspace.segment.tiling import _ChannelReader, new_label_array
 
 __all__ = ["segment_from_label_planes"]
+
+
+class ExpandedNuclei:
+    """Cells grown from a nucleus mask, read by window like a :class:`LabelPlane`.
+
+    A window's cells are the nuclei of the window grown by ``distance_px``
+    (:func:`tibspace.segment.expand.expand_labels_fast`), computed on the window
+    plus a halo of ``ceil(distance_px) + 1`` px: a pixel takes the id of its
+    nearest nucleus pixel within ``distance_px``, and every such pixel lies in
+    the halo, so a window equals the same crop of the whole-image expansion.
+    Ids stay the nuclei's original ids.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> nuc = np.zeros((1, 11), np.int64); nuc[0, 2] = 7; nuc[0, 8] = 9
+    >>> ExpandedNuclei(LabelPlane.of_array("n.tif", nuc), 2.0).read(0, 1, 3, 9).tolist()
+    [[7, 7, 0, 9, 9, 9]]
+    """
+
+    def __init__(self, nuclei: LabelPlane, distance_px: float):
+        self.nuclei, self.distance_px = nuclei, float(distance_px)
+        self.path, self.shape = nuclei.path, nuclei.shape
+        self._halo = int(math.ceil(self.distance_px)) + 1
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        from tibspace.segment.expand import expand_labels_fast
+
+        h, (ny, nx) = self._halo, self.shape
+        a0, a1, b0, b1 = max(0, y0 - h), min(ny, y1 + h), max(0, x0 - h), min(nx, x1 + h)
+        raw = window_ids(self.nuclei, (a0, a1, b0, b1))
+        ids, dense = np.unique(raw, return_inverse=True)      # original ids may exceed int32
+        dense = dense.reshape(raw.shape).astype(np.int32)
+        if ids[0] != 0:
+            ids, dense = np.r_[0, ids], dense + 1
+        grown = expand_labels_fast(dense, self.distance_px) if self.distance_px > 0 else dense
+        return ids[grown[y0 - a0:y1 - a0, x0 - b0:x1 - b0]]
+
+    def close(self) -> None:
+        """The nucleus plane is closed by its owner."""
 
 
 def segment_from_label_planes(image: Any, cells: LabelPlane, nuclei: Optional[LabelPlane] = None, *,
