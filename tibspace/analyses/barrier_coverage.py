@@ -279,37 +279,77 @@ def _trim_ends(run: np.ndarray, dens: np.ndarray, whole_ring: bool, window: int)
 
 
 def _spacing_gap_rows(covered, ring_of, centre_um, ring_um, cell_sub, cell_pos, alpha, near) -> np.ndarray:
-    """Covered sub-segments lying in a gap between consecutive barrier cells (step 4).
+    """Covered sub-segments lying in a gap between consecutive lining cells (step 4).
 
     Along each ring holding a covered sub-segment, the band's barrier cells
     at positions u_1 < … < u_n (circular) give spacings g_i = u_i+1 − u_i.
     The lining's spacings are modelled as gamma distributed with one shape κ
-    per sample (:func:`_lining_shape`, from the quartiles of all rings'
-    spacings, each divided by its ring's median; κ = 1 is a Poisson lining,
-    larger κ more regular) and each ring's own scale (its median). A spacing
-    above the threshold τ that n spacings of a gapless lining all stay below
-    with probability 1 − ``alpha`` bounds a gap from half a mean spacing
-    after u_i to half a mean spacing before u_i+1 (length g_i − mean,
-    unbiased between two evenly lined arcs); covered sub-segments whose
-    centre lies in it are flagged. Rings with fewer than ``_MIN_SPACINGS``
-    spacings are left as they are. The shortest gap found is ≈ τ − mean:
-    ≈ (ln(n / alpha) − 1) mean spacings on a Poisson lining, ≈ 1.2 on a
-    lining as regular as the generator's (κ ≈ 7).
+    per sample and each ring's own scale, both fitted to the spacings inside
+    lined stretches only (:func:`_lining_fit`: the spacings across gaps
+    would widen the fit and hide the shorter gaps). A spacing above the
+    threshold τ that n spacings of a gapless lining all stay below with
+    probability 1 − ``alpha`` is a gap. A cell whose spacings on both sides
+    exceed τ_s (:func:`_stray_threshold`; a lining end has one lining
+    spacing) is a stray (a stromal barrier-type cell past an arc's end or
+    inside a gap), not lining: it is dropped and its two spacings merge
+    (:func:`_drop_strays`).
+    Each gap runs from half a mean spacing after u_i to half a mean spacing
+    before u_i+1 (length g_i − mean, unbiased between two evenly lined
+    arcs); covered sub-segments whose centre lies in it are flagged. Rings
+    with fewer than ``_MIN_SPACINGS`` spacings are left as they are. The
+    shortest gap found is ≈ τ − mean: ≈ (ln(n / alpha) − 1) mean spacings on
+    a Poisson lining, ≈ 1.2 on a lining as regular as the generator's (κ ≈ 7).
     """
     flagged = np.zeros(covered.size, bool)
     rings = [r for r in _ring_cells(covered, ring_of, centre_um, ring_um, cell_sub, cell_pos, near)
              if r[3].size >= _MIN_SPACINGS]
     if not rings:
         return flagged
-    kappa = _lining_shape(np.concatenate([g / np.median(g) for *_, g in rings]))
-    for rows, centre, u, g in rings:
+    kappa, medians = _lining_fit([g for *_, g in rings], alpha)
+    for (rows, centre, u, g), median in zip(rings, medians):
         L = float(ring_um[rows[0]])
-        mean, tau = _gap_threshold(float(np.median(g)), g.size, kappa, alpha)
+        mean, tau = _gap_threshold(median, g.size, kappa, alpha)
+        u, g = _drop_strays(u, g, _stray_threshold(median, int((g > tau).sum()), kappa, alpha), L)
         for i in np.flatnonzero(g > tau):
             lo, hi = u[i] + 0.5 * mean, u[i] + g[i] - 0.5 * mean
             inside = ((centre > lo) & (centre < hi)) | ((centre + L > lo) & (centre + L < hi))
             flagged[rows[inside & covered[rows]]] = True
     return flagged
+
+
+def _lining_fit(spacings: list, alpha: float, n_iter: int = 5) -> tuple[float, list]:
+    """Gamma shape κ (one per sample) and median spacing (per ring) of the lining, gaps left out.
+
+    Starts from all spacings of each ring (``spacings``: one array per ring)
+    and refits on the spacings ≤ each ring's threshold τ
+    (:func:`_gap_threshold`) until the set of kept spacings stops changing.
+    Leaving out spacings above τ removes only a share ≈ alpha / n of a
+    gapless lining's own spacings, so the fit is not narrowed by it.
+    """
+    keep = [np.ones(g.size, bool) for g in spacings]
+    for _ in range(n_iter):
+        medians = [float(np.median(g[k])) for g, k in zip(spacings, keep)]
+        kappa = _lining_shape(np.concatenate([g[k] / m for g, k, m in zip(spacings, keep, medians)]))
+        new = [g <= _gap_threshold(m, g.size, kappa, alpha)[1] for g, m in zip(spacings, medians)]
+        new = [n if n.sum() >= 3 else k for n, k in zip(new, keep)]
+        if all(np.array_equal(n, k) for n, k in zip(new, keep)):
+            break
+        keep = new
+    return kappa, medians
+
+
+def _drop_strays(u: np.ndarray, g: np.ndarray, tau: float, ring_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cell positions and circular spacings without the cells whose spacings on both sides exceed ``tau``.
+
+    Such a cell is no part of a lining; left in, it would extend an arc's
+    end by up to τ or split a gap in two shorter ones. Kept as they are
+    when fewer than two cells would remain.
+    """
+    stray = (g > tau) & (np.roll(g, 1) > tau)
+    if not stray.any() or (~stray).sum() < 2:
+        return u, g
+    u = u[~stray]
+    return u, np.diff(np.r_[u, u[0] + ring_um])
 
 
 def _ring_cells(covered, ring_of, centre_um, ring_um, cell_sub, cell_pos, near):
@@ -364,6 +404,22 @@ def _gap_threshold(median_um: float, n: int, kappa: float, alpha: float) -> tupl
 
     theta = median_um / float(gamma.ppf(0.5, kappa))
     return kappa * theta, float(gamma.ppf((1.0 - alpha) ** (1.0 / n), kappa)) * theta
+
+
+def _stray_threshold(median_um: float, n_gaps: int, kappa: float, alpha: float) -> float:
+    """Spacing τ_s (µm) beyond which a cell next to a gap is taken for a stray, not a lining end.
+
+    A lining end cell has a gap on one side and one lining spacing on the
+    other; that spacing exceeds τ_s with probability ``alpha`` / (2 n_gaps),
+    so all of a ring's 2 n_gaps ends stay with probability ≈ 1 − ``alpha``.
+    A cell inside the lining needs both its spacings above τ_s (probability
+    ≈ (alpha / 2 n_gaps)²). A stromal barrier-type cell 25–35 µm past an
+    arc's end (2–3 mean spacings, below τ) is beyond τ_s.
+    """
+    from scipy.stats import gamma
+
+    theta = median_um / float(gamma.ppf(0.5, kappa))
+    return float(gamma.ppf(1.0 - alpha / max(2 * n_gaps, 2), kappa)) * theta
 
 
 def outline_positions(region, sub: pd.DataFrame, cell_sub, x_um, y_um, smooth_um: float = _OUTLINE_SMOOTH_UM):
