@@ -289,8 +289,8 @@ def _spacing_gap_rows(covered, ring_of, centre_um, ring_um, cell_sub, cell_pos, 
     would widen the fit and hide the shorter gaps). A spacing above the
     threshold τ that n spacings of a gapless lining all stay below with
     probability 1 − ``alpha`` is a gap. A cell whose spacings on both sides
-    exceed τ_s (:func:`_stray_threshold`; a lining end has one lining
-    spacing) is a stray (a stromal barrier-type cell past an arc's end or
+    exceed τ_s (:func:`_stray_threshold`, on the sample's median spacing; a
+    lining end has one lining spacing) is a stray (a stromal barrier-type cell past an arc's end or
     inside a gap), not lining: it is dropped and its two spacings merge
     (:func:`_drop_strays`).
     Each gap runs from half a mean spacing after u_i to half a mean spacing
@@ -306,10 +306,14 @@ def _spacing_gap_rows(covered, ring_of, centre_um, ring_um, cell_sub, cell_pos, 
     if not rings:
         return flagged
     kappa, medians = _lining_fit([g for *_, g in rings], alpha)
+    # strays are judged against the sample's lining spacing (geometric mean of the rings' medians,
+    # weighted by spacings): on a sparsely lined ring a few strays inflate the ring's own median
+    n_sp = np.array([g.size for *_, g in rings], float)
+    sample_median = float(np.exp(np.sum(n_sp * np.log(medians)) / n_sp.sum()))
     for (rows, centre, u, g), median in zip(rings, medians):
         L = float(ring_um[rows[0]])
         mean, tau = _gap_threshold(median, g.size, kappa, alpha)
-        u, g = _drop_strays(u, g, _stray_threshold(median, int((g > tau).sum()), kappa, alpha), L)
+        u, g = _drop_strays(u, g, _stray_threshold(sample_median, int((g > tau).sum()), kappa, alpha), L)
         for i in np.flatnonzero(g > tau):
             lo, hi = u[i] + 0.5 * mean, u[i] + g[i] - 0.5 * mean
             inside = ((centre > lo) & (centre < hi)) | ((centre + L > lo) & (centre + L < hi))
