@@ -3,8 +3,10 @@
 A boundary ring is a circular sequence of sub-segments (rows of a
 :func:`tibspace.tissue.perimeter_segments` table, rings contiguous, positions
 0..n-1 in order). :func:`coverage_profile` judges each sub-segment on a
-sliding window with the metrics.md segment rule and trims every barrier run
-to its half-maximum ends; :func:`circular_runs` and :func:`_runs_table` turn
+sliding window with the metrics.md density rule, keeps runs holding both cell
+types, and places gaps and run ends from the barrier cells' spacings along the
+outline (stray cells dropped) or, on sparse rings, at half-maximum;
+:func:`circular_runs` and :func:`_runs_table` turn
 the per-sub-segment state into covered runs and gaps (µm, with geometries).
 """
 
@@ -166,7 +168,8 @@ def coverage_profile(sub: pd.DataFrame, n_barrier, n_macrophage, n_caf, band_are
     4. Gaps are found from the barrier cells' spacings along the ring
        (``cell_sub``, ``cell_arc_um``; :func:`_spacing_gap_rows`): gaps
        shorter than a window, which the window bridges, and the ends of the
-       lining at longer ones, each half a spacing beyond its last cell.
+       lining at longer ones, each half a spacing beyond its last lining
+       cell (a stray barrier-type cell past an arc's end is not lining).
 
     Parameters
     ----------
