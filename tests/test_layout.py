@@ -109,6 +109,22 @@ def test_modules_are_of_readable_size():
     assert set(LONG_MODULES) <= {str(p.relative_to(PKG)) for p in _modules()}, "stale LONG_MODULES entry"
 
 
+#: A function (docstring included) longer than this is an outline over named steps.
+MAX_FUNCTION_LINES = 80
+
+
+def test_functions_are_of_readable_size():
+    plugin = PKG.parent / "plugins" / "napari" / "src"
+    too_long = []
+    for path in [*_modules(), *plugin.rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.name}:{node.name} {n}")
+    assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines (split them): " + ", ".join(too_long)
+
+
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PKG)))
 def test_every_module_opens_with_a_docstring(path):
     assert ast.get_docstring(ast.parse(path.read_text())), f"{path.relative_to(PKG)} has no module docstring"

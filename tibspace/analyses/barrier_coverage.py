@@ -154,22 +154,17 @@ def coverage_profile(sub: pd.DataFrame, n_barrier, n_macrophage, n_caf, band_are
                      sub_arc_um=None, ring_arc_um=None, gap_alpha: float = _GAP_ALPHA) -> pd.DataFrame:
     """Barrier state along the boundary at sub-segment resolution.
 
-    1. Each sub-segment is judged on the window of ``window`` consecutive
-       sub-segments centred on it (one perimeter segment long): it *passes*
-       when the window's outer band holds barrier cells at ≥
-       ``barrier_density`` per mm² of tissue.
+    1. A sub-segment *passes* when the window of ``window`` sub-segments
+       centred on it (one segment long) holds barrier cells at ≥
+       ``barrier_density`` per mm² of its outer band's tissue.
     2. A maximal run of passing sub-segments is a barrier when it holds ≥ 1
-       SPP1 macrophage and ≥ 1 CAF (metrics.md's co-occurrence, judged on the
-       lined run, so a lining is not cut where one window happens to hold one
-       type only).
-    3. The run's two ends are trimmed to where the window density reaches
-       half the run's plateau (:func:`_trim_ends`; a window centred on the
-       end of a uniformly lined arc holds half the lining's density).
-    4. Gaps are found from the barrier cells' spacings along the ring
-       (``cell_sub``, ``cell_arc_um``; :func:`_spacing_gap_rows`): gaps
-       shorter than a window, which the window bridges, and the ends of the
-       lining at longer ones, each half a spacing beyond its last lining
-       cell (a stray barrier-type cell past an arc's end is not lining).
+       SPP1 macrophage and ≥ 1 CAF (co-occurrence judged on the lined run).
+    3. The run's ends are trimmed to where the window density reaches half
+       the run's plateau (:func:`_trim_ends`).
+    4. Gaps come from the barrier cells' spacings along the ring
+       (:func:`_spacing_gap_rows`): gaps shorter than a window, which it
+       bridges, and lining ends, half a spacing beyond the last lining cell
+       (a stray barrier-type cell past an arc's end is not lining).
 
     Parameters
     ----------
@@ -184,8 +179,7 @@ def coverage_profile(sub: pd.DataFrame, n_barrier, n_macrophage, n_caf, band_are
     window : int
         Sub-segments per window (odd).
     min_band_fraction : float
-        A window is assessable when its band holds ≥ this fraction of its
-        nominal area (length × ``barrier_width_um``).
+        A window is assessable when its band holds ≥ this fraction of length × ``barrier_width_um``.
     cell_sub, cell_arc_um : arrays, optional
         Sub-segment row and position along its ring (µm) of every barrier
         cell in the outer band; without them step 4 is skipped.
@@ -194,13 +188,11 @@ def coverage_profile(sub: pd.DataFrame, n_barrier, n_macrophage, n_caf, band_are
         and its ring's length (:func:`outline_positions`; NaN: no gap
         rule on that ring); default the arc along the ring (``start_um``).
     gap_alpha : float
-        Probability that a gapless run of the sample's lining shows a gap by
-        chance (step 4).
+        Probability that a gapless run of the sample's lining shows a gap by chance (step 4).
 
     Returns
     -------
-    DataFrame aligned with ``sub``: ``window_density_per_mm2``,
-    ``assessable``, ``passes``, ``covered``.
+    DataFrame aligned with ``sub``: ``window_density_per_mm2``, ``assessable``, ``passes``, ``covered``.
 
     Examples
     --------
@@ -222,13 +214,8 @@ def coverage_profile(sub: pd.DataFrame, n_barrier, n_macrophage, n_caf, band_are
     """
     if window < 1 or window % 2 == 0:
         raise InputError(f"window={window}: expected an odd number of sub-segments")
-    area = np.asarray(band_area_um2, float)
-    length = sub["length_um"].to_numpy(float)
-    idx, whole, ring_of = _ring_windows(sub, window // 2)
-    wb, wa, wl = (_window_sums(np.asarray(v, float), idx, whole, ring_of) for v in (n_barrier, area, length))
-    assessable = wa >= min_band_fraction * wl * float(barrier_width_um)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dens = np.where(wa > 0, wb / wa * 1e6, np.nan)
+    idx, ring_of, dens, assessable = _window_density(sub, n_barrier, band_area_um2, window, min_band_fraction,
+                                                     barrier_width_um)
     passes = assessable & (dens >= barrier_density)
     by_spacing = np.zeros(ring_of.max() + 1 if ring_of.size else 0, bool)
     if cell_sub is not None and cell_arc_um is not None:
@@ -238,14 +225,36 @@ def coverage_profile(sub: pd.DataFrame, n_barrier, n_macrophage, n_caf, band_are
     covered = _lined_runs(passes, ring_of, dens, np.asarray(n_macrophage, float), np.asarray(n_caf, float),
                           window, by_spacing)
     if by_spacing.any():
-        if sub_arc_um is None or ring_arc_um is None:
-            sub_arc_um = sub["start_um"].to_numpy(float) + 0.5 * length
-            ring_arc_um = np.bincount(ring_of, weights=length)[ring_of]
-        near = covered[idx].any(axis=1)
-        covered &= ~_spacing_gap_rows(covered, ring_of, np.asarray(sub_arc_um, float), np.asarray(ring_arc_um, float),
-                                      cell_sub, cell_arc_um, gap_alpha, near)
+        covered &= ~_gap_step(covered, sub, idx, ring_of, cell_sub, cell_arc_um, sub_arc_um, ring_arc_um, gap_alpha)
     return pd.DataFrame({"window_density_per_mm2": dens, "assessable": assessable, "passes": passes,
                          "covered": covered}, index=sub.index)
+
+
+def _gap_step(covered, sub, idx, ring_of, cell_sub, cell_arc_um, sub_arc_um, ring_arc_um, gap_alpha):
+    """Step 4: rows of ``covered`` that the barrier cells' spacings put in a gap."""
+    length = sub["length_um"].to_numpy(float)
+    if sub_arc_um is None or ring_arc_um is None:
+        sub_arc_um = sub["start_um"].to_numpy(float) + 0.5 * length
+        ring_arc_um = np.bincount(ring_of, weights=length)[ring_of]
+    near = covered[idx].any(axis=1)
+    return _spacing_gap_rows(covered, ring_of, np.asarray(sub_arc_um, float), np.asarray(ring_arc_um, float),
+                             cell_sub, cell_arc_um, gap_alpha, near)
+
+
+def _window_density(sub, n_barrier, band_area_um2, window, min_band_fraction, barrier_width_um):
+    """Step 1: each sub-segment's window (``window`` rows centred on it) and its barrier density.
+
+    Returns the window row indices, each row's ring, the density (cells/mm² of band tissue; NaN
+    where the band is empty) and whether the window is assessable.
+    """
+    area = np.asarray(band_area_um2, float)
+    length = sub["length_um"].to_numpy(float)
+    idx, whole, ring_of = _ring_windows(sub, window // 2)
+    wb, wa, wl = (_window_sums(np.asarray(v, float), idx, whole, ring_of) for v in (n_barrier, area, length))
+    assessable = wa >= min_band_fraction * wl * float(barrier_width_um)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dens = np.where(wa > 0, wb / wa * 1e6, np.nan)
+    return idx, ring_of, dens, assessable
 
 
 def _lined_runs(passes, ring_of, dens, n_mac, n_caf, window, by_spacing) -> np.ndarray:
