@@ -58,6 +58,7 @@ from scipy import ndimage as ndi
 
 from tibspace.errors import InputError
 from tibspace.progress import report
+from tibspace.analyses.shield_af import ABSENT, AfReference, af_need, af_points, decision_entry
 from tibspace.analyses.shield_background import estimate_background, flatten
 
 __all__ = ["shield_masks", "otsu_gate_log1p", "GROW_SD", "GROW_UM"]
@@ -223,7 +224,8 @@ def _resolve_gate(gate: Any, channel: str, is_required: bool) -> Any:
 def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapping[str, int] | None,
                  pixel_size_um: float, *, tile_size_px: int = 2048, require_dilation_um: float = 1.0,
                  tissue_mask: np.ndarray | None = None, max_gate_pixels: int = 4_000_000,
-                 background_um: float = 25.0, progress=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                 background_um: float = 25.0, af_reject: bool = True, return_decisions: bool = False,
+                 progress=None) -> tuple:
     """Boolean NET / collagen-I pixel masks from the image channels.
 
     For each mask spec (``MaskSpec(name, channels, require, gate,
@@ -285,49 +287,121 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
         raise InputError(f"pixel_size_um={pixel_size_um}: expected a positive pixel size in µm")
     ny, nx = _image_yx(image)
     gates: dict[str, float] = {}
-    plans = _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels, gates,
-                        (float(pixel_size_um), float(background_um or 0.0)))
+    plans, cache = _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels, gates,
+                               (float(pixel_size_um), float(background_um or 0.0)), bool(af_reject))
     dil_px = int(math.ceil(require_dilation_um / pixel_size_um))
     n_tiles = int(math.ceil(ny / tile_size_px)) * int(math.ceil(nx / tile_size_px))
     masks: dict[str, np.ndarray] = {}
-    for i, (name, own, req, min_um2) in enumerate(plans):
+    decisions: dict[str, dict] = {}
+    st_ = _stride(image, max_gate_pixels)
+    tm = _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels, cache,
+                      (len(range(0, ny, st_)), len(range(0, nx, st_)))) \
+        if any(x[3] is not None for p in plans for x in p[5]) else None
+    for i, (name, own, req, min_um2, af, info) in enumerate(plans):
         def step(done, _i=i):
             report(progress, "shield masks", _i * n_tiles + done, len(plans) * n_tiles)
 
-        masks[name] = _mask_tiles(image, own, req, min_um2, pixel_size_um, dil_px, tile_size_px, step)
-    return masks, gates
+        n_af = [0]
+        masks[name] = _mask_tiles(image, own, req, min_um2, pixel_size_um, dil_px, tile_size_px, step, af, n_af)
+        entries = _decide(masks[name], info, st_, tm)
+        if any(e["decision"] == ABSENT for e in entries.values()) and masks[name].any():
+            masks[name] = _without_absent(image, masks[name], own, req, info, entries, (min_um2, pixel_size_um,
+                                          dil_px, tile_size_px), af)
+            for e in entries.values():
+                e["area_fraction"] = float(masks[name].mean())
+        for e in entries.values():
+            e["evidence"]["autofluorescence"] = None if af is None else dict(af.evidence(), pixels_removed=n_af[0])
+        decisions.update(entries)
+    return (masks, gates, decisions) if return_decisions else (masks, gates)
+
+
+def _decide(mask: np.ndarray, info, stride: int, tm: np.ndarray | None) -> dict[str, dict]:
+    """Recorded gate and presence decision of each channel of one mask (:func:`shield_af.decision_entry`)."""
+    on_grid = mask[::stride, ::stride]
+    if tm is not None:
+        on_grid = on_grid & tm
+    area = float(mask.mean())
+    out = {}
+    for key, g, method, stats, grid, is_req in info:
+        vals = None if grid is None else grid[on_grid[: grid.shape[0], : grid.shape[1]]]
+        out[key] = decision_entry(g, stats, vals, area, method, is_req)
+    return out
+
+
+def _without_absent(image, mask, own, req, info, entries, sizes, af) -> np.ndarray:
+    """The mask rebuilt from the mask's channels decided ``positive`` (empty when none is, or when a
+    co-required channel is absent)."""
+    keep = [o for o, (key, *_rest) in zip(own, [x for x in info if not x[5]])
+            if entries[key]["decision"] != ABSENT]
+    req_absent = any(entries[x[0]]["decision"] == ABSENT for x in info if x[5])
+    if not keep or req_absent:
+        return np.zeros_like(mask)
+    min_um2, px, dil_px, tile = sizes
+    return _mask_tiles(image, keep, req, min_um2, px, dil_px, tile, lambda d: None, af)
 
 
 def _auto_gate(image, c: int, method: str, channel_index, tissue_mask, max_gate_pixels: int, cache: dict,
                scale: tuple[float, float]):
     """Automatic gate of channel ``c`` from a strided sample restricted to tissue pixels, after removing the
-    channel's background; ``(gate, growth gate, Background or None)``. ``scale`` = (pixel_size_um,
-    background_um)."""
+    channel's background; ``(gate, growth gate, Background or None, (split, median, σ), flattened sample
+    grid)``. ``scale`` = (pixel_size_um, background_um). Caches the tissue grid and the channel's floor."""
     st_ = _stride(image, max_gate_pixels)
     sample = _strided_sample(image, c, max_gate_pixels)
-    if tissue_mask is not None:
-        tm = np.asarray(tissue_mask[::st_, ::st_], bool)[: sample.shape[0], : sample.shape[1]]
-    else:
-        if "tissue" not in cache:
-            all_c = sorted(set(int(v) for v in channel_index.values())) if channel_index else \
-                list(range(int(image.shape[0])))
-            cache["tissue"] = _tissue_sample_mask(image, all_c, max_gate_pixels)
-        tm = cache["tissue"]
-    in_tissue = tm.shape == sample.shape and tm.any()
+    tm = _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels, cache, sample.shape)
+    in_tissue = tm is not None
     bg = None
     if scale[1] > 0:
-        bg = estimate_background(sample, tm if in_tissue else None, st_, scale[0], scale[1])
+        bg = estimate_background(sample, tm, st_, scale[0], scale[1])
         sample = flatten(sample, bg, np.arange(sample.shape[0]) * st_, np.arange(sample.shape[1]) * st_)
-    sample = sample[tm] if in_tissue else sample
-    gate = otsu_gate_log1p(sample, method=method)
-    split, med, sd = _split_and_noise(sample, method)
-    return gate, min(gate, max(split, med + GROW_SD * sd)), bg
+    split, med, sd = _split_and_noise(sample[tm] if in_tissue else sample, method)
+    gate = float(max(split, med + 5.0 * sd))          # = otsu_gate_log1p(sample, method=method)
+    cache[("floor", c)] = (med + 5.0 * sd, bg)
+    return gate, min(gate, max(split, med + GROW_SD * sd)), bg, (split, med, sd), sample
+
+
+def _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels: int, cache: dict, shape) -> np.ndarray | None:
+    """Tissue pixels of the strided sample grid (None: use every sample)."""
+    if tissue_mask is not None:
+        st_ = _stride(image, max_gate_pixels)
+        tm = np.asarray(tissue_mask[::st_, ::st_], bool)[: shape[0], : shape[1]]
+    else:
+        if "tissue" not in cache:
+            cache["tissue"] = _tissue_sample_mask(image, _all_channels(image, channel_index), max_gate_pixels)
+        tm = cache["tissue"]
+    return tm if tm.shape == tuple(shape) and tm.any() else None
+
+
+def _all_channels(image, channel_index) -> list[int]:
+    return sorted(set(int(v) for v in channel_index.values())) if channel_index else \
+        list(range(int(image.shape[0])))
+
+
+def _af_reference(image, name: str, spec, used: set, channel_index, tissue_mask, max_gate_pixels: int,
+                  cache: dict, scale) -> AfReference | None:
+    """Reference channels of mask ``name`` for the autofluorescence test (:mod:`shield_af`), or None."""
+    declared = _as_list(_spec_get(spec, "autofluorescence"))
+    if declared:
+        idx = [_channel_of(image, channel_index, ch, name) for ch in declared]
+    else:
+        idx = [c for c in _all_channels(image, channel_index) if c not in used]
+    need = af_need(len(idx), bool(declared))
+    if need == 0:
+        return None
+    chans = []
+    for c in idx:
+        if ("floor", c) not in cache:
+            _auto_gate(image, c, "background", channel_index, tissue_mask, max_gate_pixels, cache, scale)
+        floor, bg = cache[("floor", c)]
+        chans.append((c, float(floor), bg))
+    names = {int(v): str(k) for k, v in (channel_index or {}).items()}
+    return AfReference(tuple(chans), need, tuple(names.get(c, str(c)) for c in idx))
 
 
 def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels: int, gates: dict,
-                scale: tuple[float, float]) -> list:
-    """Per mask: (name, own, required, min_object_um2), own / required = [(channel, gate, Background or None,
-    growth gate)]; fills ``gates``. ``scale`` = (pixel_size_um, background_um)."""
+                scale: tuple[float, float], af_reject: bool = True) -> list:
+    """Per mask: (name, own, required, min_object_um2, AfReference or None, info), own / required =
+    [(channel, gate, Background or None, growth gate)], info = [(key, gate, method, stats, sample grid, is
+    required)] for :func:`_decide`; fills ``gates``. ``scale`` = (pixel_size_um, background_um)."""
     plans = []
     cache: dict = {}
     for name, spec in panel_masks.items():
@@ -337,32 +411,39 @@ def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels:
             raise InputError(f"mask {name!r} lists no channels; expected e.g. channels = [\"CitH3\"]")
         gate = _spec_get(spec, "gate", "otsu")
         min_um2 = float(_spec_get(spec, "min_object_um2", 0.0) or 0.0)
-        cidx = []
+        cidx, info = [], []
         for is_req, group in ((False, chans), (True, req)):
             gi = []
             for ch in group:
                 c = _channel_of(image, channel_index, ch, name)
                 g = _resolve_gate(gate, ch, is_req)
-                bg, grow = None, None
+                bg, grow, stats, grid, method = None, None, None, None, "manual"
                 if isinstance(g, str):
-                    if g.lower() not in ("otsu", "gmm", "background"):
+                    method = g.lower()
+                    if method not in ("otsu", "gmm", "background"):
                         raise InputError(f"mask {name!r}: gate {g!r} for channel {ch!r}; expected a number, "
                                          "\"otsu\", \"gmm\" or \"background\"")
-                    g, grow, bg = _auto_gate(image, c, g.lower(), channel_index, tissue_mask, max_gate_pixels,
-                                             cache, scale)
+                    g, grow, bg, stats, grid = _auto_gate(image, c, method, channel_index, tissue_mask,
+                                                          max_gate_pixels, cache, scale)
                 if is_req and grow is not None:
                     g = grow       # a co-required channel only has to show signal: its floor is GROW_SD σ
                 gates[f"{name}:{ch}"] = float(g)
                 gi.append((c, float(g), bg, float(g) if grow is None or is_req else float(grow)))
+                info.append((f"{name}:{ch}", float(g), method, stats,
+                             None if grid is None else grid.astype(np.float32), is_req))
             cidx.append(gi)
-        plans.append((name, cidx[0], cidx[1], min_um2))
-    return plans
+        used = {c for c, *_ in cidx[0] + cidx[1]}
+        af = _af_reference(image, name, spec, used, channel_index, tissue_mask, max_gate_pixels, cache,
+                           scale) if af_reject else None
+        plans.append((name, cidx[0], cidx[1], min_um2, af, info))
+    return plans, cache
 
 
 def _mask_tiles(image, own, req, min_um2: float, pixel_size_um: float, dil_px: int, tile_size_px: int,
-                step) -> np.ndarray:
+                step, af: AfReference | None = None, n_af: list | None = None) -> np.ndarray:
     """One mask, tile by tile: halo for exact object sizes plus the reach of ``require``'s dilation and of
-    edge growth."""
+    edge growth. Pixels with the autofluorescence signature of ``af`` are dropped before small objects are
+    removed (their count on the tile cores is added to ``n_af[0]``)."""
     ny, nx = _image_yx(image)
     min_px = int(math.ceil(min_um2 / pixel_size_um ** 2)) if min_um2 > 0 else 0
     halo = min_px + 2
@@ -389,6 +470,8 @@ def _mask_tiles(image, own, req, min_um2: float, pixel_size_um: float, dil_px: i
                 if disk is not None:
                     r_ok = ndi.binary_dilation(r_ok, structure=disk)
                 pos &= r_ok
+            if af is not None and pos.any():
+                pos = _drop_af(image, pos, af, (ey0, ey1, ex0, ex1), (y0 - ey0, y1 - ey0, x0 - ex0, x1 - ex0), n_af)
             # crop the dilation margin: `pos` is exact on tile + halo
             hy0, hx0 = max(0, y0 - halo), max(0, x0 - halo)
             hy1, hx1 = min(ny, y1 + halo), min(nx, x1 + halo)
@@ -399,6 +482,23 @@ def _mask_tiles(image, own, req, min_um2: float, pixel_size_um: float, dil_px: i
             done += 1
             step(done)
     return out
+
+
+def _drop_af(image, pos: np.ndarray, af: AfReference, box, core, n_af: list | None) -> np.ndarray:
+    """``pos`` without its pixels that are bright in ``af.need`` reference channels (a pixel test, so the
+    result does not depend on the tiling); counts the dropped pixels of the tile core into ``n_af``."""
+    ey0, ey1, ex0, ex1 = box
+    ys, xs = np.nonzero(pos)
+    hit = af_points(lambda c: _read(image, c, ey0, ey1, ex0, ex1), af, ys, xs, ey0, ex0)
+    if not hit.any():
+        return pos
+    pos = pos.copy()
+    pos[ys[hit], xs[hit]] = False
+    if n_af is not None:
+        cy0, cy1, cx0, cx1 = core
+        yh, xh = ys[hit], xs[hit]
+        n_af[0] += int(np.count_nonzero((yh >= cy0) & (yh < cy1) & (xh >= cx0) & (xh < cx1)))
+    return pos
 
 
 def _disk(r_px: int) -> np.ndarray | None:

@@ -1,0 +1,118 @@
+"""Autofluorescence rejection and stain-presence decisions for the shield masks.
+
+Autofluorescence signature. Autofluorescent granules (lipofuscin, red cells,
+elastin) are bright in every channel, stains only in their own (a NET over a
+tumour cell also lights DAPI and the cell's two or three markers, a fibre
+its neighbour's cross-talk). A candidate mask pixel is therefore rejected
+when it is above the noise floor of at least :data:`AF_FRACTION` of the
+*reference* channels: all image channels the mask does not use (its own and
+co-required channels excluded), or the channels a spec declares under
+``autofluorescence`` (an AF / empty reference channel). The floor of a
+reference channel is measured on its own data: ``median + 5 σ`` of its
+background-flattened tissue sample (:func:`~tibspace.analyses.shield_masks.otsu_gate_log1p`'s
+floor), so no intensity or size of the granules enters the rule. Implicit
+reference sets smaller than :data:`AF_MIN_CHANNELS` are not tested (with one
+or two other channels, a NET on collagen looks like a granule).
+
+Presence decision. A channel with an automatic gate is ``"positive"`` when
+the mask it built holds pixels whose median lies at least the gate's own
+floor (5 σ) above the background median; otherwise ``"absent"`` and the mask
+is emptied. Noise that passes the floor forms small clusters grown around
+one pixel just above it (median below 5 σ); a stain's mask lies above the
+floor by construction. Numbers behind the decision are recorded
+(:func:`decision_entry`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tibspace.analyses.shield_background import background_at_points
+
+__all__ = ["AF_FRACTION", "AF_MIN_CHANNELS", "AfReference", "af_need", "af_points", "decision_entry",
+           "POSITIVE", "ABSENT", "MANUAL"]
+
+#: Share of the reference channels a pixel must be bright in to be autofluorescence.
+AF_FRACTION = 0.75
+#: Least number of implicit reference channels for the test (declared channels: any number).
+AF_MIN_CHANNELS = 3
+#: Noise floor (σ above the median) that a reference channel's pixel must clear, and that a mask's median
+#: pixel must clear for its channel to be ``positive``.
+FLOOR_SD = 5.0
+
+POSITIVE = "positive"
+ABSENT = "absent"
+MANUAL = "manual gate"
+
+
+@dataclass(frozen=True)
+class AfReference:
+    """The reference channels of one mask: ``(channel index, floor, Background or None)`` and the least
+    number of them a pixel must be above its floor in to count as autofluorescence."""
+
+    channels: tuple
+    need: int
+    names: tuple
+
+    def evidence(self) -> dict:
+        return {"reference_channels": list(self.names), "min_bright_channels": int(self.need)}
+
+
+def af_need(n_ref: int, declared: bool) -> int:
+    """Least number of bright reference channels for an AF pixel; 0 = no test.
+
+    Examples
+    --------
+    >>> af_need(10, False), af_need(11, False), af_need(2, False), af_need(1, True)
+    (8, 9, 0, 1)
+    """
+    if n_ref == 0 or (not declared and n_ref < AF_MIN_CHANNELS):
+        return 0
+    return int(math.ceil(AF_FRACTION * n_ref - 1e-9))
+
+
+def af_points(read, ref: AfReference, ys: np.ndarray, xs: np.ndarray, y0: int, x0: int) -> np.ndarray:
+    """Bool per point ``(ys, xs)`` (tile coordinates; tile origin ``y0, x0``): above the floor of at least
+    ``ref.need`` reference channels. ``read(c)`` returns channel ``c`` on the tile (raw)."""
+    count = np.zeros(len(ys), np.int32)
+    for c, floor, bg in ref.channels:
+        v = np.asarray(read(c))[ys, xs].astype(np.float64)
+        if bg is not None:
+            v = v - background_at_points(bg, ys + y0, xs + x0) + bg.level
+        count += v > floor
+    return count >= ref.need
+
+
+def decision_entry(gate: float, stats: tuple | None, mask_values: np.ndarray | None, area_fraction: float,
+                   method: str, required: bool = False) -> dict:
+    """The recorded gate of one mask channel: value, method, decision, evidence, area_fraction.
+
+    ``stats`` = (split, median, σ) of the channel's flattened tissue sample (None for a numeric gate);
+    ``mask_values`` = the channel's flattened values at the mask's pixels of the sample grid. A
+    co-required channel (``required``) only has to show signal within reach of the mask's pixels, not on
+    them: it is ``positive`` when the mask is not empty (its median is recorded, not tested).
+
+    Examples
+    --------
+    >>> e = decision_entry(12.0, (3.0, 5.0, 1.4), np.array([]), 0.0, "otsu")
+    >>> e["decision"], e["evidence"]["median_sd_above_background"]
+    ('absent', None)
+    >>> decision_entry(40.0, (40.0, 5.0, 1.4), np.array([90.0, 100.0, 200.0]), 0.03, "otsu")["decision"]
+    'positive'
+    """
+    if stats is None:
+        return {"value": float(gate), "method": "manual", "decision": MANUAL, "evidence": {},
+                "area_fraction": float(area_fraction)}
+    split, med, sd = stats
+    snr = float((np.median(mask_values) - med) / sd) if mask_values is not None and mask_values.size else None
+    decision = POSITIVE if snr is not None and (required or snr >= FLOOR_SD) else ABSENT
+    evidence = {"split": float(split) if np.isfinite(split) else None, "background_median": float(med),
+                "noise_sd": float(sd), "floor": float(med + FLOOR_SD * sd),
+                "set_by": "split" if np.isfinite(split) and split >= med + FLOOR_SD * sd else "noise floor",
+                "median_sd_above_background": snr,
+                "n_mask_samples": int(mask_values.size) if mask_values is not None else 0}
+    return {"value": float(gate), "method": method, "decision": decision, "evidence": evidence,
+            "area_fraction": float(area_fraction)}
