@@ -58,7 +58,8 @@ from scipy import ndimage as ndi
 
 from tibspace.errors import InputError
 from tibspace.progress import report
-from tibspace.analyses.shield_af import ABSENT, AfReference, af_need, af_points, decision_entry
+from tibspace.analyses.shield_af import (ABSENT, FLOOR_SD, AfReference, af_need, af_points, decision_entry,
+                                         section_grid)
 from tibspace.analyses.shield_background import estimate_background, flatten
 
 __all__ = ["shield_masks", "otsu_gate_log1p", "GROW_SD", "GROW_UM"]
@@ -188,11 +189,12 @@ def _split_and_noise(values: np.ndarray, method: str, seed: int = 0) -> tuple[fl
     return split, float(med), float(sd)
 
 
-def _tissue_sample_mask(image: Any, channels: Sequence[int], max_pixels: int) -> np.ndarray:
+def _tissue_sample_mask(image: Any, channels: Sequence[int], max_pixels: int, cache: dict | None = None) -> np.ndarray:
     """Tissue pixels of the strided grid: Otsu on log1p of the summed channels.
 
     Tissue autofluoresces in every channel while glass does not, so the sum
     separates them; used only to choose which pixels feed automatic gates.
+    The sum is kept in ``cache["sum"]`` (for :func:`_section_grid`).
     """
     from skimage.filters import threshold_otsu
 
@@ -200,6 +202,8 @@ def _tissue_sample_mask(image: Any, channels: Sequence[int], max_pixels: int) ->
     for c in channels:
         a = _strided_sample(image, c, max_pixels).astype(np.float64)
         tot = a if tot is None else tot + a
+    if cache is not None:
+        cache["sum"] = tot
     lt = np.log1p(np.clip(tot, 0, None))
     if np.ptp(lt) == 0:
         return np.ones(lt.shape, bool)
@@ -344,7 +348,7 @@ def _auto_gate(image, c: int, method: str, channel_index, tissue_mask, max_gate_
                scale: tuple[float, float]):
     """Automatic gate of channel ``c`` from a strided sample restricted to tissue pixels, after removing the
     channel's background; ``(gate, growth gate, Background or None, (split, median, σ), flattened sample
-    grid)``. ``scale`` = (pixel_size_um, background_um). Caches the tissue grid and the channel's floor."""
+    grid)``. ``scale`` = (pixel_size_um, background_um)."""
     st_ = _stride(image, max_gate_pixels)
     sample = _strided_sample(image, c, max_gate_pixels)
     tm = _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels, cache, sample.shape)
@@ -355,7 +359,6 @@ def _auto_gate(image, c: int, method: str, channel_index, tissue_mask, max_gate_
         sample = flatten(sample, bg, np.arange(sample.shape[0]) * st_, np.arange(sample.shape[1]) * st_)
     split, med, sd = _split_and_noise(sample[tm] if in_tissue else sample, method)
     gate = float(max(split, med + 5.0 * sd))          # = otsu_gate_log1p(sample, method=method)
-    cache[("floor", c)] = (med + 5.0 * sd, bg)
     return gate, min(gate, max(split, med + GROW_SD * sd)), bg, (split, med, sd), sample
 
 
@@ -366,7 +369,8 @@ def _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels: int, cache:
         tm = np.asarray(tissue_mask[::st_, ::st_], bool)[: shape[0], : shape[1]]
     else:
         if "tissue" not in cache:
-            cache["tissue"] = _tissue_sample_mask(image, _all_channels(image, channel_index), max_gate_pixels)
+            cache["tissue"] = _tissue_sample_mask(image, _all_channels(image, channel_index), max_gate_pixels,
+                                                  cache)
         tm = cache["tissue"]
     return tm if tm.shape == tuple(shape) and tm.any() else None
 
@@ -387,14 +391,37 @@ def _af_reference(image, name: str, spec, used: set, channel_index, tissue_mask,
     need = af_need(len(idx), bool(declared))
     if need == 0:
         return None
-    chans = []
-    for c in idx:
-        if ("floor", c) not in cache:
-            _auto_gate(image, c, "background", channel_index, tissue_mask, max_gate_pixels, cache, scale)
-        floor, bg = cache[("floor", c)]
-        chans.append((c, float(floor), bg))
+    chans = [(c, *_reference_floor(image, c, channel_index, tissue_mask, max_gate_pixels, cache, scale))
+             for c in idx]
     names = {int(v): str(k) for k, v in (channel_index or {}).items()}
     return AfReference(tuple(chans), need, tuple(names.get(c, str(c)) for c in idx))
+
+
+def _reference_floor(image, c: int, channel_index, tissue_mask, max_gate_pixels: int, cache: dict, scale):
+    """(floor, Background or None) of reference channel ``c``: median + 5 σ of its flattened samples on the
+    section (:func:`shield_af.section_grid`: tissue against glass, not the gates' bright-pixel split, so
+    the median is the channel's background even where its stain covers most of the cells)."""
+    if ("ref", c) in cache:
+        return cache[("ref", c)]
+    st_ = _stride(image, max_gate_pixels)
+    if "section" not in cache:
+        if tissue_mask is not None:
+            cache["section"] = _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels, cache,
+                                            _strided_sample(image, c, max_gate_pixels).shape)
+        else:
+            if "sum" not in cache:
+                _tissue_grid(image, channel_index, None, max_gate_pixels, cache, (0, 0))
+            cache["section"] = section_grid(cache["sum"], st_ * scale[0])
+    sample = _strided_sample(image, c, max_gate_pixels)
+    tg = cache["section"]
+    tg = tg if tg is not None and tg.shape == sample.shape and tg.any() else None
+    bg = None
+    if scale[1] > 0:
+        bg = estimate_background(sample, tg, st_, scale[0], scale[1])
+        sample = flatten(sample, bg, np.arange(sample.shape[0]) * st_, np.arange(sample.shape[1]) * st_)
+    _, med, sd = _split_and_noise(sample[tg] if tg is not None else sample, "background")
+    cache[("ref", c)] = (float(med + FLOOR_SD * sd), bg)
+    return cache[("ref", c)]
 
 
 def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels: int, gates: dict,
