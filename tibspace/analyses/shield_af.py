@@ -41,6 +41,9 @@ SECTION_SMOOTH_UM = 10.0
 #: Glass is at most this fraction of the section's median summed intensity (else: all section).
 GLASS_MAX_RATIO = 0.5
 
+#: Least number of signature samples to measure the granules' spectrum from.
+MIN_SPECTRUM_SAMPLES = 50
+
 #: Share of the reference channels a pixel must be bright in to be autofluorescence.
 AF_FRACTION = 0.75
 #: Least number of implicit reference channels for the test (declared channels: any number).
@@ -56,15 +59,47 @@ MANUAL = "manual gate"
 
 @dataclass(frozen=True)
 class AfReference:
-    """The reference channels of one mask: ``(channel index, floor, Background or None)`` and the least
-    number of them a pixel must be above its floor in to count as autofluorescence."""
+    """The reference channels of one mask and the granules' spectrum.
+
+    ``channels`` = ((channel index, floor, Background or None, background median), ...); ``need`` = least
+    number of them a pixel must be above its floor in to count as autofluorescence. ``scales`` = the
+    granules' median excess over background per reference channel and ``own`` = ((channel, Background or
+    None, gate, the granules' excess in that channel), ...) for the mask's own channels (empty: granule
+    pixels are dropped whatever they hold, see :func:`af_points`).
+    """
 
     channels: tuple
     need: int
     names: tuple
+    scales: tuple = ()
+    own: tuple = ()
+    n_spectrum: int = 0
 
     def evidence(self) -> dict:
-        return {"reference_channels": list(self.names), "min_bright_channels": int(self.need)}
+        return {"reference_channels": list(self.names), "min_bright_channels": int(self.need),
+                "spectrum_samples": int(self.n_spectrum),
+                "spectrum_own": [float(s) for *_, s in self.own] if self.own else None}
+
+
+def with_spectrum(ref: AfReference, excess: np.ndarray, own_excess: list, own: list) -> AfReference:
+    """``ref`` with the granules' spectrum measured on the sample grid.
+
+    ``excess`` (n_ref, n): excess over background of each reference channel at the mask's candidate samples;
+    ``own_excess``: the own channels' excess over their background median there (same order as ``own`` =
+    [(channel, Background or None, gate)]). The spectrum is the median over the candidates that carry the signature (at least
+    ``ref.need`` reference channels above their floor) of each channel's excess; fewer than
+    :data:`MIN_SPECTRUM_SAMPLES` such candidates: no spectrum (granule pixels are dropped).
+    """
+    floors = np.array([f - m for _, f, _, m in ref.channels])[:, None]
+    hit = (excess > floors).sum(axis=0) >= ref.need
+    n = int(hit.sum())
+    if n < MIN_SPECTRUM_SAMPLES:
+        return AfReference(ref.channels, ref.need, ref.names, n_spectrum=n)
+    scales = np.median(excess[:, hit], axis=1)
+    if np.any(scales <= 0):
+        return AfReference(ref.channels, ref.need, ref.names, n_spectrum=n)
+    own_t = tuple((c, bg, float(g), float(np.median(v[hit]))) for (c, bg, g), v in zip(own, own_excess))
+    return AfReference(ref.channels, ref.need, ref.names, tuple(float(x) for x in scales), own_t, n)
 
 
 def section_grid(total: np.ndarray, grid_step_um: float) -> np.ndarray:
@@ -111,15 +146,33 @@ def af_need(n_ref: int, declared: bool) -> int:
 
 
 def af_points(read, ref: AfReference, ys: np.ndarray, xs: np.ndarray, y0: int, x0: int) -> np.ndarray:
-    """Bool per point ``(ys, xs)`` (tile coordinates; tile origin ``y0, x0``): above the floor of at least
-    ``ref.need`` reference channels. ``read(c)`` returns channel ``c`` on the tile (raw)."""
-    count = np.zeros(len(ys), np.int32)
-    for c, floor, bg in ref.channels:
-        v = np.asarray(read(c))[ys, xs].astype(np.float64)
-        if bg is not None:
-            v = v - background_at_points(bg, ys + y0, xs + x0) + bg.level
-        count += v > floor
-    return count >= ref.need
+    """Bool per point ``(ys, xs)`` (tile coordinates; tile origin ``y0, x0``): autofluorescence to drop.
+
+    A point carries the signature when at least ``ref.need`` reference channels are above their floor.
+    With a measured spectrum, such a point is kept when a stain remains under the granule: for some own
+    channel, its value minus the granule's share (its spectrum entry × the granule's amplitude, the
+    median over reference channels of excess / spectrum) is still above the gate. ``read(c)`` returns
+    channel ``c`` on the tile (raw).
+    """
+    excess = np.empty((len(ref.channels), len(ys)))
+    for k, (c, _, bg, med) in enumerate(ref.channels):
+        excess[k] = _flat_points(read(c), bg, ys, xs, y0, x0) - med
+    floors = np.array([f - m for _, f, _, m in ref.channels])[:, None]
+    hit = (excess > floors).sum(axis=0) >= ref.need
+    if not ref.own or not hit.any():
+        return hit
+    i = np.nonzero(hit)[0]
+    amp = np.median(excess[:, i] / np.array(ref.scales)[:, None], axis=0)
+    stain = np.zeros(len(i), bool)
+    for c, bg, gate, s in ref.own:
+        stain |= _flat_points(read(c), bg, ys[i], xs[i], y0, x0) - s * amp > gate
+    hit[i[stain]] = False
+    return hit
+
+
+def _flat_points(tile: np.ndarray, bg, ys, xs, y0: int, x0: int) -> np.ndarray:
+    v = np.asarray(tile)[ys, xs].astype(np.float64)
+    return v if bg is None else v - background_at_points(bg, ys + y0, xs + x0) + bg.level
 
 
 def decision_entry(gate: float, stats: tuple | None, mask_values: np.ndarray | None, area_fraction: float,

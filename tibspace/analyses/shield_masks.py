@@ -59,7 +59,7 @@ from scipy import ndimage as ndi
 from tibspace.errors import InputError
 from tibspace.progress import report
 from tibspace.analyses.shield_af import (ABSENT, FLOOR_SD, AfReference, af_need, af_points, decision_entry,
-                                         section_grid)
+                                         section_grid, with_spectrum)
 from tibspace.analyses.shield_background import estimate_background, flatten
 
 __all__ = ["shield_masks", "otsu_gate_log1p", "GROW_SD", "GROW_UM"]
@@ -380,9 +380,11 @@ def _all_channels(image, channel_index) -> list[int]:
         list(range(int(image.shape[0])))
 
 
-def _af_reference(image, name: str, spec, used: set, channel_index, tissue_mask, max_gate_pixels: int,
+def _af_reference(image, name: str, spec, used: set, own: list, channel_index, tissue_mask, max_gate_pixels: int,
                   cache: dict, scale) -> AfReference | None:
-    """Reference channels of mask ``name`` for the autofluorescence test (:mod:`shield_af`), or None."""
+    """Reference channels of mask ``name`` for the autofluorescence test (:mod:`shield_af`), or None, with
+    the granules' spectrum measured on the sample grid. ``own`` = [(channel, gate, Background or None,
+    flattened sample grid or None, background median or None)] of the mask's own channels."""
     declared = _as_list(_spec_get(spec, "autofluorescence"))
     if declared:
         idx = [_channel_of(image, channel_index, ch, name) for ch in declared]
@@ -391,18 +393,34 @@ def _af_reference(image, name: str, spec, used: set, channel_index, tissue_mask,
     need = af_need(len(idx), bool(declared))
     if need == 0:
         return None
-    chans = [(c, *_reference_floor(image, c, channel_index, tissue_mask, max_gate_pixels, cache, scale))
-             for c in idx]
+    chans, excess = [], []
+    cand = None
+    if own and all(grid is not None for *_, grid, _ in own):
+        cand = np.zeros(own[0][3].shape, bool)
+        for _, g, _, grid, _ in own:
+            cand |= grid > g            # the mask's own candidates on the sample grid
+    for c in idx:
+        floor, bg, med, flat = _reference_floor(image, c, channel_index, tissue_mask, max_gate_pixels, cache,
+                                                scale, want_sample=cand is not None)
+        chans.append((c, floor, bg, med))
+        if cand is not None:
+            excess.append(flat[cand] - med)
     names = {int(v): str(k) for k, v in (channel_index or {}).items()}
-    return AfReference(tuple(chans), need, tuple(names.get(c, str(c)) for c in idx))
+    ref = AfReference(tuple(chans), need, tuple(names.get(c, str(c)) for c in idx))
+    if cand is None:
+        return ref
+    own_excess = [grid[cand] - med for *_, grid, med in own]
+    return with_spectrum(ref, np.array(excess), own_excess, [(c, bg, g) for c, g, bg, _, _ in own])
 
 
-def _reference_floor(image, c: int, channel_index, tissue_mask, max_gate_pixels: int, cache: dict, scale):
-    """(floor, Background or None) of reference channel ``c``: median + 5 σ of its flattened samples on the
-    section (:func:`shield_af.section_grid`: tissue against glass, not the gates' bright-pixel split, so
-    the median is the channel's background even where its stain covers most of the cells)."""
-    if ("ref", c) in cache:
-        return cache[("ref", c)]
+def _reference_floor(image, c: int, channel_index, tissue_mask, max_gate_pixels: int, cache: dict, scale,
+                     want_sample: bool = False):
+    """(floor, Background or None, background median, flattened sample grid or None) of reference channel
+    ``c``: floor = median + 5 σ of its flattened samples on the section (:func:`shield_af.section_grid`:
+    tissue against glass, not the gates' bright-pixel split, so the median is the channel's background even
+    where its stain covers most of the cells)."""
+    if ("ref", c) in cache and not want_sample:
+        return (*cache[("ref", c)], None)
     st_ = _stride(image, max_gate_pixels)
     if "section" not in cache:
         if tissue_mask is not None:
@@ -415,13 +433,14 @@ def _reference_floor(image, c: int, channel_index, tissue_mask, max_gate_pixels:
     sample = _strided_sample(image, c, max_gate_pixels)
     tg = cache["section"]
     tg = tg if tg is not None and tg.shape == sample.shape and tg.any() else None
-    bg = None
-    if scale[1] > 0:
-        bg = estimate_background(sample, tg, st_, scale[0], scale[1])
+    bg = cache[("ref", c)][1] if ("ref", c) in cache else \
+        (estimate_background(sample, tg, st_, scale[0], scale[1]) if scale[1] > 0 else None)
+    if bg is not None:
         sample = flatten(sample, bg, np.arange(sample.shape[0]) * st_, np.arange(sample.shape[1]) * st_)
-    _, med, sd = _split_and_noise(sample[tg] if tg is not None else sample, "background")
-    cache[("ref", c)] = (float(med + FLOOR_SD * sd), bg)
-    return cache[("ref", c)]
+    if ("ref", c) not in cache:
+        _, med, sd = _split_and_noise(sample[tg] if tg is not None else sample, "background")
+        cache[("ref", c)] = (float(med + FLOOR_SD * sd), bg, float(med))
+    return (*cache[("ref", c)], sample if want_sample else None)
 
 
 def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels: int, gates: dict,
@@ -460,8 +479,10 @@ def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels:
                              None if grid is None else grid.astype(np.float32), is_req))
             cidx.append(gi)
         used = {c for c, *_ in cidx[0] + cidx[1]}
-        af = _af_reference(image, name, spec, used, channel_index, tissue_mask, max_gate_pixels, cache,
-                           scale) if af_reject else None
+        own_grids = [(c, g, bg, x[4], None if x[3] is None else x[3][1])
+                     for (c, g, bg, _), x in zip(cidx[0], [x for x in info if not x[5]])]
+        af = _af_reference(image, name, spec, used, own_grids, channel_index, tissue_mask, max_gate_pixels,
+                           cache, scale) if af_reject else None
         plans.append((name, cidx[0], cidx[1], min_um2, af, info))
     return plans, cache
 
