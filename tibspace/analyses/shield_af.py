@@ -10,9 +10,18 @@ co-required channels excluded), or the channels a spec declares under
 ``autofluorescence`` (an AF / empty reference channel). The floor of a
 reference channel is measured on its own data: ``median + 5 σ`` of its
 background-flattened tissue sample (:func:`~tibspace.analyses.shield_masks.otsu_gate_log1p`'s
-floor), so no intensity or size of the granules enters the rule. Implicit
-reference sets smaller than :data:`AF_MIN_CHANNELS` are not tested (with one
-or two other channels, a NET on collagen looks like a granule).
+floor) on the section (:func:`section_grid`: tissue against glass), so no
+intensity or size of the granules enters the rule. Implicit reference sets
+smaller than :data:`AF_MIN_CHANNELS` are not tested (with one or two other
+channels, a NET on collagen looks like a granule).
+
+A granule may lie on a stain. The granules' spectrum is measured on the
+data: the median excess over background, per channel, of the mask's
+candidate samples that carry the signature (:func:`with_spectrum`). A
+flagged pixel is kept when, for one of the mask's own channels, its value
+minus the granule's share (spectrum × amplitude, the amplitude being the
+median over reference channels of excess / spectrum) is still above the
+gate (:func:`af_points`).
 
 Presence decision. A channel with an automatic gate is ``"positive"`` when
 the mask it built holds pixels whose median lies at least the gate's own

@@ -42,6 +42,13 @@ has to show signal within ``require_dilation_um`` of the mask's own positive
 pixels, and NET-bound MPO is dim enough that a 5 σ floor loses it in a noisy
 channel.
 
+Autofluorescence and absent stains (:mod:`tibspace.analyses.shield_af`):
+candidate pixels bright in ≥ 75 % of the channels the mask does not use are
+autofluorescent granules and dropped, unless a stain remains once the
+granule's share (its spectrum, measured on the data) is removed; a channel
+whose mask's median pixel is not above its 5 σ floor is ``absent`` and its
+mask is emptied. Decisions are returned with ``return_decisions=True``.
+
 The image is processed in tiles of ``tile_size_px`` with a halo, so peak
 memory is set by the tile size plus the output masks. Small-object removal
 is exact across tile seams: an object cut by the halo edge is at least as
@@ -267,6 +274,10 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
         Size of the subsample for automatic gates (and the background mesh).
     background_um : float
         Block side (µm) of the background removed before automatic gates; 0: none.
+    af_reject : bool
+        Drop pixels with the autofluorescence signature (module docstring); False: the rule without it.
+    return_decisions : bool
+        Also return the per-channel decisions.
     progress : callable, optional
         ``progress(step, done, total)``.
 
@@ -276,6 +287,9 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
     gates : dict of str -> float
         ``"<mask>:<channel>"`` -> gate used (raw intensity units; automatic gates in
         background-flattened units, see the module docstring).
+    decisions : dict of str -> dict, with ``return_decisions``
+        ``"<mask>:<channel>"`` -> {value, method, decision ("positive" / "absent" / "manual gate"),
+        evidence, area_fraction} (:func:`tibspace.analyses.shield_af.decision_entry`).
 
     Examples
     --------
