@@ -58,7 +58,7 @@ long as the halo, which is chosen larger than ``min_object_um2`` in pixels.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -67,7 +67,9 @@ from tibspace.errors import InputError
 from tibspace.progress import report
 from tibspace.analyses.shield_af import (ABSENT, FLOOR_SD, AfReference, af_need, af_points, decision_entry,
                                          section_grid, with_spectrum)
-from tibspace.analyses.shield_background import estimate_background, flatten
+from tibspace.analyses.shield_background import background_at_points, estimate_background, flatten
+from tibspace.analyses.shield_sample import (_image_yx, _read, _split_and_noise, _stride, _strided_sample,
+                                             _tissue_sample_mask, otsu_gate_log1p)
 
 __all__ = ["shield_masks", "otsu_gate_log1p", "GROW_SD", "GROW_UM"]
 
@@ -75,6 +77,9 @@ __all__ = ["shield_masks", "otsu_gate_log1p", "GROW_SD", "GROW_UM"]
 GROW_SD = 3.0
 #: Reach (µm) of edge growth from pixels above the gate.
 GROW_UM = 1.0
+#: Reference channels of the autofluorescence test use every REF_SUB-th gate sample in y and x: their floor
+#: and the granules' spectrum are medians, which a quarter of the sample gives as well, at a quarter the cost.
+REF_SUB = 2
 
 def _spec_get(spec: Any, name: str, default: Any = None) -> Any:
     if isinstance(spec, Mapping):
@@ -102,121 +107,6 @@ def _channel_of(image: Any, channel_index: Mapping[str, int] | None, name: str, 
     have = ", ".join(map(str, channel_index)) if channel_index else "none"
     raise InputError(f"mask {mask_name!r}: channel {name!r} is not in the image (channels: {have}); "
                      "fix the panel's [masks] entry or its [channels.aliases]")
-
-
-def _read(image: Any, c: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        return np.asarray(image[c, y0:y1, x0:x1])
-    return np.asarray(image.read_region([c], y0, y1, x0, x1))[0]
-
-
-def _image_yx(image: Any) -> tuple[int, int]:
-    shape = tuple(int(s) for s in image.shape)
-    if len(shape) != 3:
-        raise InputError(f"image has shape {shape}; expected (C, Y, X)")
-    return shape[1], shape[2]
-
-
-def _stride(image: Any, max_pixels: int) -> int:
-    """Sample spacing s (pixels) so that every s-th pixel in y and x gives ≤ max_pixels."""
-    ny, nx = _image_yx(image)
-    return max(1, int(math.ceil(math.sqrt(ny * nx / float(max_pixels)))))
-
-
-def _strided_sample(image: Any, c: int, max_pixels: int) -> np.ndarray:
-    """Every s-th pixel in y and x of channel ``c`` (s = :func:`_stride`)."""
-    ny, nx = _image_yx(image)
-    s = _stride(image, max_pixels)
-    if isinstance(image, np.ndarray):
-        return np.asarray(image[c, ::s, ::s])
-    data = getattr(image, "data", None)
-    if data is not None:  # dask: reads chunk by chunk, keeps only the strided pixels
-        return np.asarray(data[c, ::s, ::s])
-    rows = [np.asarray(image.read_region([c], y, min(y + 1, ny), 0, nx))[0, 0, ::s]
-            for y in range(0, ny, s)]
-    return np.stack(rows)
-
-
-def otsu_gate_log1p(values: np.ndarray, *, floor_sd: float = 5.0, method: str = "otsu", seed: int = 0) -> float:
-    """Automatic gate: Otsu threshold of ``log1p(values)``, floored above the background.
-
-    Otsu always splits a sample in two, even when the channel has no positive
-    structures (it then splits noise, or tissue from glass). The gate is
-    therefore ``max(otsu, median + floor_sd · σ)``, where σ is the background
-    noise in raw units (noise is additive) estimated from the left half of the
-    distribution (``median − 16th percentile``, or the RMS deviation below the
-    median if larger), which positive pixels do not reach as long as they are
-    fewer than half the sample. Returned in raw intensity units.
-    ``floor_sd=0`` gives plain Otsu. ``method="background"`` returns the
-    floor alone ("signal above tissue background"). ``method="gmm"`` replaces Otsu by
-    :func:`tibspace.cells.auto_gate`'s two-component mixture (fitted on
-    ≤ 200,000 of the values, chosen with ``seed``), floored the same way.
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(0)
-    >>> bg = rng.normal(10, 2, 20000).clip(0)
-    >>> v = np.r_[bg, rng.normal(200, 20, 1000)]
-    >>> 20 < otsu_gate_log1p(v) < 150
-    True
-    >>> bool(otsu_gate_log1p(bg) > bg.max() * 0.8)   # no positives: the floor keeps the gate above noise
-    True
-    """
-    split, med, sd = _split_and_noise(values, method, seed)
-    return float(max(split, med + floor_sd * sd)) if floor_sd > 0 else float(split)
-
-
-def _split_and_noise(values: np.ndarray, method: str, seed: int = 0) -> tuple[float, float, float]:
-    """(split, median, σ) of :func:`otsu_gate_log1p` in raw units: the Otsu / GMM split (−inf for
-    ``"background"``) and the background median and noise σ of its floor."""
-    from skimage.filters import threshold_otsu
-
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0 or np.ptp(v) == 0:
-        raise InputError("cannot compute an Otsu gate: the channel is empty or constant; "
-                         "give a numeric gate in the panel's [masks] entry")
-    lv = np.log1p(np.clip(v, 0, None))
-    if method == "background":
-        t = -np.inf                                     # the floor alone: "above tissue background"
-    elif method == "otsu":
-        t = float(threshold_otsu(lv))
-    elif method == "gmm":
-        from tibspace.cells import auto_gate
-
-        sub = v if v.size <= 200_000 else np.random.default_rng(seed).choice(v, 200_000, replace=False)
-        t = float(np.log1p(auto_gate(sub, "gmm", marker="mask channel", seed=seed)))
-    else:
-        raise InputError(f"automatic gate method {method!r}: expected \"otsu\", \"gmm\" or \"background\"")
-    split = float(np.expm1(t)) if np.isfinite(t) else -np.inf
-    # background noise is additive: estimate it in raw units from the left half
-    p16, med = np.percentile(v, [15.865, 50.0])
-    left = v[v <= med]
-    sd = max(med - p16, float(np.sqrt(np.mean((left - med) ** 2))) if left.size else 0.0, 1e-12)
-    return split, float(med), float(sd)
-
-
-def _tissue_sample_mask(image: Any, channels: Sequence[int], max_pixels: int, cache: dict | None = None) -> np.ndarray:
-    """Tissue pixels of the strided grid: Otsu on log1p of the summed channels.
-
-    Tissue autofluoresces in every channel while glass does not, so the sum
-    separates them; used only to choose which pixels feed automatic gates.
-    The sum is kept in ``cache["sum"]`` (for :func:`_section_grid`).
-    """
-    from skimage.filters import threshold_otsu
-
-    tot = None
-    for c in channels:
-        a = _strided_sample(image, c, max_pixels).astype(np.float64)
-        tot = a if tot is None else tot + a
-    if cache is not None:
-        cache["sum"] = tot
-    lt = np.log1p(np.clip(tot, 0, None))
-    if np.ptp(lt) == 0:
-        return np.ones(lt.shape, bool)
-    m = lt > threshold_otsu(lt)
-    # a slide that is all tissue: Otsu then splits tissue textures; keep everything
-    return m if m.mean() < 0.97 and m.mean() > 0.05 else np.ones(lt.shape, bool)
 
 
 def _resolve_gate(gate: Any, channel: str, is_required: bool) -> Any:
@@ -410,51 +300,63 @@ def _af_reference(image, name: str, spec, used: set, own: list, channel_index, t
     chans, excess = [], []
     cand = None
     if own and all(grid is not None for *_, grid, _ in own):
-        cand = np.zeros(own[0][3].shape, bool)
+        cand = np.zeros(own[0][3][::REF_SUB, ::REF_SUB].shape, bool)
         for _, g, _, grid, _ in own:
-            cand |= grid > g            # the mask's own candidates on the sample grid
+            cand |= grid[::REF_SUB, ::REF_SUB] > g      # the mask's own candidates on the reference grid
     for c in idx:
-        floor, bg, med, flat = _reference_floor(image, c, channel_index, tissue_mask, max_gate_pixels, cache,
-                                                scale, want_sample=cand is not None)
+        floor, bg, med, at_cand = _reference_floor(image, c, channel_index, tissue_mask, max_gate_pixels, cache,
+                                                   scale, cand)
         chans.append((c, floor, bg, med))
         if cand is not None:
-            excess.append(flat[cand] - med)
+            excess.append(at_cand - med)
     names = {int(v): str(k) for k, v in (channel_index or {}).items()}
     ref = AfReference(tuple(chans), need, tuple(names.get(c, str(c)) for c in idx))
     if cand is None:
         return ref
-    own_excess = [grid[cand] - med for *_, grid, med in own]
+    own_excess = [grid[::REF_SUB, ::REF_SUB][cand] - med for *_, grid, med in own]
     return with_spectrum(ref, np.array(excess), own_excess, [(c, bg, g) for c, g, bg, _, _ in own])
 
 
 def _reference_floor(image, c: int, channel_index, tissue_mask, max_gate_pixels: int, cache: dict, scale,
-                     want_sample: bool = False):
-    """(floor, Background or None, background median, flattened sample grid or None) of reference channel
-    ``c``: floor = median + 5 σ of its flattened samples on the section (:func:`shield_af.section_grid`:
-    tissue against glass, not the gates' bright-pixel split, so the median is the channel's background even
-    where its stain covers most of the cells)."""
-    if ("ref", c) in cache and not want_sample:
-        return (*cache[("ref", c)], None)
-    st_ = _stride(image, max_gate_pixels)
+                     cand: np.ndarray | None = None):
+    """(floor, Background or None, background median, flattened values at ``cand`` or None) of reference
+    channel ``c`` on the reference grid (every :data:`REF_SUB`-th gate sample): floor = median + 5 σ of its
+    flattened samples on the section (:func:`shield_af.section_grid`: tissue against glass, not the gates'
+    bright-pixel split, so the median is the channel's background even where its stain covers most cells)."""
+    st_ = _stride(image, max_gate_pixels) * REF_SUB
+    sample = _strided_sample(image, c, max_gate_pixels)[::REF_SUB, ::REF_SUB]
+    rows, cols = np.arange(sample.shape[0]) * st_, np.arange(sample.shape[1]) * st_
+    if ("ref", c) in cache:
+        floor, bg, med = cache[("ref", c)]
+        if cand is None:
+            return floor, bg, med, None
+        yy, xx = np.nonzero(cand)
+        v = sample[yy, xx].astype(np.float64)
+        return floor, bg, med, v if bg is None else v - background_at_points(bg, rows[yy], cols[xx]) + bg.level
+    tg = _section(image, channel_index, tissue_mask, max_gate_pixels, cache, scale)
+    tg = tg[::REF_SUB, ::REF_SUB] if tg is not None and tg[::REF_SUB, ::REF_SUB].shape == sample.shape else None
+    tg = tg if tg is not None and tg.any() else None
+    bg = estimate_background(sample, tg, st_, scale[0], scale[1]) if scale[1] > 0 else None
+    if bg is not None:
+        sample = flatten(sample, bg, rows, cols)
+    _, med, sd = _split_and_noise(sample[tg] if tg is not None else sample, "background")
+    cache[("ref", c)] = (float(med + FLOOR_SD * sd), bg, float(med))
+    return (*cache[("ref", c)], None if cand is None else sample[cand])
+
+
+def _section(image, channel_index, tissue_mask, max_gate_pixels: int, cache: dict, scale) -> np.ndarray | None:
+    """The section on the gate's sample grid: ``tissue_mask`` when given, else :func:`shield_af.section_grid`."""
     if "section" not in cache:
+        st_ = _stride(image, max_gate_pixels)
+        ny, nx = _image_yx(image)
+        shape = (len(range(0, ny, st_)), len(range(0, nx, st_)))
         if tissue_mask is not None:
-            cache["section"] = _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels, cache,
-                                            _strided_sample(image, c, max_gate_pixels).shape)
+            cache["section"] = _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels, cache, shape)
         else:
             if "sum" not in cache:
-                _tissue_grid(image, channel_index, None, max_gate_pixels, cache, (0, 0))
+                _tissue_grid(image, channel_index, None, max_gate_pixels, cache, shape)
             cache["section"] = section_grid(cache["sum"], st_ * scale[0])
-    sample = _strided_sample(image, c, max_gate_pixels)
-    tg = cache["section"]
-    tg = tg if tg is not None and tg.shape == sample.shape and tg.any() else None
-    bg = cache[("ref", c)][1] if ("ref", c) in cache else \
-        (estimate_background(sample, tg, st_, scale[0], scale[1]) if scale[1] > 0 else None)
-    if bg is not None:
-        sample = flatten(sample, bg, np.arange(sample.shape[0]) * st_, np.arange(sample.shape[1]) * st_)
-    if ("ref", c) not in cache:
-        _, med, sd = _split_and_noise(sample[tg] if tg is not None else sample, "background")
-        cache[("ref", c)] = (float(med + FLOOR_SD * sd), bg, float(med))
-    return (*cache[("ref", c)], sample if want_sample else None)
+    return cache["section"]
 
 
 def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels: int, gates: dict,
