@@ -56,12 +56,13 @@ def test_speckles_rejected_by_their_signature(speckled):
 
 def test_large_speckles_rejected_too(monkeypatch):
     # granules of 2.5-4 µm radius (the generator's are 0.8-1.6 µm) are far above the 5 µm² object limit:
-    # only their signature in the other channels can reject them
+    # only their signature in the other channels can reject them. They cover ~3 % of the section, many
+    # on NETs and fibres: those pixels are kept through the measured spectrum (recall stays ≥ 0.99)
     monkeypatch.setattr(world, "SPECKLE_RADIUS_UM", (2.5, 4.0))
     t = _tissue(af_speckles_per_mm2=1000.0)
     masks, _ = _masks(t)
     for name, (precision, recall) in _scores(t, masks).items():
-        assert precision >= 0.9 and recall >= 0.95, (name, precision, recall)
+        assert precision >= 0.9 and recall >= 0.99, (name, precision, recall)
 
 
 def test_stains_without_speckles_untouched():
@@ -124,8 +125,11 @@ def test_declared_reference_channel():
     img[0, 50:60, 50:60] += 300                 # stain only
     img[0, 120:130, 120:130] += 300             # granule: stain and AF channel
     img[1, 120:130, 120:130] += 300
+    img[0, 20:40, 150:170] += 300               # stain with a granule on it (spectrum: 1 : 1)
+    img[:, 25:35, 155:165] += 300
     spec = {"m": {"channels": ["S"], "gate": "otsu", "min_object_um2": 4.0, "autofluorescence": ["AF"]}}
     masks, _, dec = shield_masks(img, spec, {"S": 0, "AF": 1}, 0.5, return_decisions=True)
     assert masks["m"][50:60, 50:60].all() and not masks["m"][100:150, 100:150].any()
+    assert masks["m"][20:40, 150:170].all()     # the stain under the granule is kept
     assert dec["m:S"]["evidence"]["autofluorescence"]["reference_channels"] == ["AF"]
     assert af_need(1, True) == 1 and af_need(2, False) == 0
