@@ -30,7 +30,9 @@ Scenarios (planted shield fraction cycles over seeds where two are listed):
 - ``speckle_big``: as ``speckle`` with granules of 2.5-4 µm radius instead of
   the generator's 0.8-1.6 µm (``SPECKLE_RADIUS_UM`` patched): larger than the
   5 µm² small-object limit, so only the autofluorescence signature can
-  reject them.
+  reject them;
+- ``three_channel``: the default generator with only the CitH3, MPO and COL1
+  channels given to the masks (a stain-only export), 0.3 / 0.6.
 
 ``--af-off`` passes ``af_reject=False`` (the rule before the autofluorescence
 test). Each row also carries the recorded decisions (``decisions``).
@@ -64,6 +66,7 @@ SCENARIOS = {
     "speckle": ((0.3,), {"af_speckles_per_mm2": 2000.0}),
     "absent_col1": ((0.3,), {"absent_markers": ("COL1",)}),
     "speckle_big": ((0.3,), {"af_speckles_per_mm2": 2000.0}),
+    "three_channel": ((0.3, 0.6), {}),
 }
 BIG_SPECKLE_RADIUS_UM = (2.5, 4.0)
 
@@ -99,6 +102,10 @@ def one(name: str, seed: int, size: int, background_um: float, af_reject: bool =
 
         image = add_uneven_background(t, seed)
     ci = {c: k for k, c in enumerate(t.channel_names)}
+    if name == "three_channel":
+        keep = ["CitH3", "MPO", "COL1"]
+        image = image[[ci[c] for c in keep]]
+        ci = {c: k for k, c in enumerate(keep)}
     kw = {"background_um": background_um} if background_um is not None else {}
     kw.update(af_reject=False) if not af_reject else kw.update(return_decisions=True)
     out = shield_masks(image, SPECS, ci, PX, **kw)

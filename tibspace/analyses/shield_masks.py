@@ -273,8 +273,8 @@ def _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels: int, cache:
         tm = np.asarray(tissue_mask[::st_, ::st_], bool)[: shape[0], : shape[1]]
     else:
         if "tissue" not in cache:
-            cache["tissue"] = _tissue_sample_mask(image, _all_channels(image, channel_index), max_gate_pixels,
-                                                  cache)
+            _tissue_sample_mask(image, _all_channels(image, channel_index), max_gate_pixels, cache)
+            cache["tissue"] = section_grid(cache["sum"], _stride(image, max_gate_pixels) * cache["px"])
         tm = cache["tissue"]
     return tm if tm.shape == tuple(shape) and tm.any() else None
 
@@ -365,7 +365,7 @@ def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels:
     [(channel, gate, Background or None, growth gate)], info = [(key, gate, method, stats, sample grid, is
     required)] for :func:`_decide`; fills ``gates``. ``scale`` = (pixel_size_um, background_um)."""
     plans = []
-    cache: dict = {}
+    cache: dict = {"px": float(scale[0])}
     for name, spec in panel_masks.items():
         chans = _as_list(_spec_get(spec, "channels"))
         req = _as_list(_spec_get(spec, "require"))
