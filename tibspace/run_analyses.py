@@ -108,8 +108,9 @@ def _shield_step(result, panel, defined, params, image, channel_index, pixel_siz
         from tibspace.analyses import shield_analysis, shield_masks
 
         with timer("shield"):
-            masks, mask_gates = shield_masks(image, mask_specs, channel_index, pixel_size_um,
-                                             tile_size_px=int(params.get("tile_size_px", 2048)), progress=progress)
+            masks, _, mask_gates = shield_masks(image, mask_specs, channel_index, pixel_size_um,
+                                                tile_size_px=int(params.get("tile_size_px", 2048)),
+                                                return_decisions=True, progress=progress)
             sh = shield_analysis(
                 result.cells, _labels_array(result.labels), masks, pixel_size_um, result.region,
                 tissue=result.tissue,

@@ -26,7 +26,16 @@ Scenarios (planted shield fraction cycles over seeds where two are listed):
   additive ramp 1.5 × mean signal, 100 µm blotches, 1 µm speckle), 0.3;
 - ``speckle``: ``af_speckles_per_mm2=2000`` (granules in every channel), 0.3;
 - ``absent_col1``: ``absent_markers=("COL1",)``: no collagen stain, 0.3
-  (the COL1 mask should stay empty; its precision is undefined).
+  (the COL1 mask should stay empty; its precision is undefined);
+- ``speckle_big``: as ``speckle`` with granules of 2.5-4 µm radius instead of
+  the generator's 0.8-1.6 µm (``SPECKLE_RADIUS_UM`` patched): larger than the
+  5 µm² small-object limit, so only the autofluorescence signature can
+  reject them;
+- ``three_channel``: the default generator with only the CitH3, MPO and COL1
+  channels given to the masks (a stain-only export), 0.3 / 0.6.
+
+``--af-off`` passes ``af_reject=False`` (the rule before the autofluorescence
+test). Each row also carries the recorded decisions (``decisions``).
 
 Prints one line per scenario (median and worst per number) and writes the
 rows as JSON with ``--out``.
@@ -56,7 +65,10 @@ SCENARIOS = {
     "uneven": ((0.3,), {}),
     "speckle": ((0.3,), {"af_speckles_per_mm2": 2000.0}),
     "absent_col1": ((0.3,), {"absent_markers": ("COL1",)}),
+    "speckle_big": ((0.3,), {"af_speckles_per_mm2": 2000.0}),
+    "three_channel": ((0.3, 0.6), {}),
 }
+BIG_SPECKLE_RADIUS_UM = (2.5, 4.0)
 
 
 def precision_recall(m: np.ndarray, ref: np.ndarray, tol_px: int = 2) -> tuple[float, float]:
@@ -68,24 +80,36 @@ def precision_recall(m: np.ndarray, ref: np.ndarray, tol_px: int = 2) -> tuple[f
     return p, r
 
 
-def one(name: str, seed: int, size: int, background_um: float) -> dict:
+def one(name: str, seed: int, size: int, background_um: float, af_reject: bool = True) -> dict:
     """Scores of one scenario and seed."""
     from tibspace.analyses import shield_analysis, shield_masks
-    from tibspace.synthetic import make_tissue
+    from tibspace.synthetic import make_tissue, world
     from tibspace.tissue import TumourRegion
 
     covs, knobs = SCENARIOS[name]
     sc = covs[seed % len(covs)]
-    t = make_tissue((size, size), pixel_size_um=PX, seed=100 + seed, n_nests=3, nest_radius_um=(60.0, 100.0),
-                    shield_coverage=sc, immune_phenotype="inflamed", **knobs)
+    radius = world.SPECKLE_RADIUS_UM
+    if name == "speckle_big":
+        world.SPECKLE_RADIUS_UM = BIG_SPECKLE_RADIUS_UM
+    try:
+        t = make_tissue((size, size), pixel_size_um=PX, seed=100 + seed, n_nests=3, nest_radius_um=(60.0, 100.0),
+                        shield_coverage=sc, immune_phenotype="inflamed", **knobs)
+    finally:
+        world.SPECKLE_RADIUS_UM = radius
     image = t.image
     if name == "uneven":
         from _shield_uneven import add_uneven_background
 
         image = add_uneven_background(t, seed)
     ci = {c: k for k, c in enumerate(t.channel_names)}
-    masks, gates = shield_masks(image, SPECS, ci, PX, background_um=background_um) if background_um is not None \
-        else shield_masks(image, SPECS, ci, PX)
+    if name == "three_channel":
+        keep = ["CitH3", "MPO", "COL1"]
+        image = image[[ci[c] for c in keep]]
+        ci = {c: k for k, c in enumerate(keep)}
+    kw = {"background_um": background_um} if background_um is not None else {}
+    kw.update(af_reject=False) if not af_reject else kw.update(return_decisions=True)
+    out = shield_masks(image, SPECS, ci, PX, **kw)
+    masks, gates = out[0], out[1]
     neu_ids = t.truth.loc[t.truth.phenotype == "neutrophil", "cell_id"].to_numpy()
     neu = ndi.binary_dilation(np.isin(t.cells, neu_ids), iterations=2)
     row = {"scenario": name, "seed": seed, "planted": sc}
@@ -108,6 +132,7 @@ def one(name: str, seed: int, size: int, background_um: float) -> dict:
             for k in sorted(set(tum.nest_id)) if k > 0 and (tum.nest_id == k).sum() >= 10]
     row["max_nest_err"] = max(errs) if errs else float("nan")
     row["gates"] = gates
+    row["decisions"] = out[2] if len(out) > 2 else None
     return row
 
 
@@ -118,6 +143,7 @@ def main():
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--background-um", type=float, default=None,
                     help="passed to shield_masks (0: raw intensities); default: shield_masks' own default")
+    ap.add_argument("--af-off", action="store_true", help="af_reject=False (no autofluorescence test)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     rows = []
@@ -125,7 +151,7 @@ def main():
         if a.only and name not in a.only:
             continue
         t0 = time.perf_counter()
-        these = [one(name, s, a.size, a.background_um) for s in range(a.seeds)]
+        these = [one(name, s, a.size, a.background_um, not a.af_off) for s in range(a.seeds)]
         rows += these
         keys = ["max_nest_err", "accuracy", "net_precision", "net_recall", "col1_precision", "col1_recall",
                 "net_area", "col1_area"]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Background", "estimate_background", "flatten"]
+__all__ = ["Background", "estimate_background", "flatten", "background_at_points"]
 
 _MIN_TISSUE = 0.25        # a block with less tissue (fraction of its samples) takes its neighbour's value
 _MIN_BLOCK_SAMPLES = 8    # samples per block side, at least
@@ -161,3 +161,21 @@ def _block_quantile(blocks: np.ndarray, n_ok: np.ndarray, q: float) -> np.ndarra
 def flatten(values: np.ndarray, bg: Background, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``values − background + level`` on the pixel grid ``rows × cols`` (float64)."""
     return np.asarray(values, np.float64) - bg.at(rows, cols) + bg.level
+
+
+def background_at_points(bg: Background, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Background at the points ``(rows[k], cols[k])`` (pixel indices): the values of :meth:`Background.at`
+    on those pixels, without the grid.
+
+    Examples
+    --------
+    >>> bg = Background(np.array([[0.0, 10.0], [20.0, 30.0]]), 10.0, 4.5, 15.0, 5.0)
+    >>> background_at_points(bg, np.array([4.5, 9.5, 30.0]), np.array([4.5, 9.5, 4.5])).tolist()
+    [0.0, 15.0, 30.0]
+    """
+    i0, i1, wy = _axis_weights(rows, bg.origin_px, bg.step_px, bg.mesh.shape[0])
+    j0, j1, wx = _axis_weights(cols, bg.origin_px, bg.step_px, bg.mesh.shape[1])
+    m = bg.mesh
+    top = (1.0 - wx) * m[i0, j0] + wx * m[i0, j1]
+    bottom = (1.0 - wx) * m[i1, j0] + wx * m[i1, j1]
+    return (1.0 - wy) * top + wy * bottom

@@ -42,6 +42,13 @@ has to show signal within ``require_dilation_um`` of the mask's own positive
 pixels, and NET-bound MPO is dim enough that a 5 σ floor loses it in a noisy
 channel.
 
+Autofluorescence and absent stains (:mod:`tibspace.analyses.shield_af`):
+candidate pixels bright in ≥ 75 % of the channels the mask does not use are
+autofluorescent granules and dropped, unless a stain remains once the
+granule's share (its spectrum, measured on the data) is removed; a channel
+whose mask's median pixel is not above its 5 σ floor is ``absent`` and its
+mask is emptied. Decisions are returned with ``return_decisions=True``.
+
 The image is processed in tiles of ``tile_size_px`` with a halo, so peak
 memory is set by the tile size plus the output masks. Small-object removal
 is exact across tile seams: an object cut by the halo edge is at least as
@@ -51,14 +58,18 @@ long as the halo, which is chosen larger than ``min_object_um2`` in pixels.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from tibspace.errors import InputError
 from tibspace.progress import report
-from tibspace.analyses.shield_background import estimate_background, flatten
+from tibspace.analyses.shield_af import (ABSENT, FLOOR_SD, AfReference, af_need, af_points, decision_entry,
+                                         section_grid, with_spectrum)
+from tibspace.analyses.shield_background import background_at_points, estimate_background, flatten
+from tibspace.analyses.shield_sample import (_image_yx, _read, _split_and_noise, _stride, _strided_sample,
+                                             _tissue_sample_mask, otsu_gate_log1p)
 
 __all__ = ["shield_masks", "otsu_gate_log1p", "GROW_SD", "GROW_UM"]
 
@@ -66,6 +77,9 @@ __all__ = ["shield_masks", "otsu_gate_log1p", "GROW_SD", "GROW_UM"]
 GROW_SD = 3.0
 #: Reach (µm) of edge growth from pixels above the gate.
 GROW_UM = 1.0
+#: Reference channels of the autofluorescence test use every REF_SUB-th gate sample in y and x: their floor
+#: and the granules' spectrum are medians, which a quarter of the sample gives as well, at a quarter the cost.
+REF_SUB = 2
 
 def _spec_get(spec: Any, name: str, default: Any = None) -> Any:
     if isinstance(spec, Mapping):
@@ -95,118 +109,6 @@ def _channel_of(image: Any, channel_index: Mapping[str, int] | None, name: str, 
                      "fix the panel's [masks] entry or its [channels.aliases]")
 
 
-def _read(image: Any, c: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        return np.asarray(image[c, y0:y1, x0:x1])
-    return np.asarray(image.read_region([c], y0, y1, x0, x1))[0]
-
-
-def _image_yx(image: Any) -> tuple[int, int]:
-    shape = tuple(int(s) for s in image.shape)
-    if len(shape) != 3:
-        raise InputError(f"image has shape {shape}; expected (C, Y, X)")
-    return shape[1], shape[2]
-
-
-def _stride(image: Any, max_pixels: int) -> int:
-    """Sample spacing s (pixels) so that every s-th pixel in y and x gives ≤ max_pixels."""
-    ny, nx = _image_yx(image)
-    return max(1, int(math.ceil(math.sqrt(ny * nx / float(max_pixels)))))
-
-
-def _strided_sample(image: Any, c: int, max_pixels: int) -> np.ndarray:
-    """Every s-th pixel in y and x of channel ``c`` (s = :func:`_stride`)."""
-    ny, nx = _image_yx(image)
-    s = _stride(image, max_pixels)
-    if isinstance(image, np.ndarray):
-        return np.asarray(image[c, ::s, ::s])
-    data = getattr(image, "data", None)
-    if data is not None:  # dask: reads chunk by chunk, keeps only the strided pixels
-        return np.asarray(data[c, ::s, ::s])
-    rows = [np.asarray(image.read_region([c], y, min(y + 1, ny), 0, nx))[0, 0, ::s]
-            for y in range(0, ny, s)]
-    return np.stack(rows)
-
-
-def otsu_gate_log1p(values: np.ndarray, *, floor_sd: float = 5.0, method: str = "otsu", seed: int = 0) -> float:
-    """Automatic gate: Otsu threshold of ``log1p(values)``, floored above the background.
-
-    Otsu always splits a sample in two, even when the channel has no positive
-    structures (it then splits noise, or tissue from glass). The gate is
-    therefore ``max(otsu, median + floor_sd · σ)``, where σ is the background
-    noise in raw units (noise is additive) estimated from the left half of the
-    distribution (``median − 16th percentile``, or the RMS deviation below the
-    median if larger), which positive pixels do not reach as long as they are
-    fewer than half the sample. Returned in raw intensity units.
-    ``floor_sd=0`` gives plain Otsu. ``method="background"`` returns the
-    floor alone ("signal above tissue background"). ``method="gmm"`` replaces Otsu by
-    :func:`tibspace.cells.auto_gate`'s two-component mixture (fitted on
-    ≤ 200,000 of the values, chosen with ``seed``), floored the same way.
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(0)
-    >>> bg = rng.normal(10, 2, 20000).clip(0)
-    >>> v = np.r_[bg, rng.normal(200, 20, 1000)]
-    >>> 20 < otsu_gate_log1p(v) < 150
-    True
-    >>> bool(otsu_gate_log1p(bg) > bg.max() * 0.8)   # no positives: the floor keeps the gate above noise
-    True
-    """
-    split, med, sd = _split_and_noise(values, method, seed)
-    return float(max(split, med + floor_sd * sd)) if floor_sd > 0 else float(split)
-
-
-def _split_and_noise(values: np.ndarray, method: str, seed: int = 0) -> tuple[float, float, float]:
-    """(split, median, σ) of :func:`otsu_gate_log1p` in raw units: the Otsu / GMM split (−inf for
-    ``"background"``) and the background median and noise σ of its floor."""
-    from skimage.filters import threshold_otsu
-
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0 or np.ptp(v) == 0:
-        raise InputError("cannot compute an Otsu gate: the channel is empty or constant; "
-                         "give a numeric gate in the panel's [masks] entry")
-    lv = np.log1p(np.clip(v, 0, None))
-    if method == "background":
-        t = -np.inf                                     # the floor alone: "above tissue background"
-    elif method == "otsu":
-        t = float(threshold_otsu(lv))
-    elif method == "gmm":
-        from tibspace.cells import auto_gate
-
-        sub = v if v.size <= 200_000 else np.random.default_rng(seed).choice(v, 200_000, replace=False)
-        t = float(np.log1p(auto_gate(sub, "gmm", marker="mask channel", seed=seed)))
-    else:
-        raise InputError(f"automatic gate method {method!r}: expected \"otsu\", \"gmm\" or \"background\"")
-    split = float(np.expm1(t)) if np.isfinite(t) else -np.inf
-    # background noise is additive: estimate it in raw units from the left half
-    p16, med = np.percentile(v, [15.865, 50.0])
-    left = v[v <= med]
-    sd = max(med - p16, float(np.sqrt(np.mean((left - med) ** 2))) if left.size else 0.0, 1e-12)
-    return split, float(med), float(sd)
-
-
-def _tissue_sample_mask(image: Any, channels: Sequence[int], max_pixels: int) -> np.ndarray:
-    """Tissue pixels of the strided grid: Otsu on log1p of the summed channels.
-
-    Tissue autofluoresces in every channel while glass does not, so the sum
-    separates them; used only to choose which pixels feed automatic gates.
-    """
-    from skimage.filters import threshold_otsu
-
-    tot = None
-    for c in channels:
-        a = _strided_sample(image, c, max_pixels).astype(np.float64)
-        tot = a if tot is None else tot + a
-    lt = np.log1p(np.clip(tot, 0, None))
-    if np.ptp(lt) == 0:
-        return np.ones(lt.shape, bool)
-    m = lt > threshold_otsu(lt)
-    # a slide that is all tissue: Otsu then splits tissue textures; keep everything
-    return m if m.mean() < 0.97 and m.mean() > 0.05 else np.ones(lt.shape, bool)
-
-
 def _resolve_gate(gate: Any, channel: str, is_required: bool) -> Any:
     """The gate of one channel from a mask spec's ``gate`` (number | 'otsu' | dict)."""
     if isinstance(gate, Mapping):
@@ -223,7 +125,8 @@ def _resolve_gate(gate: Any, channel: str, is_required: bool) -> Any:
 def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapping[str, int] | None,
                  pixel_size_um: float, *, tile_size_px: int = 2048, require_dilation_um: float = 1.0,
                  tissue_mask: np.ndarray | None = None, max_gate_pixels: int = 4_000_000,
-                 background_um: float = 25.0, progress=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                 background_um: float = 25.0, af_reject: bool = True, return_decisions: bool = False,
+                 progress=None) -> tuple:
     """Boolean NET / collagen-I pixel masks from the image channels.
 
     For each mask spec (``MaskSpec(name, channels, require, gate,
@@ -261,6 +164,10 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
         Size of the subsample for automatic gates (and the background mesh).
     background_um : float
         Block side (µm) of the background removed before automatic gates; 0: none.
+    af_reject : bool
+        Drop pixels with the autofluorescence signature (module docstring); False: the rule without it.
+    return_decisions : bool
+        Also return the per-channel decisions.
     progress : callable, optional
         ``progress(step, done, total)``.
 
@@ -270,6 +177,9 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
     gates : dict of str -> float
         ``"<mask>:<channel>"`` -> gate used (raw intensity units; automatic gates in
         background-flattened units, see the module docstring).
+    decisions : dict of str -> dict, with ``return_decisions``
+        ``"<mask>:<channel>"`` -> {value, method, decision ("positive" / "absent" / "manual gate"),
+        evidence, area_fraction} (:func:`tibspace.analyses.shield_af.decision_entry`).
 
     Examples
     --------
@@ -285,51 +195,177 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
         raise InputError(f"pixel_size_um={pixel_size_um}: expected a positive pixel size in µm")
     ny, nx = _image_yx(image)
     gates: dict[str, float] = {}
-    plans = _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels, gates,
-                        (float(pixel_size_um), float(background_um or 0.0)))
+    plans, cache = _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels, gates,
+                               (float(pixel_size_um), float(background_um or 0.0)), bool(af_reject))
     dil_px = int(math.ceil(require_dilation_um / pixel_size_um))
     n_tiles = int(math.ceil(ny / tile_size_px)) * int(math.ceil(nx / tile_size_px))
     masks: dict[str, np.ndarray] = {}
-    for i, (name, own, req, min_um2) in enumerate(plans):
+    decisions: dict[str, dict] = {}
+    st_ = _stride(image, max_gate_pixels)
+    tm = _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels, cache,
+                      (len(range(0, ny, st_)), len(range(0, nx, st_)))) \
+        if any(x[3] is not None for p in plans for x in p[5]) else None
+    for i, (name, own, req, min_um2, af, info) in enumerate(plans):
         def step(done, _i=i):
             report(progress, "shield masks", _i * n_tiles + done, len(plans) * n_tiles)
 
-        masks[name] = _mask_tiles(image, own, req, min_um2, pixel_size_um, dil_px, tile_size_px, step)
-    return masks, gates
+        n_af = [0]
+        masks[name] = _mask_tiles(image, own, req, min_um2, pixel_size_um, dil_px, tile_size_px, step, af, n_af)
+        entries = _decide(masks[name], info, st_, tm)
+        if any(e["decision"] == ABSENT for e in entries.values()) and masks[name].any():
+            masks[name] = _without_absent(image, masks[name], own, req, info, entries, (min_um2, pixel_size_um,
+                                          dil_px, tile_size_px), af)
+            for e in entries.values():
+                e["area_fraction"] = float(masks[name].mean())
+        for e in entries.values():
+            e["evidence"]["autofluorescence"] = None if af is None else dict(af.evidence(), pixels_removed=n_af[0])
+        decisions.update(entries)
+    return (masks, gates, decisions) if return_decisions else (masks, gates)
+
+
+def _decide(mask: np.ndarray, info, stride: int, tm: np.ndarray | None) -> dict[str, dict]:
+    """Recorded gate and presence decision of each channel of one mask (:func:`shield_af.decision_entry`)."""
+    on_grid = mask[::stride, ::stride]
+    if tm is not None:
+        on_grid = on_grid & tm
+    area = float(mask.mean())
+    out = {}
+    for key, g, method, stats, grid, is_req in info:
+        vals = None if grid is None else grid[on_grid[: grid.shape[0], : grid.shape[1]]]
+        out[key] = decision_entry(g, stats, vals, area, method, is_req)
+    return out
+
+
+def _without_absent(image, mask, own, req, info, entries, sizes, af) -> np.ndarray:
+    """The mask rebuilt from the mask's channels decided ``positive`` (empty when none is, or when a
+    co-required channel is absent)."""
+    keep = [o for o, (key, *_rest) in zip(own, [x for x in info if not x[5]])
+            if entries[key]["decision"] != ABSENT]
+    req_absent = any(entries[x[0]]["decision"] == ABSENT for x in info if x[5])
+    if not keep or req_absent:
+        return np.zeros_like(mask)
+    min_um2, px, dil_px, tile = sizes
+    return _mask_tiles(image, keep, req, min_um2, px, dil_px, tile, lambda d: None, af)
 
 
 def _auto_gate(image, c: int, method: str, channel_index, tissue_mask, max_gate_pixels: int, cache: dict,
                scale: tuple[float, float]):
     """Automatic gate of channel ``c`` from a strided sample restricted to tissue pixels, after removing the
-    channel's background; ``(gate, growth gate, Background or None)``. ``scale`` = (pixel_size_um,
-    background_um)."""
+    channel's background; ``(gate, growth gate, Background or None, (split, median, σ), flattened sample
+    grid)``. ``scale`` = (pixel_size_um, background_um)."""
     st_ = _stride(image, max_gate_pixels)
     sample = _strided_sample(image, c, max_gate_pixels)
-    if tissue_mask is not None:
-        tm = np.asarray(tissue_mask[::st_, ::st_], bool)[: sample.shape[0], : sample.shape[1]]
-    else:
-        if "tissue" not in cache:
-            all_c = sorted(set(int(v) for v in channel_index.values())) if channel_index else \
-                list(range(int(image.shape[0])))
-            cache["tissue"] = _tissue_sample_mask(image, all_c, max_gate_pixels)
-        tm = cache["tissue"]
-    in_tissue = tm.shape == sample.shape and tm.any()
+    tm = _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels, cache, sample.shape)
+    in_tissue = tm is not None
     bg = None
     if scale[1] > 0:
-        bg = estimate_background(sample, tm if in_tissue else None, st_, scale[0], scale[1])
+        bg = estimate_background(sample, tm, st_, scale[0], scale[1])
         sample = flatten(sample, bg, np.arange(sample.shape[0]) * st_, np.arange(sample.shape[1]) * st_)
-    sample = sample[tm] if in_tissue else sample
-    gate = otsu_gate_log1p(sample, method=method)
-    split, med, sd = _split_and_noise(sample, method)
-    return gate, min(gate, max(split, med + GROW_SD * sd)), bg
+    split, med, sd = _split_and_noise(sample[tm] if in_tissue else sample, method)
+    gate = float(max(split, med + 5.0 * sd))          # = otsu_gate_log1p(sample, method=method)
+    return gate, min(gate, max(split, med + GROW_SD * sd)), bg, (split, med, sd), sample
+
+
+def _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels: int, cache: dict, shape) -> np.ndarray | None:
+    """Tissue pixels of the strided sample grid (None: use every sample)."""
+    if tissue_mask is not None:
+        st_ = _stride(image, max_gate_pixels)
+        tm = np.asarray(tissue_mask[::st_, ::st_], bool)[: shape[0], : shape[1]]
+    else:
+        if "tissue" not in cache:
+            _tissue_sample_mask(image, _all_channels(image, channel_index), max_gate_pixels, cache)
+            cache["tissue"] = section_grid(cache["sum"], _stride(image, max_gate_pixels) * cache["px"])
+        tm = cache["tissue"]
+    return tm if tm.shape == tuple(shape) and tm.any() else None
+
+
+def _all_channels(image, channel_index) -> list[int]:
+    return sorted(set(int(v) for v in channel_index.values())) if channel_index else \
+        list(range(int(image.shape[0])))
+
+
+def _af_reference(image, name: str, spec, used: set, own: list, channel_index, tissue_mask, max_gate_pixels: int,
+                  cache: dict, scale) -> AfReference | None:
+    """Reference channels of mask ``name`` for the autofluorescence test (:mod:`shield_af`), or None, with
+    the granules' spectrum measured on the sample grid. ``own`` = [(channel, gate, Background or None,
+    flattened sample grid or None, background median or None)] of the mask's own channels."""
+    declared = _as_list(_spec_get(spec, "autofluorescence"))
+    if declared:
+        idx = [_channel_of(image, channel_index, ch, name) for ch in declared]
+    else:
+        idx = [c for c in _all_channels(image, channel_index) if c not in used]
+    need = af_need(len(idx), bool(declared))
+    if need == 0:
+        return None
+    chans, excess = [], []
+    cand = None
+    if own and all(grid is not None for *_, grid, _ in own):
+        cand = np.zeros(own[0][3][::REF_SUB, ::REF_SUB].shape, bool)
+        for _, g, _, grid, _ in own:
+            cand |= grid[::REF_SUB, ::REF_SUB] > g      # the mask's own candidates on the reference grid
+    for c in idx:
+        floor, bg, med, at_cand = _reference_floor(image, c, channel_index, tissue_mask, max_gate_pixels, cache,
+                                                   scale, cand)
+        chans.append((c, floor, bg, med))
+        if cand is not None:
+            excess.append(at_cand - med)
+    names = {int(v): str(k) for k, v in (channel_index or {}).items()}
+    ref = AfReference(tuple(chans), need, tuple(names.get(c, str(c)) for c in idx))
+    if cand is None:
+        return ref
+    own_excess = [grid[::REF_SUB, ::REF_SUB][cand] - med for *_, grid, med in own]
+    return with_spectrum(ref, np.array(excess), own_excess, [(c, bg, g) for c, g, bg, _, _ in own])
+
+
+def _reference_floor(image, c: int, channel_index, tissue_mask, max_gate_pixels: int, cache: dict, scale,
+                     cand: np.ndarray | None = None):
+    """(floor, Background or None, background median, flattened values at ``cand`` or None) of reference
+    channel ``c`` on the reference grid (every :data:`REF_SUB`-th gate sample): floor = median + 5 σ of its
+    flattened samples on the section (:func:`shield_af.section_grid`: tissue against glass, not the gates'
+    bright-pixel split, so the median is the channel's background even where its stain covers most cells)."""
+    st_ = _stride(image, max_gate_pixels) * REF_SUB
+    sample = _strided_sample(image, c, max_gate_pixels)[::REF_SUB, ::REF_SUB]
+    rows, cols = np.arange(sample.shape[0]) * st_, np.arange(sample.shape[1]) * st_
+    if ("ref", c) in cache:
+        floor, bg, med = cache[("ref", c)]
+        if cand is None:
+            return floor, bg, med, None
+        yy, xx = np.nonzero(cand)
+        v = sample[yy, xx].astype(np.float64)
+        return floor, bg, med, v if bg is None else v - background_at_points(bg, rows[yy], cols[xx]) + bg.level
+    tg = _section(image, channel_index, tissue_mask, max_gate_pixels, cache, scale)
+    tg = tg[::REF_SUB, ::REF_SUB] if tg is not None and tg[::REF_SUB, ::REF_SUB].shape == sample.shape else None
+    tg = tg if tg is not None and tg.any() else None
+    bg = estimate_background(sample, tg, st_, scale[0], scale[1]) if scale[1] > 0 else None
+    if bg is not None:
+        sample = flatten(sample, bg, rows, cols)
+    _, med, sd = _split_and_noise(sample[tg] if tg is not None else sample, "background")
+    cache[("ref", c)] = (float(med + FLOOR_SD * sd), bg, float(med))
+    return (*cache[("ref", c)], None if cand is None else sample[cand])
+
+
+def _section(image, channel_index, tissue_mask, max_gate_pixels: int, cache: dict, scale) -> np.ndarray | None:
+    """The section on the gate's sample grid: ``tissue_mask`` when given, else :func:`shield_af.section_grid`."""
+    if "section" not in cache:
+        st_ = _stride(image, max_gate_pixels)
+        ny, nx = _image_yx(image)
+        shape = (len(range(0, ny, st_)), len(range(0, nx, st_)))
+        if tissue_mask is not None:
+            cache["section"] = _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels, cache, shape)
+        else:
+            if "sum" not in cache:
+                _tissue_grid(image, channel_index, None, max_gate_pixels, cache, shape)
+            cache["section"] = section_grid(cache["sum"], st_ * scale[0])
+    return cache["section"]
 
 
 def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels: int, gates: dict,
-                scale: tuple[float, float]) -> list:
-    """Per mask: (name, own, required, min_object_um2), own / required = [(channel, gate, Background or None,
-    growth gate)]; fills ``gates``. ``scale`` = (pixel_size_um, background_um)."""
+                scale: tuple[float, float], af_reject: bool = True) -> list:
+    """Per mask: (name, own, required, min_object_um2, AfReference or None, info), own / required =
+    [(channel, gate, Background or None, growth gate)], info = [(key, gate, method, stats, sample grid, is
+    required)] for :func:`_decide`; fills ``gates``. ``scale`` = (pixel_size_um, background_um)."""
     plans = []
-    cache: dict = {}
+    cache: dict = {"px": float(scale[0])}
     for name, spec in panel_masks.items():
         chans = _as_list(_spec_get(spec, "channels"))
         req = _as_list(_spec_get(spec, "require"))
@@ -337,32 +373,41 @@ def _plan_masks(image, panel_masks, channel_index, tissue_mask, max_gate_pixels:
             raise InputError(f"mask {name!r} lists no channels; expected e.g. channels = [\"CitH3\"]")
         gate = _spec_get(spec, "gate", "otsu")
         min_um2 = float(_spec_get(spec, "min_object_um2", 0.0) or 0.0)
-        cidx = []
+        cidx, info = [], []
         for is_req, group in ((False, chans), (True, req)):
             gi = []
             for ch in group:
                 c = _channel_of(image, channel_index, ch, name)
                 g = _resolve_gate(gate, ch, is_req)
-                bg, grow = None, None
+                bg, grow, stats, grid, method = None, None, None, None, "manual"
                 if isinstance(g, str):
-                    if g.lower() not in ("otsu", "gmm", "background"):
+                    method = g.lower()
+                    if method not in ("otsu", "gmm", "background"):
                         raise InputError(f"mask {name!r}: gate {g!r} for channel {ch!r}; expected a number, "
                                          "\"otsu\", \"gmm\" or \"background\"")
-                    g, grow, bg = _auto_gate(image, c, g.lower(), channel_index, tissue_mask, max_gate_pixels,
-                                             cache, scale)
+                    g, grow, bg, stats, grid = _auto_gate(image, c, method, channel_index, tissue_mask,
+                                                          max_gate_pixels, cache, scale)
                 if is_req and grow is not None:
                     g = grow       # a co-required channel only has to show signal: its floor is GROW_SD σ
                 gates[f"{name}:{ch}"] = float(g)
                 gi.append((c, float(g), bg, float(g) if grow is None or is_req else float(grow)))
+                info.append((f"{name}:{ch}", float(g), method, stats,
+                             None if grid is None else grid.astype(np.float32), is_req))
             cidx.append(gi)
-        plans.append((name, cidx[0], cidx[1], min_um2))
-    return plans
+        used = {c for c, *_ in cidx[0] + cidx[1]}
+        own_grids = [(c, g, bg, x[4], None if x[3] is None else x[3][1])
+                     for (c, g, bg, _), x in zip(cidx[0], [x for x in info if not x[5]])]
+        af = _af_reference(image, name, spec, used, own_grids, channel_index, tissue_mask, max_gate_pixels,
+                           cache, scale) if af_reject else None
+        plans.append((name, cidx[0], cidx[1], min_um2, af, info))
+    return plans, cache
 
 
 def _mask_tiles(image, own, req, min_um2: float, pixel_size_um: float, dil_px: int, tile_size_px: int,
-                step) -> np.ndarray:
+                step, af: AfReference | None = None, n_af: list | None = None) -> np.ndarray:
     """One mask, tile by tile: halo for exact object sizes plus the reach of ``require``'s dilation and of
-    edge growth."""
+    edge growth. Pixels with the autofluorescence signature of ``af`` are dropped before small objects are
+    removed (their count on the tile cores is added to ``n_af[0]``)."""
     ny, nx = _image_yx(image)
     min_px = int(math.ceil(min_um2 / pixel_size_um ** 2)) if min_um2 > 0 else 0
     halo = min_px + 2
@@ -389,6 +434,8 @@ def _mask_tiles(image, own, req, min_um2: float, pixel_size_um: float, dil_px: i
                 if disk is not None:
                     r_ok = ndi.binary_dilation(r_ok, structure=disk)
                 pos &= r_ok
+            if af is not None and pos.any():
+                pos = _drop_af(image, pos, af, (ey0, ey1, ex0, ex1), (y0 - ey0, y1 - ey0, x0 - ex0, x1 - ex0), n_af)
             # crop the dilation margin: `pos` is exact on tile + halo
             hy0, hx0 = max(0, y0 - halo), max(0, x0 - halo)
             hy1, hx1 = min(ny, y1 + halo), min(nx, x1 + halo)
@@ -399,6 +446,23 @@ def _mask_tiles(image, own, req, min_um2: float, pixel_size_um: float, dil_px: i
             done += 1
             step(done)
     return out
+
+
+def _drop_af(image, pos: np.ndarray, af: AfReference, box, core, n_af: list | None) -> np.ndarray:
+    """``pos`` without its pixels that are bright in ``af.need`` reference channels (a pixel test, so the
+    result does not depend on the tiling); counts the dropped pixels of the tile core into ``n_af``."""
+    ey0, ey1, ex0, ex1 = box
+    ys, xs = np.nonzero(pos)
+    hit = af_points(lambda c: _read(image, c, ey0, ey1, ex0, ex1), af, ys, xs, ey0, ex0)
+    if not hit.any():
+        return pos
+    pos = pos.copy()
+    pos[ys[hit], xs[hit]] = False
+    if n_af is not None:
+        cy0, cy1, cx0, cx1 = core
+        yh, xh = ys[hit], xs[hit]
+        n_af[0] += int(np.count_nonzero((yh >= cy0) & (yh < cy1) & (xh >= cx0) & (xh < cx1)))
+    return pos
 
 
 def _disk(r_px: int) -> np.ndarray | None:
