@@ -150,26 +150,18 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
     panel_masks : dict
         Mask name (``"net"``, ``"col1"``) -> MaskSpec.
     channel_index : dict or None
-        Channel name -> index into the image's channel axis; None: use
-        ``image.channel_index(name)``.
-    pixel_size_um : float
-        Pixel size (µm).
-    tile_size_px : int
-        Tile side (pixels).
-    require_dilation_um : float
-        Tolerance for the co-required channel(s) (µm).
+        Channel name -> index into the image's channel axis; None: ``image.channel_index(name)``.
+    pixel_size_um, tile_size_px, require_dilation_um : float, int, float
+        Pixel size (µm); tile side (px); tolerance for the co-required channel(s) (µm).
     tissue_mask : bool ndarray (Y, X), optional
         Restrict Otsu samples to tissue pixels.
-    max_gate_pixels : int
-        Size of the subsample for automatic gates (and the background mesh).
-    background_um : float
-        Block side (µm) of the background removed before automatic gates; 0: none.
+    max_gate_pixels, background_um : int, float
+        Subsample size for automatic gates and the background mesh; block side (µm) of the
+        background removed before automatic gates (0: none).
     af_reject : bool
         Drop pixels with the autofluorescence signature (module docstring); False: the rule without it.
-    return_decisions : bool
-        Also return the per-channel decisions.
-    progress : callable, optional
-        ``progress(step, done, total)``.
+    return_decisions, progress : bool, callable, optional
+        Also return the per-channel decisions; ``progress(step, done, total)``.
 
     Returns
     -------
@@ -202,23 +194,12 @@ def shield_masks(image: Any, panel_masks: Mapping[str, Any], channel_index: Mapp
     masks: dict[str, np.ndarray] = {}
     decisions: dict[str, dict] = {}
     st_ = _stride(image, max_gate_pixels)
-    tm = _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels, cache,
-                      (len(range(0, ny, st_)), len(range(0, nx, st_)))) \
-        if any(x[3] is not None for p in plans for x in p[5]) else None
-    for i, (name, own, req, min_um2, af, info) in enumerate(plans):
+    tm = _decision_grid(image, plans, channel_index, tissue_mask, max_gate_pixels, cache, st_, (ny, nx))
+    for i, plan in enumerate(plans):
         def step(done, _i=i):
             report(progress, "shield masks", _i * n_tiles + done, len(plans) * n_tiles)
 
-        n_af = [0]
-        masks[name] = _mask_tiles(image, own, req, min_um2, pixel_size_um, dil_px, tile_size_px, step, af, n_af)
-        entries = _decide(masks[name], info, st_, tm)
-        if any(e["decision"] == ABSENT for e in entries.values()) and masks[name].any():
-            masks[name] = _without_absent(image, masks[name], own, req, info, entries, (min_um2, pixel_size_um,
-                                          dil_px, tile_size_px), af)
-            for e in entries.values():
-                e["area_fraction"] = float(masks[name].mean())
-        for e in entries.values():
-            e["evidence"]["autofluorescence"] = None if af is None else dict(af.evidence(), pixels_removed=n_af[0])
+        masks[plan[0]], entries = _one_mask(image, plan, (pixel_size_um, dil_px, tile_size_px), step, st_, tm)
         decisions.update(entries)
     return (masks, gates, decisions) if return_decisions else (masks, gates)
 
@@ -235,6 +216,30 @@ def _decide(mask: np.ndarray, info, stride: int, tm: np.ndarray | None) -> dict[
         out[key] = decision_entry(g, stats, vals, area, method, is_req)
     return out
 
+
+def _decision_grid(image, plans, channel_index, tissue_mask, max_gate_pixels, cache, stride, yx):
+    """The tissue grid of the gate sample, where an automatic gate needs a decision; else None."""
+    if not any(x[3] is not None for p in plans for x in p[5]):
+        return None
+    ny, nx = yx
+    return _tissue_grid(image, channel_index, tissue_mask, max_gate_pixels, cache,
+                        (len(range(0, ny, stride)), len(range(0, nx, stride))))
+
+def _one_mask(image, plan, geometry, step, stride, tissue_grid):
+    """One mask and its channels' decisions; an ``absent`` channel's pixels are taken out again."""
+    name, own, req, min_um2, af, info = plan
+    pixel_size_um, dil_px, tile_size_px = geometry
+    n_af = [0]
+    mask = _mask_tiles(image, own, req, min_um2, pixel_size_um, dil_px, tile_size_px, step, af, n_af)
+    entries = _decide(mask, info, stride, tissue_grid)
+    if any(e["decision"] == ABSENT for e in entries.values()) and mask.any():
+        mask = _without_absent(image, mask, own, req, info, entries, (min_um2, pixel_size_um, dil_px, tile_size_px),
+                               af)
+        for e in entries.values():
+            e["area_fraction"] = float(mask.mean())
+    for e in entries.values():
+        e["evidence"]["autofluorescence"] = None if af is None else dict(af.evidence(), pixels_removed=n_af[0])
+    return mask, entries
 
 def _without_absent(image, mask, own, req, info, entries, sizes, af) -> np.ndarray:
     """The mask rebuilt from the mask's channels decided ``positive`` (empty when none is, or when a
