@@ -109,7 +109,7 @@ def test_load_full_panel(tmp_path):
 
 
 def test_defaults_cover_metrics_md():
-    expected = dict(cell_expansion_um=3, nucleus_diameter_um="auto", tumour_cell_radius_um=15,
+    expected = dict(cell_expansion_um=3, nucleus_diameter_um="auto", lineage_conflicts="margin", tumour_cell_radius_um=15,
                     closing_um=20, min_hole_um2=1000, min_nest_area_um2=2000, margin_um=50,
                     min_nest_tumour_cells=10, min_nest_tumour_density=1200, min_nest_purity=0.2,
                     profile_min_um=-200, profile_max_um=200, profile_step_um=20,

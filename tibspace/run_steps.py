@@ -197,6 +197,7 @@ class _Run(_TumourSteps):
         cells["phenotype"] = gating.phenotype
         self.gates_used = {m: g.value for m, g in gating.gates.items()}
         self.metrics["gates"] = {m: g.to_dict() for m, g in gating.gates.items()}
+        self.metrics["lineage_conflicts"] = gating.lineage_conflicts
         self.metrics["warnings"] = list(self.metrics.get("warnings", [])) + list(gating.warnings)
         report(self.progress, "phenotyping", 1, 1)
         return cells

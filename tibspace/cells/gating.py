@@ -21,6 +21,7 @@ import pandas as pd
 from tibspace.errors import InputError, PanelError
 from tibspace.io.channels import normalise_name
 from tibspace.cells.rules import parse_rule
+from tibspace.cells.conflicts import marker_margins
 from tibspace.cells.presence import NONE, GateDecision, clip_low_tail, decide_gate
 
 GATE_METHODS = ("otsu", "gmm")
@@ -212,8 +213,14 @@ def positivity(cells: pd.DataFrame, gates: Mapping[str, Gate]) -> pd.DataFrame:
                         index=cells.index)
 
 
-def assign_phenotypes(pos: pd.DataFrame, rules: Mapping[str, str], default: str = "other") -> np.ndarray:
+def assign_phenotypes(pos: pd.DataFrame, rules: Mapping[str, str], default: str = "other",
+                      margins: Mapping[str, np.ndarray] | None = None, *, return_resolved: bool = False):
     """Apply ordered boolean rules; the first rule a cell satisfies names it.
+
+    With ``margins`` (:func:`tibspace.cells.conflicts.marker_margins`), a cell
+    satisfying rules of two lineages (rules that share no positive marker) takes
+    the one whose markers stand more clearly above their gates
+    (:mod:`tibspace.cells.conflicts`).
 
     Parameters
     ----------
@@ -223,6 +230,10 @@ def assign_phenotypes(pos: pd.DataFrame, rules: Mapping[str, str], default: str 
         Ordered ``phenotype -> rule`` (e.g. ``"CD3+ & CD8+"``).
     default : str
         Phenotype of cells that match no rule.
+    margins : mapping, optional
+        Per-marker margins above the gate; None: first match only.
+    return_resolved : bool
+        Also return the phenotype the first match gave and a mask of the cells a conflict decided.
 
     Examples
     --------
@@ -230,14 +241,21 @@ def assign_phenotypes(pos: pd.DataFrame, rules: Mapping[str, str], default: str 
     >>> assign_phenotypes(pos, {"CD8_T": "CD3+ & CD8+", "other_T": "CD3+ & CD8-"}).tolist()
     ['CD8_T', 'other_T', 'other']
     """
+    from tibspace.cells.conflicts import resolve_lineage_conflicts
+
     n = len(pos)
-    out = np.full(n, default, dtype=object)
-    unassigned = np.ones(n, dtype=bool)
     env = {m: pos[m].to_numpy(dtype=bool) for m in pos.columns}
-    for name, rule in rules.items():
-        hit = np.asarray(parse_rule(rule)(env), dtype=bool) & unassigned
-        out[hit] = name
-        unassigned &= ~hit
+    names = list(rules)
+    hits = np.zeros((n, len(names)), bool)
+    for k, rule in enumerate(rules.values()):
+        hits[:, k] = np.asarray(parse_rule(rule)(env), dtype=bool)
+    first = np.where(hits.any(axis=1), np.argmax(hits, axis=1) if names else -1, -1)
+    winner, resolved = (first, np.zeros(n, bool)) if margins is None or not names else \
+        resolve_lineage_conflicts(hits, rules, margins)
+    label = np.array([*names, default], dtype=object)
+    out = label[winner]                       # -1 -> default
+    if return_resolved:
+        return out, label[first], resolved
     return out
 
 
@@ -254,6 +272,7 @@ class GatingResult:
     positivity: pd.DataFrame
     gates: dict[str, Gate] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    lineage_conflicts: dict = field(default_factory=dict)
 
     def gates_frame(self) -> pd.DataFrame:
         return pd.DataFrame([g.to_dict() for g in self.gates.values()])
@@ -296,10 +315,19 @@ def gate_cells(cells: pd.DataFrame, panel, channel_of: Mapping[str, str] | None 
         raise InputError("cannot phenotype an empty cell table (0 cells were found)")
     gates = compute_gates(cells, panel.markers, channel_of, seed=seed)
     pos = positivity(cells, gates)
-    ph = assign_phenotypes(pos, panel.phenotypes, panel.default_phenotype)
+    margins = marker_margins(cells, gates) if panel.lineage_conflicts == "margin" else None
+    ph, first, resolved = assign_phenotypes(pos, panel.phenotypes, panel.default_phenotype, margins,
+                                            return_resolved=True)
     warnings = (gate_range_warnings(cells, gates) + unsatisfiable_rule_warnings(panel.phenotypes)
                 + empty_role_warnings(panel, phenotype_counts(ph)))
-    return GatingResult(ph, pos, gates, warnings)
+    return GatingResult(ph, pos, gates, warnings, conflicts_summary(first, ph, resolved, panel.lineage_conflicts))
+
+
+def conflicts_summary(first: np.ndarray, phenotype: np.ndarray, resolved: np.ndarray, rule: str) -> dict:
+    """What lineage-conflict resolution changed: the rule, the cell count, and counts per change."""
+    pairs = pd.Series([f"{a} -> {b}" for a, b in zip(first[resolved], phenotype[resolved])], dtype=object)
+    return {"rule": rule, "n_cells": int(resolved.sum()),
+            "changes": {k: int(v) for k, v in pairs.value_counts().sort_index().items()}}
 
 
 def gate_range_warnings(cells: pd.DataFrame, gates: Mapping[str, Gate]) -> list[str]:

@@ -83,6 +83,11 @@ class Panel:
     segmentation: dict[str, Any] = field(default_factory=dict)
     source: Optional[Path] = field(default=None, compare=False)
 
+    @property
+    def lineage_conflicts(self) -> str:
+        """How a cell satisfying rules of two lineages is named: ``"margin"`` or ``"first"``."""
+        return str(self.parameters.get("lineage_conflicts", "margin"))
+
     # ---- construction -----------------------------------------------------
 
     @classmethod

@@ -138,6 +138,10 @@ def parameters(raw: Any, where: str) -> dict[str, Any]:
             out[k] = int(v)
         elif k == "nucleus_diameter_um" and v == "auto":
             out[k] = v
+        elif k == "lineage_conflicts":
+            if v not in ("margin", "first"):
+                raise PanelError(f"{w} must be \"margin\" or \"first\", got {v!r}")
+            out[k] = v
         else:
             out[k] = number(v, w) if k in _SIGNED_PARAMS else positive(v, w)
     if out["profile_min_um"] >= out["profile_max_um"]:

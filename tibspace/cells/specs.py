@@ -17,6 +17,7 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     # segmentation
     "cell_expansion_um": 3.0,
     "nucleus_diameter_um": "auto",  # "auto": estimated from the image (tibspace.segment.scale); a number fixes it
+    "lineage_conflicts": "margin",  # "margin": a cell with two lineages takes the clearer one (cells.conflicts); "first": rule order
     "tile_size_px": 2048,
     # tumour region and compartments
     "tumour_cell_radius_um": 15.0,
