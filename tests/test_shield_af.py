@@ -133,3 +133,16 @@ def test_declared_reference_channel():
     assert masks["m"][20:40, 150:170].all()     # the stain under the granule is kept
     assert dec["m:S"]["evidence"]["autofluorescence"]["reference_channels"] == ["AF"]
     assert af_need(1, True) == 1 and af_need(2, False) == 0
+
+
+def test_an_empty_reference_channel_is_left_out(speckled):
+    """An ion channel with no counts (MIBI panels have some) is constant: it has no floor and carries no
+    signature, so it leaves the reference set instead of stopping the masks (real DCIS field Point2206)."""
+    empty = np.zeros((1, *speckled.image.shape[1:]), speckled.image.dtype)
+    image = np.concatenate([speckled.image, empty])
+    ci = {c: k for k, c in enumerate(speckled.channel_names)} | {"Empty": image.shape[0] - 1}
+    masks, _, dec = shield_masks(image, SPECS, ci, PX, tile_size_px=300, return_decisions=True)
+    ref = dec["net:CitH3"]["evidence"]["autofluorescence"]["reference_channels"]
+    assert "Empty" not in ref and len(ref) == len(speckled.channel_names) - 2      # all but CitH3, MPO
+    for name, (precision, recall) in _scores(speckled, masks).items():
+        assert precision >= 0.9 and recall >= 0.95, (name, precision, recall)

@@ -299,6 +299,9 @@ def _af_reference(image, name: str, spec, used: set, own: list, channel_index, t
         idx = [_channel_of(image, channel_index, ch, name) for ch in declared]
     else:
         idx = [c for c in _all_channels(image, channel_index) if c not in used]
+    # a channel that is constant on the section (an empty ion channel of a MIBI panel) carries no signature
+    idx = [c for c in idx if _reference_floor(image, c, channel_index, tissue_mask, max_gate_pixels, cache,
+                                              scale)[0] is not None]
     need = af_need(len(idx), bool(declared))
     if need == 0:
         return None
@@ -325,7 +328,7 @@ def _af_reference(image, name: str, spec, used: set, own: list, channel_index, t
 def _reference_floor(image, c: int, channel_index, tissue_mask, max_gate_pixels: int, cache: dict, scale,
                      cand: np.ndarray | None = None):
     """(floor, Background or None, background median, flattened values at ``cand`` or None) of reference
-    channel ``c`` on the reference grid (every :data:`REF_SUB`-th gate sample): floor = median + 5 σ of its
+    channel ``c`` on the reference grid (floor None: the channel is constant there) (every :data:`REF_SUB`-th gate sample): floor = median + 5 σ of its
     flattened samples on the section (:func:`shield_af.section_grid`: tissue against glass, not the gates'
     bright-pixel split, so the median is the channel's background even where its stain covers most cells)."""
     st_ = _stride(image, max_gate_pixels) * REF_SUB
@@ -333,7 +336,7 @@ def _reference_floor(image, c: int, channel_index, tissue_mask, max_gate_pixels:
     rows, cols = np.arange(sample.shape[0]) * st_, np.arange(sample.shape[1]) * st_
     if ("ref", c) in cache:
         floor, bg, med = cache[("ref", c)]
-        if cand is None:
+        if cand is None or floor is None:
             return floor, bg, med, None
         yy, xx = np.nonzero(cand)
         v = sample[yy, xx].astype(np.float64)
@@ -344,7 +347,11 @@ def _reference_floor(image, c: int, channel_index, tissue_mask, max_gate_pixels:
     bg = estimate_background(sample, tg, st_, scale[0], scale[1]) if scale[1] > 0 else None
     if bg is not None:
         sample = flatten(sample, bg, rows, cols)
-    _, med, sd = _split_and_noise(sample[tg] if tg is not None else sample, "background")
+    vals = sample[tg] if tg is not None else sample
+    if vals.size == 0 or np.ptp(vals) == 0:
+        cache[("ref", c)] = (None, bg, None)            # constant: no floor (the caller leaves it out)
+        return None, bg, None, None
+    _, med, sd = _split_and_noise(vals, "background")
     cache[("ref", c)] = (float(med + FLOOR_SD * sd), bg, float(med))
     return (*cache[("ref", c)], None if cand is None else sample[cand])
 
