@@ -25,7 +25,12 @@ Conventions beyond metrics.md:
 - the per-segment T-cell ratio uses +0.5 on both counts,
   ``((n_in+0.5)/A_in) / ((n_out+0.5)/A_out)``, because a 50 µm band often
   holds 0–3 T cells; segments with < 25 % of the nominal inner or outer band
-  area get NaN;
+  area get NaN and are left out of the link;
+- the link pools the counts and areas over covered and over uncovered
+  segments (:func:`~tibspace.analyses.barrier_link.pooled_ratio_shift_test`);
+  its inner band stops ``link_guard_um`` (10 µm) inside the outline and its
+  outer band reaches ``outside_band_um`` (200 µm), so T cells kept off a
+  barrier at any distance up to 200 µm still count as outside;
 - thickness is capped at ``barrier_width_um`` (only band cells count).
 
 Needs SPP1 macrophage, CAF and effector T phenotypes (:func:`can_run_barrier`).
