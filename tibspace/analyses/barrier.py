@@ -55,7 +55,8 @@ from tibspace.cells import phenotype_names as _phenotype_names
 from tibspace.analyses.barrier_coverage import (_COVERAGE_SUBDIVIDE, _MIN_BAND_FRACTION, _crosstab_band,
                                                 _runs_table, circular_runs, outline_positions,
                                                 coverage_profile)
-from tibspace.analyses.barrier_link import _masked_medians, circular_shift_test, pooled_ratio_shift_test
+from tibspace.analyses.barrier_link import (_LinkBands, _masked_medians, circular_shift_test,
+                                           pooled_ratio_shift_test)
 
 __all__ = ["BarrierResult", "barrier_analysis", "circular_runs", "circular_shift_test",
            "can_run_barrier", "coverage_profile"]
@@ -167,12 +168,8 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
         Perimeter segment arc length (µm); width w of the outer band 0 < d ≤ w that must
         hold the barrier (µm); barrier-cell density a covered band needs (cells/mm² of tissue).
     margin_um, link_guard_um, outside_band_um : float
-        The link's T-cell bands (µm): inner −``margin_um`` < d ≤ −``link_guard_um``
-        (the guard: a T cell within about a cell diameter of the drawn outline
-        cannot be told inside from outside; image nests lie ~5 µm outside the
-        cell centres' outline), outer 0 < d ≤ ``outside_band_um`` (the
-        exclusion analysis's stroma reach: T cells kept off the nest at any
-        distance up to it count as available outside).
+        Link T-cell bands (µm): inner −``margin_um`` < d ≤ −``link_guard_um``,
+        outer 0 < d ≤ ``outside_band_um`` (why: :class:`_LinkBands`).
     colocalization_radii_um : sequence of float
         Radii of the macrophage → CAF cross-L (µm).
     n_shifts, n_sim, seed : int
@@ -206,16 +203,10 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     >>> round(res.barrier_coverage, 1), res.sample["n_gaps"]
     (0.5, 1)
     """
-    types = _check_inputs(cells, tissue, barrier_types, macrophage_types, caf_types, t_types,
-                          segment_um=segment_um, barrier_width_um=barrier_width_um, margin_um=margin_um,
-                          outside_band_um=outside_band_um)
-    params = _parameters(types, segment_um, barrier_width_um, barrier_density, margin_um,
-                         colocalization_radii_um, n_shifts, n_sim, seed)
-    params.update(outside_band_um=float(outside_band_um), link_guard_um=float(link_guard_um))
-    bw, mw = float(barrier_width_um), float(margin_um)
-    if not 0.0 <= float(link_guard_um) < float(margin_um):
-        raise InputError(f"link_guard_um={link_guard_um}: expected 0 ≤ guard < margin_um ({margin_um}) µm")
-    lb = _LinkBands(inner_um=mw, outer_um=float(outside_band_um), guard_um=float(link_guard_um))
+    types, params, lb = _prepare(cells, tissue, barrier_types, macrophage_types, caf_types, t_types, segment_um,
+                                 barrier_width_um, barrier_density, margin_um, outside_band_um, link_guard_um,
+                                 colocalization_radii_um, n_shifts, n_sim, seed)
+    bw, mw = float(barrier_width_um), lb.inner_um
     report(progress, "barrier", 0, _N_STEPS)
     seg, sub, parent = _boundary_segments(region, float(segment_um))
     c = _assign_cells(cells, region, sub, parent, types, max(bw, mw, lb.outer_um), signed_dist_um)
@@ -239,6 +230,20 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
 
 # ---------------------------------------------------------------------------
 # steps of barrier_analysis
+def _prepare(cells, tissue, barrier_types, macrophage_types, caf_types, t_types, segment_um, barrier_width_um,
+             barrier_density, margin_um, outside_band_um, link_guard_um, colocalization_radii_um, n_shifts, n_sim,
+             seed):
+    """Checked role lists, the recorded parameters and the link's T-cell bands of :func:`barrier_analysis`."""
+    types = _check_inputs(cells, tissue, barrier_types, macrophage_types, caf_types, t_types,
+                          segment_um=segment_um, barrier_width_um=barrier_width_um, margin_um=margin_um,
+                          outside_band_um=outside_band_um)
+    lb = _LinkBands.of(margin_um, outside_band_um, link_guard_um)
+    params = _parameters(types, segment_um, barrier_width_um, barrier_density, margin_um,
+                         colocalization_radii_um, n_shifts, n_sim, seed)
+    params.update(outside_band_um=lb.outer_um, link_guard_um=lb.guard_um)
+    return types, params, lb
+
+
 def _parameters(types, segment_um, barrier_width_um, barrier_density, margin_um, colocalization_radii_um,
                 n_shifts, n_sim, seed) -> dict:
     """The parameters recorded with a result: role lists, lengths (µm), density (cells/mm²), counts."""
@@ -356,15 +361,6 @@ def _assign_cells(cells, region, sub, parent, types, reach, signed_dist_um) -> _
     sub_arc, ring_arc, arc[b] = outline_positions(region, sub, sub_of[b], xu[b], yu[b])
     return _Cells(x=x, y=y, is_mac=is_mac, is_caf=is_caf, d=d, sub_of=sub_of, sid=sid, bar=is_bar[use],
                   mac=is_mac[use], caf=is_caf[use], t=is_t[use], arc=arc, sub_arc=sub_arc, ring_arc=ring_arc)
-
-
-@dataclass(frozen=True)
-class _LinkBands:
-    """The link's T-cell bands (µm): inner −``inner_um`` < d ≤ −``guard_um``, outer 0 < d ≤ ``outer_um``."""
-
-    inner_um: float
-    outer_um: float
-    guard_um: float = 0.0
 
 
 def _band_areas(sub, parent, n_seg, region, tissue, bw, lb: _LinkBands) -> dict:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tibspace.errors import InputError
+
 __all__ = ["circular_shift_test", "pooled_ratio_shift_test"]
 
 
@@ -94,6 +96,30 @@ def circular_shift_test(values: np.ndarray, covered: np.ndarray, ring: np.ndarra
     out.update({"p_value": _shift_p_value(null, obs, exact), "n_shifts": int(len(null)), "exact": bool(exact),
                 "null": null})
     return out
+
+
+@dataclass(frozen=True)
+class _LinkBands:
+    """The link's T-cell bands (µm): inner −``inner_um`` < d ≤ −``guard_um``, outer 0 < d ≤ ``outer_um``."""
+
+    inner_um: float
+    outer_um: float
+    guard_um: float = 0.0
+
+    @classmethod
+    def of(cls, margin_um, outside_band_um, link_guard_um) -> "_LinkBands":
+        """The bands of :func:`barrier_analysis`'s arguments (µm).
+
+        The guard: a T cell within about a cell diameter of the drawn outline
+        cannot be told inside from outside (image nest outlines lie a median
+        5 µm, p90 ~10 µm, outside the cell centres'). The outer band reaches the
+        exclusion analysis's stroma (200 µm): T cells kept off a barrier at any
+        distance up to it count as available outside.
+        """
+        if not 0.0 <= float(link_guard_um) < float(margin_um):
+            raise InputError(f"link_guard_um={link_guard_um}: expected 0 ≤ guard < margin_um ({margin_um}) µm")
+        return cls(inner_um=float(margin_um), outer_um=float(outside_band_um), guard_um=float(link_guard_um))
+
 
 
 # ---------------------------------------------------------------------------
