@@ -22,7 +22,7 @@ from tibspace.tissue import TumourRegion
 # the generator's planted layout, without rendering an image (fast)
 def planted_cells(seed, *, size_um=(2048.0, 2048.0), n_nests=2, nest_radius_um=(280.0, 340.0),
                   barrier_coverage=0.5, immune_phenotype="inflamed", barrier_excludes_t=False,
-                  t_density_per_mm2=None):
+                  t_density_per_mm2=None, t_layout=None):
     """True cells (µm) of ``synthetic.make_tissue``'s layout, nests, tissue, realised coverage.
 
     Runs the generator's own layout steps (same order of random draws as
@@ -37,7 +37,7 @@ def planted_cells(seed, *, size_um=(2048.0, 2048.0), n_nests=2, nest_radius_um=(
     intervals = [syn._covered_intervals(n.exterior.length, c, rngs[1]) for n, c in zip(nests, covs)]
     cells = syn._place_cells(tissue, nests, intervals, 1.0, rngs[2], cell_density=1500.0, shield_coverage=0.0,
                              immune_phenotype=immune_phenotype, barrier_excludes_t=barrier_excludes_t,
-                             t_density=t_density_per_mm2)
+                             t_density=t_density_per_mm2, t_layout=t_layout)
     table = pd.DataFrame({"cell_id": np.arange(1, len(cells) + 1), "x_um": cells.x.to_numpy(),
                           "y_um": cells.y.to_numpy(), "phenotype": cells.phenotype.astype(str).to_numpy()})
     realised = [sum(b - a for a, b in iv) / n.exterior.length for n, iv in zip(nests, intervals)]
@@ -295,6 +295,38 @@ def test_link_not_detected_when_independent():
                                colocalization_radii_um=(20.0,), seed=seed)
         ps.append(res.sample["link"]["p_value"])
     assert np.mean(np.array(ps) > 0.05) >= 0.9, ps
+
+
+def test_link_detected_when_t_cells_are_held_off_the_barrier():
+    # world layout "held": no T cells inside covered arcs nor within 50 µm outside them, 2x density at
+    # 50-150 µm. The per-segment 0-50 µm ratio saw two empty bands there (ratio = pseudocount, looks
+    # infiltrated; p 0.995-1.0 on these seeds); the pooled ratio against the 0-200 µm outer band finds them.
+    for seed in (0, 1, 2):
+        cells, nests, tissue, _ = planted_cells(seed, n_nests=4, nest_radius_um=(180.0, 240.0), barrier_coverage=0.5,
+                                                t_layout="held", t_density_per_mm2=1000.0)
+        link = barrier_analysis(cells, TumourRegion.from_polygons(nests), tissue, n_sim=1,
+                                colocalization_radii_um=(20.0,), seed=seed).sample["link"]
+        assert link["difference"] < 0 and link["t_ratio_covered"] < link["t_ratio_uncovered"]
+        assert link["p_value"] < 0.01, (seed, link)
+
+
+def test_link_null_with_world_indifferent_layout():
+    # world layout "indifferent": T density depends on d only, not on the barrier
+    ps = []
+    for seed in range(10):
+        cells, nests, tissue, _ = planted_cells(200 + seed, size_um=(1600.0, 1600.0), n_nests=3,
+                                                nest_radius_um=(170.0, 230.0), barrier_coverage=0.5,
+                                                t_layout="indifferent")
+        res = barrier_analysis(cells, TumourRegion.from_polygons(nests), tissue, n_sim=1,
+                               colocalization_radii_um=(20.0,), seed=seed)
+        ps.append(res.sample["link"]["p_value"])
+    assert np.mean(np.array(ps) > 0.05) >= 0.9, ps
+
+
+def test_link_bands_reject_a_guard_beyond_the_margin():
+    cells, nests, tissue, _ = planted_cells(7, n_nests=1, nest_radius_um=(250.0, 300.0))
+    with pytest.raises(InputError, match="link_guard_um"):
+        barrier_analysis(cells, TumourRegion.from_polygons(nests), tissue, link_guard_um=50.0)
 
 
 def test_on_make_tissue_truth_table():

@@ -76,6 +76,7 @@ def _barrier_step(result, roles, defined, params, seed, progress, skipped, timer
                 caf_types=tuple(roles["caf"]), t_types=tuple(roles["effector_t"]),
                 segment_um=float(params["segment_um"]), barrier_width_um=float(params["barrier_width_um"]),
                 barrier_density=float(params["barrier_density"]), margin_um=float(params["margin_um"]),
+                outside_band_um=float(params["outside_band_um"]),
                 colocalization_radii_um=tuple(params["colocalization_radii_um"]),
                 n_shifts=int(params["n_shifts"]), seed=seed,
                 signed_dist_um=result.cells["signed_dist_um"].to_numpy(float), progress=progress)

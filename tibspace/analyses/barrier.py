@@ -25,7 +25,12 @@ Conventions beyond metrics.md:
 - the per-segment T-cell ratio uses +0.5 on both counts,
   ``((n_in+0.5)/A_in) / ((n_out+0.5)/A_out)``, because a 50 µm band often
   holds 0–3 T cells; segments with < 25 % of the nominal inner or outer band
-  area get NaN;
+  area get NaN and are left out of the link;
+- the link pools the counts and areas over covered and over uncovered
+  segments (:func:`~tibspace.analyses.barrier_link.pooled_ratio_shift_test`);
+  its inner band stops ``link_guard_um`` (10 µm) inside the outline and its
+  outer band reaches ``outside_band_um`` (200 µm), so T cells kept off a
+  barrier at any distance up to 200 µm still count as outside;
 - thickness is capped at ``barrier_width_um`` (only band cells count).
 
 Needs SPP1 macrophage, CAF and effector T phenotypes (:func:`can_run_barrier`).
@@ -50,7 +55,8 @@ from tibspace.cells import phenotype_names as _phenotype_names
 from tibspace.analyses.barrier_coverage import (_COVERAGE_SUBDIVIDE, _MIN_BAND_FRACTION, _crosstab_band,
                                                 _runs_table, circular_runs, outline_positions,
                                                 coverage_profile)
-from tibspace.analyses.barrier_link import _masked_medians, circular_shift_test
+from tibspace.analyses.barrier_link import (_LinkBands, _masked_medians, circular_shift_test,
+                                           pooled_ratio_shift_test)
 
 __all__ = ["BarrierResult", "barrier_analysis", "circular_runs", "circular_shift_test",
            "can_run_barrier", "coverage_profile"]
@@ -143,7 +149,8 @@ _N_STEPS = 6
 def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP1_macrophage", "CAF"),
                      macrophage_types=("SPP1_macrophage",), caf_types=("CAF",), t_types=("CD8_T",),
                      segment_um: float = 50.0, barrier_width_um: float = 50.0, barrier_density: float = 400.0,
-                     margin_um: float = 50.0, colocalization_radii_um=(20.0, 30.0, 50.0), n_shifts: int = 999,
+                     margin_um: float = 50.0, outside_band_um: float = 200.0, link_guard_um: float = 10.0,
+                     colocalization_radii_um=(20.0, 30.0, 50.0), n_shifts: int = 999,
                      n_sim: int = 199, seed: int = 0, signed_dist_um=None, progress=None) -> BarrierResult:
     """SPP1+ macrophage / CAF barriers along tumour nest boundaries.
 
@@ -160,8 +167,9 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     segment_um, barrier_width_um, barrier_density : float
         Perimeter segment arc length (µm); width w of the outer band 0 < d ≤ w that must
         hold the barrier (µm); barrier-cell density a covered band needs (cells/mm² of tissue).
-    margin_um : float
-        Width w of the link's inner (−w < d ≤ 0) and outer (0 < d ≤ w) T-cell bands (µm).
+    margin_um, link_guard_um, outside_band_um : float
+        Link T-cell bands (µm): inner −``margin_um`` < d ≤ −``link_guard_um``,
+        outer 0 < d ≤ ``outside_band_um`` (why: :class:`_LinkBands`).
     colocalization_radii_um : sequence of float
         Radii of the macrophage → CAF cross-L (µm).
     n_shifts, n_sim, seed : int
@@ -195,18 +203,17 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
     >>> round(res.barrier_coverage, 1), res.sample["n_gaps"]
     (0.5, 1)
     """
-    types = _check_inputs(cells, tissue, barrier_types, macrophage_types, caf_types, t_types,
-                          segment_um=segment_um, barrier_width_um=barrier_width_um, margin_um=margin_um)
-    params = _parameters(types, segment_um, barrier_width_um, barrier_density, margin_um,
-                         colocalization_radii_um, n_shifts, n_sim, seed)
-    bw, mw = float(barrier_width_um), float(margin_um)
+    types, params, lb = _prepare(cells, tissue, barrier_types, macrophage_types, caf_types, t_types, segment_um,
+                                 barrier_width_um, barrier_density, margin_um, outside_band_um, link_guard_um,
+                                 colocalization_radii_um, n_shifts, n_sim, seed)
+    bw, mw = float(barrier_width_um), lb.inner_um
     report(progress, "barrier", 0, _N_STEPS)
     seg, sub, parent = _boundary_segments(region, float(segment_um))
-    c = _assign_cells(cells, region, sub, parent, types, max(bw, mw), signed_dist_um)
+    c = _assign_cells(cells, region, sub, parent, types, max(bw, mw, lb.outer_um), signed_dist_um)
     report(progress, "barrier", 1, _N_STEPS)
-    areas = _band_areas(sub, parent, len(seg), region, tissue, bw, mw)
+    areas = _band_areas(sub, parent, len(seg), region, tissue, bw, lb)
     report(progress, "barrier", 2, _N_STEPS)
-    seg, prof = _segment_table(seg, sub, parent, c, areas, bw, mw, float(barrier_density))
+    seg, prof = _segment_table(seg, sub, parent, c, areas, bw, lb, float(barrier_density))
     report(progress, "barrier", 3, _N_STEPS)
     runs, gap_runs, covered_geometry, gap_geometry = _coverage_runs(sub, prof)
     link = _link(seg, n_shifts, seed)
@@ -223,6 +230,20 @@ def barrier_analysis(cells: pd.DataFrame, region, tissue, *, barrier_types=("SPP
 
 # ---------------------------------------------------------------------------
 # steps of barrier_analysis
+def _prepare(cells, tissue, barrier_types, macrophage_types, caf_types, t_types, segment_um, barrier_width_um,
+             barrier_density, margin_um, outside_band_um, link_guard_um, colocalization_radii_um, n_shifts, n_sim,
+             seed):
+    """Checked role lists, the recorded parameters and the link's T-cell bands of :func:`barrier_analysis`."""
+    types = _check_inputs(cells, tissue, barrier_types, macrophage_types, caf_types, t_types,
+                          segment_um=segment_um, barrier_width_um=barrier_width_um, margin_um=margin_um,
+                          outside_band_um=outside_band_um)
+    lb = _LinkBands.of(margin_um, outside_band_um, link_guard_um)
+    params = _parameters(types, segment_um, barrier_width_um, barrier_density, margin_um,
+                         colocalization_radii_um, n_shifts, n_sim, seed)
+    params.update(outside_band_um=lb.outer_um, link_guard_um=lb.guard_um)
+    return types, params, lb
+
+
 def _parameters(types, segment_um, barrier_width_um, barrier_density, margin_um, colocalization_radii_um,
                 n_shifts, n_sim, seed) -> dict:
     """The parameters recorded with a result: role lists, lengths (µm), density (cells/mm²), counts."""
@@ -342,14 +363,15 @@ def _assign_cells(cells, region, sub, parent, types, reach, signed_dist_um) -> _
                   mac=is_mac[use], caf=is_caf[use], t=is_t[use], arc=arc, sub_arc=sub_arc, ring_arc=ring_arc)
 
 
-def _band_areas(sub, parent, n_seg, region, tissue, bw, mw) -> dict:
+def _band_areas(sub, parent, n_seg, region, tissue, bw, lb: _LinkBands) -> dict:
     """Tissue area of the barrier band per sub-segment, and of the barrier / T bands per segment."""
     from tibspace import tissue as geo
 
     if len(sub):
         sub_area = geo.segment_band_areas_um2(sub, region, tissue, 0.0, bw)
-        sub_t_outer = sub_area if mw == bw else geo.segment_band_areas_um2(sub, region, tissue, 0.0, mw)
-        sub_t_inner = geo.segment_band_areas_um2(sub, region, tissue, -mw, 0.0)
+        sub_t_outer = (sub_area if lb.outer_um == bw
+                       else geo.segment_band_areas_um2(sub, region, tissue, 0.0, lb.outer_um))
+        sub_t_inner = geo.segment_band_areas_um2(sub, region, tissue, -lb.inner_um, -lb.guard_um)
     else:
         sub_area = sub_t_outer = sub_t_inner = np.zeros(0)
     outer, t_outer, t_inner = (np.bincount(parent, weights=a, minlength=n_seg)
@@ -357,7 +379,7 @@ def _band_areas(sub, parent, n_seg, region, tissue, bw, mw) -> dict:
     return {"sub": sub_area, "outer": outer, "t_outer": t_outer, "t_inner": t_inner}
 
 
-def _segment_table(seg, sub, parent, c: _Cells, areas, bw, mw, barrier_density):
+def _segment_table(seg, sub, parent, c: _Cells, areas, bw, lb: _LinkBands, barrier_density):
     """Per-segment counts, densities, coverage, thickness and T ratio; the sub-segment profile."""
     n_seg, n_sub = len(seg), len(sub)
     sid, d = c.sid, c.d
@@ -365,16 +387,16 @@ def _segment_table(seg, sub, parent, c: _Cells, areas, bw, mw, barrier_density):
     n_bar = _crosstab_band(sid, in_bar_band & c.bar, n_seg)
     n_mac = _crosstab_band(sid, in_bar_band & c.mac, n_seg)
     n_caf = _crosstab_band(sid, in_bar_band & c.caf, n_seg)
-    n_t_in = _crosstab_band(sid, (sid >= 0) & (d > -mw) & (d <= 0) & c.t, n_seg)
-    n_t_out = _crosstab_band(sid, (sid >= 0) & (d > 0) & (d <= mw) & c.t, n_seg)
+    n_t_in = _crosstab_band(sid, (sid >= 0) & (d > -lb.inner_um) & (d <= -lb.guard_um) & c.t, n_seg)
+    n_t_out = _crosstab_band(sid, (sid >= 0) & (d > 0) & (d <= lb.outer_um) & c.t, n_seg)
     length = seg["length_um"].to_numpy(float)
     outer_area, t_outer_area, t_inner_area = areas["outer"], areas["t_outer"], areas["t_inner"]
     nominal_bar = length * bw
-    nominal_t = length * mw
+    nominal_in, nominal_out = length * (lb.inner_um - lb.guard_um), length * lb.outer_um
     assessable = outer_area >= _MIN_BAND_FRACTION * nominal_bar
     with np.errstate(invalid="ignore", divide="ignore"):
         dens = np.where(outer_area > 0, n_bar / outer_area * 1e6, np.nan)
-        t_ok = (t_inner_area >= _MIN_BAND_FRACTION * nominal_t) & (t_outer_area >= _MIN_BAND_FRACTION * nominal_t)
+        t_ok = (t_inner_area >= _MIN_BAND_FRACTION * nominal_in) & (t_outer_area >= _MIN_BAND_FRACTION * nominal_out)
         t_in_dens = np.where(t_inner_area > 0, n_t_in / t_inner_area * 1e6, np.nan)
         t_out_dens = np.where(t_outer_area > 0, n_t_out / t_outer_area * 1e6, np.nan)
         t_ratio = np.where(assessable & t_ok,
@@ -398,6 +420,7 @@ def _segment_table(seg, sub, parent, c: _Cells, areas, bw, mw, barrier_density):
     seg = seg.assign(n_barrier=n_bar, n_macrophage=n_mac, n_caf=n_caf, outer_area_um2=outer_area,
                      barrier_density_per_mm2=dens, assessable=assessable, covered=covered,
                      thickness_um=thick, n_t_inner=n_t_in, n_t_outer=n_t_out, inner_area_um2=t_inner_area,
+                     t_outer_area_um2=t_outer_area,
                      t_inner_density=t_in_dens, t_outer_density=t_out_dens, t_ratio=t_ratio)
     return seg, prof
 
@@ -438,11 +461,14 @@ def _ring_keys(seg):
 
 
 def _link(seg, n_shifts, seed, mask=None) -> dict:
-    """Circular-shift link test over the segments (all, or those in ``mask``)."""
-    m = slice(None) if mask is None else mask
-    return circular_shift_test(seg["t_ratio"].to_numpy(float)[m], seg["covered"].to_numpy(bool)[m],
-                               _ring_keys(seg)[m], seg["position"].to_numpy(np.int64)[m],
-                               n_shifts=n_shifts, seed=seed)
+    """Pooled-ratio circular-shift link test over the assessable segments (all, or those in ``mask``)."""
+    m = np.isfinite(seg["t_ratio"].to_numpy(float))
+    if mask is not None:
+        m &= np.asarray(mask, bool)
+    col = lambda k: seg[k].to_numpy(float)[m]
+    return pooled_ratio_shift_test(col("n_t_inner"), col("inner_area_um2"), col("n_t_outer"),
+                                   col("t_outer_area_um2"), seg["covered"].to_numpy(bool)[m], _ring_keys(seg)[m],
+                                   seg["position"].to_numpy(np.int64)[m], n_shifts=n_shifts, seed=seed)
 
 
 def _per_nest_table(seg, sub, prof, gap_runs, n_nests, n_shifts, seed) -> pd.DataFrame:
@@ -479,8 +505,8 @@ def _per_nest_table(seg, sub, prof, gap_runs, n_nests, n_shifts, seed) -> pd.Dat
             "mean_thickness_um": float(np.nanmean(thick[m & covered])) if (m & covered).any() else float("nan"),
             "n_macrophage_barrier": nm, "n_caf_barrier": nc,
             "macrophage_caf_ratio": nm / nc if nc > 0 else float("nan"),
-            "link_median_t_ratio_covered": lk["median_covered"],
-            "link_median_t_ratio_uncovered": lk["median_uncovered"],
+            "link_t_ratio_covered": lk["ratio_covered"],
+            "link_t_ratio_uncovered": lk["ratio_uncovered"],
             "link_difference": lk["statistic"], "link_p_value": lk["p_value"],
             "link_exact": lk["exact"],
         })
@@ -546,12 +572,14 @@ def _coloc_summary(coloc, note) -> dict:
 def _link_summary(link) -> dict:
     """The link test result with the definitions of its statistic, null and alternative."""
     return {
-        "statistic": "median(t_ratio | covered) - median(t_ratio | uncovered)",
-        "t_ratio": "((n_T inner + 0.5) / inner area) / ((n_T outer + 0.5) / outer area) per segment",
-        "alternative": "less: covered segments have a LOWER T inner/outer density ratio",
+        "statistic": "log pooled t_ratio(covered segments) - log pooled t_ratio(uncovered segments)",
+        "t_ratio": ("pooled over a set of segments: ((sum n_T inner + 0.5) / sum inner area) / "
+                    "((sum n_T outer + 0.5) / sum outer area); inner -margin_um < d <= -link_guard_um, "
+                    "outer 0 < d <= outside_band_um"),
+        "alternative": "less: covered segments have a LOWER pooled T inner/outer density ratio",
         "difference": link["statistic"], "p_value": link["p_value"],
-        "median_t_ratio_covered": link["median_covered"],
-        "median_t_ratio_uncovered": link["median_uncovered"],
+        "t_ratio_covered": link["ratio_covered"],
+        "t_ratio_uncovered": link["ratio_uncovered"],
         "n_covered": link["n_covered"], "n_uncovered": link["n_uncovered"],
         "n_shifts": link["n_shifts"], "exact": link["exact"],
         "n_informative_rings": link["n_informative_rings"],
