@@ -53,8 +53,7 @@ from tibspace.jsonable import to_jsonable as _json
 from tibspace.cells import as_phenotype_list as _as_types
 from tibspace.cells import phenotype_names as _phenotype_names
 from tibspace.analyses.barrier_coverage import (_COVERAGE_SUBDIVIDE, _MIN_BAND_FRACTION, _crosstab_band,
-                                                _runs_table, circular_runs, outline_positions,
-                                                coverage_profile)
+                                                _runs_table, circular_runs, coverage_profile)
 from tibspace.analyses.barrier_link import (_LinkBands, _masked_medians, circular_shift_test,
                                            pooled_ratio_shift_test)
 
@@ -302,11 +301,7 @@ class _Cells:
     ``x, y, is_mac, is_caf`` cover every cell (for the colocalisation); the
     other arrays cover only role cells (barrier, macrophage, CAF, T), the rest
     can fall in no band. ``sub_of`` / ``sid``: nearest sub-segment / segment
-    of cells within reach of the boundary, −1 otherwise. ``arc``: position of
-    a barrier cell within reach along its nest's smoothed outline, NaN
-    otherwise; ``sub_arc`` / ``ring_arc``: the position of each sub-segment's
-    centre and the outline's length in that frame
-    (:func:`~tibspace.analyses.barrier_coverage.outline_positions`).
+    of cells within reach of the boundary, −1 otherwise.
     """
 
     x: np.ndarray
@@ -320,9 +315,6 @@ class _Cells:
     mac: np.ndarray
     caf: np.ndarray
     t: np.ndarray
-    arc: np.ndarray
-    sub_arc: np.ndarray
-    ring_arc: np.ndarray
 
 
 def _assign_cells(cells, region, sub, parent, types, reach, signed_dist_um) -> _Cells:
@@ -330,7 +322,6 @@ def _assign_cells(cells, region, sub, parent, types, reach, signed_dist_um) -> _
 
     Cells with |d| ≤ ``reach`` (µm) are assigned to their nearest row of ``sub``
     and, through ``parent``, to its segment; the others get −1 (see :class:`_Cells`).
-    Barrier cells are also placed along the smoothed outline.
     """
     from tibspace import tissue as geo
 
@@ -356,11 +347,8 @@ def _assign_cells(cells, region, sub, parent, types, reach, signed_dist_um) -> _
     if n_sub and near.any():
         sub_of[near] = np.asarray(geo.assign_segments(xu[near], yu[near], sub), np.int64)
     sid = np.where(sub_of >= 0, parent[np.maximum(sub_of, 0)] if n_sub else -1, -1)
-    arc = np.full(d.shape, np.nan)
-    b = (sub_of >= 0) & is_bar[use]
-    sub_arc, ring_arc, arc[b] = outline_positions(region, sub, sub_of[b], xu[b], yu[b])
-    return _Cells(x=x, y=y, is_mac=is_mac, is_caf=is_caf, d=d, sub_of=sub_of, sid=sid, bar=is_bar[use],
-                  mac=is_mac[use], caf=is_caf[use], t=is_t[use], arc=arc, sub_arc=sub_arc, ring_arc=ring_arc)
+    return _Cells(x=x, y=y, is_mac=is_mac, is_caf=is_caf, d=d, sub_of=sub_of, sid=sid,
+                  bar=is_bar[use], mac=is_mac[use], caf=is_caf[use], t=is_t[use])
 
 
 def _band_areas(sub, parent, n_seg, region, tissue, bw, lb: _LinkBands) -> dict:
@@ -404,13 +392,10 @@ def _segment_table(seg, sub, parent, c: _Cells, areas, bw, lb: _LinkBands, barri
 
     sub_of = c.sub_of
     in_band_any = (sub_of >= 0) & (d > 0) & (d <= bw) & (c.bar | c.mac | c.caf)
-    band_bar = in_band_any & c.bar
-    prof = coverage_profile(sub, _crosstab_band(sub_of, band_bar, n_sub),
+    prof = coverage_profile(sub, _crosstab_band(sub_of, in_band_any & c.bar, n_sub),
                             _crosstab_band(sub_of, in_band_any & c.mac, n_sub),
                             _crosstab_band(sub_of, in_band_any & c.caf, n_sub), areas["sub"],
-                            barrier_width_um=bw, barrier_density=barrier_density, window=_COVERAGE_SUBDIVIDE,
-                            cell_sub=sub_of[band_bar], cell_arc_um=c.arc[band_bar], sub_arc_um=c.sub_arc,
-                            ring_arc_um=c.ring_arc)
+                            barrier_width_um=bw, barrier_density=barrier_density, window=_COVERAGE_SUBDIVIDE)
     sub_len = sub["length_um"].to_numpy(float)
     sub_cov = prof["covered"].to_numpy(bool)
     # a segment (for the link test and the segment table) is covered when most of its length is
