@@ -209,7 +209,8 @@ def _write_geometries(result, folder, figures):
         jobs.append(("barrier_segments.geojson", parts))
     if result.exclusion_zones:
         jobs.append(("exclusion_zones.geojson", [(list(result.exclusion_zones), dict(name="exclusion_zone"))]))
-    return [BackgroundWriter("geojson", _geometry_files, _thread_copy(jobs), folder, result.pixel_size_um)]
+    own = [(name, [(_geometry_copy(geoms), _thread_copy(kw)) for geoms, kw in parts]) for name, parts in jobs]
+    return [BackgroundWriter("geojson", _geometry_files, own, folder, result.pixel_size_um)]
 
 
 def _geometry_files(jobs, folder: Path, pixel_size_um) -> None:
@@ -221,8 +222,17 @@ def _geometry_files(jobs, folder: Path, pixel_size_um) -> None:
         write_geojson(feats, folder / name)
 
 
+def _geometry_copy(geoms) -> list:
+    """Private, bit-identical copies of ``geoms`` for another thread, by one vectorised
+    WKB round trip (pickling them one by one took 2 s of the GIL for ~9,000 geometries)."""
+    import shapely
+
+    arr = np.asarray(list(geoms), dtype=object)
+    return list(shapely.from_wkb(shapely.to_wkb(arr, include_srid=True))) if len(arr) else []
+
+
 def _thread_copy(obj):
-    """A private copy of geometries (and the records beside them) for another thread."""
+    """A private copy of plain records for another thread."""
     import pickle
 
     return pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
