@@ -36,8 +36,11 @@ def _typed_obs(obs: pd.DataFrame) -> pd.DataFrame:
         col = obs[c]
         if col.dtype != object:
             continue
-        if col.notna().any() and pd.api.types.infer_dtype(col, skipna=True) == "boolean":  # C-level type scan
+        kind = pd.api.types.infer_dtype(col, skipna=True)  # C-level type scan; "empty" when all missing
+        if kind == "boolean":
             obs[c] = col.where(col.notna(), False).astype(bool)
+        elif kind == "string":  # text already (phenotype): no conversion of a million values
+            obs[c] = pd.Categorical(col)
         else:
             obs[c] = pd.Categorical(col.where(col.isna(), col.astype(str)))
     return obs
