@@ -145,11 +145,11 @@ def _write_cells(result, folder, figures):
     """
     cells = result.cells
     own = cells[[c for c in _DETECTION_COLUMNS if c in cells.columns]].copy(deep=True)
+    files = arrow_files(cells, folder / "cells")  # everything that can fail on bad input, before any thread
     writers = [BackgroundWriter("cells-geojson", write_cell_detections, own, folder / "cells.geojson",
                                 pixel_size_um=result.pixel_size_um)]
-    for fmt, target, table in arrow_files(cells, folder / "cells"):
-        writers.append(BackgroundWriter(f"cells-{fmt}", write_arrow_file, table, fmt, target))
-    return writers
+    return writers + [BackgroundWriter(f"cells-{fmt}", write_arrow_file, table, fmt, target)
+                      for fmt, target, table in files]
 
 
 def _write_images(result, folder, figures):
@@ -187,8 +187,8 @@ def _write_tables(result, folder, figures):
 def _write_geometries(result, folder, figures):
     """QuPath-compatible GeoJSON (pixel coordinates when the pixel size is known), on a thread.
 
-    The thread gets private copies of the geometries (:func:`_thread_copy`)
-    and plain-Python measurement records, read here.
+    The thread gets private copies of the geometries (:func:`_geometry_copy`)
+    and of the plain-Python measurement records, read here.
     """
     jobs = []  # (file name, geometries, feature keywords)
     if result.region is not None:
