@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -204,8 +205,11 @@ def test_geometry_text_features_write_the_same_file(tmp_path):
         assert fc["features"][0]["properties"]["metadata"] == {"flag": "true", "call": "excluded"}
 
 
-def test_cell_detections_thread_error_leaves_the_previous_result(tmp_path, monkeypatch):
-    """cells.geojson is written on its own thread: its failure fails the write, and --out keeps the old set."""
+@pytest.mark.parametrize("writer", ["write_cell_detections", "write_arrow_file", "_geometry_files", "write_anndata"])
+def test_cell_detections_thread_error_leaves_the_previous_result(tmp_path, monkeypatch, writer):
+    """The cell tables, cells.geojson and the structure GeoJSON are written on threads of their own:
+    a failure of any of them, or of the calling thread while they run (AnnData), fails the write,
+    --out keeps the old set and no thread writes on into the discarded staging folder."""
     import tibspace
     import tibspace.outputs.report as rep
     from tibspace.cells import Panel
@@ -216,11 +220,13 @@ def test_cell_detections_thread_error_leaves_the_previous_result(tmp_path, monke
     tibspace.write_outputs(r, out)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
-    def full_disk(cells, path, **kw):
-        path.write_text("half")
+    def full_disk(*args, **kw):
+        for a in args:
+            if isinstance(a, Path) and not a.is_dir():
+                a.write_text("half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(rep, "write_cell_detections", full_disk)
+    monkeypatch.setattr(rep, writer, full_disk)
     with pytest.raises(OSError, match="No space left"):
         tibspace.write_outputs(r, out)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -10,14 +10,28 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    # Linux reports the umask without changing it; swapping it (the fallback)
+    # would, for a moment, give files other threads create the wrong mode.
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return mask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager

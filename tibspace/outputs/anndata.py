@@ -36,11 +36,24 @@ def _typed_obs(obs: pd.DataFrame) -> pd.DataFrame:
         col = obs[c]
         if col.dtype != object:
             continue
-        if col.notna().any() and pd.api.types.infer_dtype(col, skipna=True) == "boolean":  # C-level type scan
+        kind = pd.api.types.infer_dtype(col, skipna=True)  # C-level type scan; "empty" when all missing
+        if kind == "boolean":
             obs[c] = col.where(col.notna(), False).astype(bool)
+        elif kind == "string":  # text already (phenotype): no conversion of a million values
+            obs[c] = pd.Categorical(col)
         else:
             obs[c] = pd.Categorical(col.where(col.isna(), col.astype(str)))
     return obs
+
+
+def _cell_names(cell_id: pd.Series) -> np.ndarray:
+    """``cell_id`` as text (obs names), by Arrow's cast for integers (4x pandas' ``astype(str)``)."""
+    if not np.issubdtype(cell_id.dtype, np.integer):
+        return cell_id.astype(str).to_numpy()
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.cast(pa.array(cell_id.to_numpy()), pa.string()).to_numpy(zero_copy_only=False)
 
 
 def _spatial_uns(xy: np.ndarray, thumbnail: Mapping | None, spot_um: float) -> dict:
@@ -88,10 +101,18 @@ def write_anndata(cells: pd.DataFrame, channel_columns: Sequence[str], path: str
 
     channel_columns = [c for c in channel_columns if c in cells.columns]
     X = cells[channel_columns].to_numpy(dtype=np.float32) if channel_columns else np.zeros((len(cells), 0), np.float32)
-    obs = _typed_obs(cells[[c for c in cells.columns if c not in channel_columns]].copy())
-    obs["sample_id"] = pd.Categorical([str(sample_id)] * len(obs))
-    obs.index = cells["cell_id"].astype(str).to_numpy() if "cell_id" in cells else obs.index.astype(str)
-    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[str(c) for c in channel_columns]))
+    # a new frame of the same (not copied) columns: _typed_obs replaces columns, never edits them in place
+    obs = _typed_obs(pd.DataFrame({c: cells[c] for c in cells.columns if c not in channel_columns},
+                                  index=cells.index, copy=False))
+    obs["sample_id"] = pd.Categorical.from_codes(np.zeros(len(obs), np.int8), [str(sample_id)])
+    obs.index = _cell_names(cells["cell_id"]) if "cell_id" in cells else obs.index.astype(str)
+    var = pd.DataFrame(index=[str(c) for c in channel_columns])
+    if "cell_id" in cells and np.issubdtype(cells["cell_id"].dtype, np.integer) and cells["cell_id"].is_unique:
+        # unique integers give unique names: skip anndata's check of a million strings (0.2 s)
+        with ad.settings.override(check_uniqueness=False):
+            adata = ad.AnnData(X=X, obs=obs, var=var)
+    else:  # anndata checks, and warns of repeated names
+        adata = ad.AnnData(X=X, obs=obs, var=var)
     xy = cells[["x_um", "y_um"]].to_numpy(dtype=np.float64)
     adata.obsm["spatial"] = xy
     adata.uns["spatial"] = {str(sample_id): _spatial_uns(xy, thumbnail, spot_um)}

@@ -28,9 +28,21 @@ def write_table(df: pd.DataFrame, path_stem: str | os.PathLike, *, formats: Sequ
     Geometry columns (shapely objects) are written as WKT text; categoricals
     as strings in CSV.
     """
+    written = []
+    for fmt, target, table in arrow_files(df, path_stem, formats=formats):
+        write_arrow_file(table, fmt, target)
+        written.append(target)
+    return written
+
+
+def arrow_files(df: pd.DataFrame, path_stem: str | os.PathLike, *,
+                formats: Sequence[str] = ("parquet", "csv")) -> list[tuple[str, Path, object]]:
+    """(format, target path, Arrow table) of every file :func:`write_table` writes.
+
+    Everything that reads ``df`` happens here, so :func:`write_arrow_file`
+    touches only immutable Arrow data and may run on another thread.
+    """
     import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
     for fmt in formats:
         if fmt not in ("parquet", "csv"):
@@ -41,17 +53,21 @@ def write_table(df: pd.DataFrame, path_stem: str | os.PathLike, *, formats: Sequ
     for i, col in enumerate(df.columns):
         if col in text:
             table = table.add_column(i, str(col), pa.array(text[col], type=pa.string()))
-    out = df
-    written = []
-    for fmt in formats:
-        target = stem.with_suffix(f".{fmt}")
-        with atomic_path(target) as tmp:
-            if fmt == "parquet":
-                pq.write_table(table, tmp)
-            else:
-                pacsv.write_csv(_csv_ready(table, out), tmp, pacsv.WriteOptions(quoting_style="needed"))
-        written.append(target)
-    return written
+    return [(fmt, stem.with_suffix(f".{fmt}"), table if fmt == "parquet" else _csv_ready(table, df))
+            for fmt in formats]
+
+
+def write_arrow_file(table, fmt: str, target: Path) -> Path:
+    """Write one Arrow table as ``fmt`` ("parquet" or "csv") to ``target`` atomically."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    with atomic_path(target) as tmp:
+        if fmt == "parquet":
+            pq.write_table(table, tmp)
+        else:
+            pacsv.write_csv(table, tmp, pacsv.WriteOptions(quoting_style="needed"))
+    return target
 
 
 def _text_columns(df: pd.DataFrame) -> dict:
